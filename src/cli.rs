@@ -1,0 +1,65 @@
+//! The command line: `switchyard serve | demo | status`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Routes LLM requests across providers over NATS"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve `llm.chat.<task>` and `llm.status` over NATS until SIGTERM/SIGINT, then drain.
+    Serve {
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Run a burst of requests through the engine in-process (no NATS, no API key) and show who
+    /// served each, the fallbacks and the circuit transitions.
+    Demo {
+        /// A config file; without it, the embedded `config/demo.toml`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How many requests to send.
+        #[arg(long, default_value_t = 80)]
+        requests: usize,
+        /// Time between two requests being sent.
+        #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Gather every instance's `llm.status` answer and print it as a table.
+    Status {
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Print the raw JSON answers, one per line.
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// How long to gather answers from instances.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        gather: Duration,
+        /// Refresh period with --watch.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        every: Duration,
+    },
+}

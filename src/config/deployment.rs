@@ -1,0 +1,269 @@
+//! One `[[deployments]]` entry, validated: a model at a provider with its limits, price, timeout
+//! and key. Each becomes one deployment actor.
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+use super::Validator;
+use super::raw::RawDeployment;
+use super::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI and every OpenAI-compatible API (DeepSeek, Groq, Ollama, vLLM, ...).
+    OpenAi,
+    Anthropic,
+    Gemini,
+    /// Answers in-process with scripted latency and faults: demos, experiments, benchmarks.
+    Simulated,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Simulated => "simulated",
+        }
+    }
+
+    fn default_api_base(self) -> &'static str {
+        match self {
+            Self::OpenAi => "https://api.openai.com/v1",
+            Self::Anthropic => "https://api.anthropic.com",
+            Self::Gemini => "https://generativelanguage.googleapis.com",
+            Self::Simulated => "",
+        }
+    }
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok
+            + completion_tokens as f64 * self.output_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outage {
+    pub start: Duration,
+    pub duration: Duration,
+}
+
+/// How a `simulated` deployment behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatedSpec {
+    pub latency: Duration,
+    pub latency_jitter: Duration,
+    /// Share of calls answered with a 503.
+    pub error_rate: f64,
+    /// Share of calls answered with a 429.
+    pub rate_limit_rate: f64,
+    pub outages: Vec<Outage>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploymentConfig {
+    pub name: String,
+    pub group: String,
+    pub provider: ProviderKind,
+    pub model: String,
+    pub api_base: String,
+    pub api_key: Option<Secret>,
+    pub rpm: Option<NonZeroU32>,
+    pub tpm: Option<NonZeroU64>,
+    pub timeout: Duration,
+    pub weight: NonZeroU32,
+    pub context_window: Option<NonZeroU64>,
+    /// Default `max_tokens` for providers that require one.
+    pub max_tokens: Option<NonZeroU32>,
+    pub price: Price,
+    pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
+    pub simulated: Option<SimulatedSpec>,
+}
+
+pub(super) fn validate(
+    i: usize,
+    d: RawDeployment,
+    env: &dyn Fn(&str) -> Option<String>,
+    v: &mut Validator,
+) -> DeploymentConfig {
+    let key = |field: &str| format!("deployments[{i}].{field}");
+    if d.name.trim().is_empty() {
+        v.problem(key("name"), "must not be empty");
+    }
+    if d.group.trim().is_empty() {
+        v.problem(key("group"), "must not be empty");
+    }
+    if d.model.trim().is_empty() {
+        v.problem(key("model"), "must not be empty");
+    }
+    let provider = match d.provider.as_str() {
+        "openai" => ProviderKind::OpenAi,
+        "simulated" => ProviderKind::Simulated,
+        "anthropic" | "gemini" => {
+            v.problem(
+                key("provider"),
+                format!(
+                    "`{}` is not supported by this build yet; use an OpenAI-compatible endpoint",
+                    d.provider
+                ),
+            );
+            ProviderKind::OpenAi
+        }
+        other => {
+            v.problem(
+                key("provider"),
+                format!("unknown provider `{other}` (openai | anthropic | gemini | simulated)"),
+            );
+            ProviderKind::OpenAi
+        }
+    };
+
+    let api_base = d
+        .api_base
+        .unwrap_or_else(|| provider.default_api_base().to_string())
+        .trim_end_matches('/')
+        .to_string();
+    if provider != ProviderKind::Simulated {
+        match reqwest::Url::parse(&api_base) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => v.problem(key("api_base"), "must be an http:// or https:// URL"),
+            Err(e) => v.problem(key("api_base"), format!("not a URL: {e}")),
+        }
+    }
+    let api_key = match &d.api_key_env {
+        Some(var) => match env(var).filter(|value| !value.is_empty()) {
+            Some(value) => Some(Secret::new(value)),
+            None => {
+                v.problem(
+                    key("api_key_env"),
+                    format!(
+                        "deployment `{}`: environment variable {var} is not set",
+                        d.name
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+
+    let rpm = d.rpm.map(|n| {
+        NonZeroU32::new(n).unwrap_or_else(|| {
+            v.problem(key("rpm"), "must be > 0");
+            NonZeroU32::MIN
+        })
+    });
+    let tpm = d.tpm.map(|n| {
+        NonZeroU64::new(n).unwrap_or_else(|| {
+            v.problem(key("tpm"), "must be > 0");
+            NonZeroU64::MIN
+        })
+    });
+    let context_window = d.context_window.map(|n| {
+        NonZeroU64::new(n).unwrap_or_else(|| {
+            v.problem(key("context_window"), "must be > 0");
+            NonZeroU64::MIN
+        })
+    });
+    let max_tokens = d.max_tokens.map(|n| {
+        NonZeroU32::new(n).unwrap_or_else(|| {
+            v.problem(key("max_tokens"), "must be > 0");
+            NonZeroU32::MIN
+        })
+    });
+    let weight = NonZeroU32::new(d.weight).unwrap_or_else(|| {
+        v.problem(key("weight"), "must be > 0");
+        NonZeroU32::MIN
+    });
+    let timeout = d.timeout.unwrap_or(Duration::from_secs(60));
+    if timeout.is_zero() {
+        v.problem(key("timeout"), "must be > 0");
+    }
+    let price = d.price.map_or_else(Price::default, |p| {
+        for (field, value) in [
+            ("price.input_per_mtok", p.input_per_mtok),
+            ("price.output_per_mtok", p.output_per_mtok),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                v.problem(key(field), "must be a number >= 0");
+            }
+        }
+        Price {
+            input_per_mtok: p.input_per_mtok,
+            output_per_mtok: p.output_per_mtok,
+        }
+    });
+
+    let sim_fields = d.latency.is_some()
+        || d.latency_jitter.is_some()
+        || d.error_rate.is_some()
+        || d.rate_limit_rate.is_some()
+        || !d.outages.is_empty()
+        || d.seed.is_some();
+    let simulated = if provider == ProviderKind::Simulated {
+        let mut rate = |field: &str, value: Option<f64>| {
+            let value = value.unwrap_or(0.0);
+            if !(0.0..=1.0).contains(&value) {
+                v.problem(key(field), "must be between 0 and 1");
+            }
+            value
+        };
+        let error_rate = rate("error_rate", d.error_rate);
+        let rate_limit_rate = rate("rate_limit_rate", d.rate_limit_rate);
+        Some(SimulatedSpec {
+            latency: d.latency.unwrap_or(Duration::from_millis(20)),
+            latency_jitter: d.latency_jitter.unwrap_or_default(),
+            error_rate,
+            rate_limit_rate,
+            outages: d
+                .outages
+                .iter()
+                .map(|o| Outage {
+                    start: o.start,
+                    duration: o.duration,
+                })
+                .collect(),
+            seed: d
+                .seed
+                .unwrap_or_else(|| super::stable_hash(d.name.as_bytes())),
+        })
+    } else {
+        if sim_fields {
+            v.problem(
+                key("provider"),
+                "latency, latency_jitter, error_rate, rate_limit_rate, outages and seed are for `simulated` deployments only",
+            );
+        }
+        None
+    };
+
+    DeploymentConfig {
+        name: d.name,
+        group: d.group,
+        provider,
+        model: d.model,
+        api_base,
+        api_key,
+        rpm,
+        tpm,
+        timeout,
+        weight,
+        context_window,
+        max_tokens,
+        price,
+        extra_body: d.extra_body,
+        simulated,
+    }
+}

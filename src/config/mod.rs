@@ -1,0 +1,477 @@
+//! Configuration: one TOML file (contract section 3) read into `raw` serde structs, then validated
+//! into the `Config` the engine runs on. Every problem is reported with the file and the key path
+//! (`deployments[2].rpm: must be > 0`), all of them at once, before anything starts.
+
+mod deployment;
+mod raw;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
+pub use secret::Secret;
+
+use crate::routing::strategy::Strategy;
+
+/// The demo config, embedded so that `switchyard demo` runs on a fresh machine with no files.
+pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
+pub const DEFAULT_PATH: &str = "config/switchyard.toml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: String,
+    pub nats: NatsConfig,
+    pub routing: RoutingConfig,
+    /// `<task>` subject token → model group.
+    pub tasks: BTreeMap<String, String>,
+    /// Every group that a deployment names, with its strategy.
+    pub groups: BTreeMap<String, GroupConfig>,
+    pub breaker: BreakerConfig,
+    pub storage: StorageConfig,
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    pub prefix: String,
+    pub queue_group: String,
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    pub tls_required: bool,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    pub strategy: Strategy,
+    pub default_group: String,
+    /// Group → fallback groups, tried in order once the group's own deployments are spent.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+    pub fallback_on_auth: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub strategy: Strategy,
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    pub failure_threshold: u32,
+    pub reset_timeout: Duration,
+    pub success_threshold: u32,
+    pub ignored_status: Vec<u16>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        let raw = raw::RawBreaker::default();
+        Self {
+            failure_threshold: raw.failure_threshold,
+            reset_timeout: raw.reset_timeout,
+            success_threshold: raw.success_threshold,
+            ignored_status: raw.ignored_status,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+}
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{}", Problems(.file, .problems))]
+    Invalid {
+        file: String,
+        problems: Vec<(String, String)>,
+    },
+}
+
+struct Problems<'a>(&'a str, &'a [(String, String)]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (key, reason)) in self.1.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}: {key}: {reason}", self.0)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. Secrets come from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up environment variables (a seam for tests
+    /// only in the sense that the environment is an input, like the text).
+    pub fn parse(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut v = Validator::default();
+        let config = validate(raw, file, env, &mut v);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                problems: v.problems,
+            })
+        }
+    }
+
+    /// The embedded demo config (simulated deployments only; no key, no network).
+    pub fn demo() -> Self {
+        Self::parse(DEMO_TOML, "config/demo.toml (embedded)", &|_| None)
+            .unwrap_or_else(|e| panic!("the embedded demo config is invalid: {e}"))
+    }
+
+    /// The strategy of a group: its own, else the routing default.
+    pub fn strategy_of(&self, group: &str) -> Strategy {
+        self.groups
+            .get(group)
+            .map_or(self.routing.strategy, |g| g.strategy)
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Validator {
+    problems: Vec<(String, String)>,
+}
+
+impl Validator {
+    pub(crate) fn problem(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push((key.into(), reason.into()));
+    }
+
+    pub(crate) fn strategy(&mut self, key: &str, text: &str) -> Strategy {
+        text.parse().unwrap_or_else(|e: String| {
+            self.problem(key, e);
+            Strategy::default()
+        })
+    }
+
+    fn env_secret(
+        &mut self,
+        key: &str,
+        var: &Option<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Secret> {
+        let var = var.as_ref()?;
+        match env(var).filter(|v| !v.is_empty()) {
+            Some(value) => Some(Secret::new(value)),
+            None => {
+                self.problem(key, format!("environment variable {var} is not set"));
+                None
+            }
+        }
+    }
+}
+
+/// FNV-1a: a hash that is the same in every process and version, for seeds and affinity.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A subject token: what may stand between two dots of a NATS subject.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+}
+
+fn validate(
+    raw: raw::RawConfig,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    v: &mut Validator,
+) -> Config {
+    let deployments: Vec<DeploymentConfig> = raw
+        .deployments
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| deployment::validate(i, d, env, v))
+        .collect();
+    if deployments.is_empty() {
+        v.problem(
+            "deployments",
+            "at least one [[deployments]] entry is required",
+        );
+    }
+    let mut seen = BTreeMap::new();
+    for (i, d) in deployments.iter().enumerate() {
+        if let Some(first) = seen.insert(d.name.as_str(), i) {
+            v.problem(
+                format!("deployments[{i}].name"),
+                format!("`{}` is already the name of deployments[{first}]", d.name),
+            );
+        }
+    }
+
+    let strategy = raw
+        .routing
+        .strategy
+        .as_deref()
+        .map_or_else(Strategy::default, |s| v.strategy("routing.strategy", s));
+    let mut groups: BTreeMap<String, GroupConfig> = deployments
+        .iter()
+        .map(|d| (d.group.clone(), GroupConfig { strategy }))
+        .collect();
+    for (name, g) in &raw.groups {
+        let key = format!("groups.{name}");
+        let Some(group) = groups.get_mut(name) else {
+            v.problem(&key, "no deployment is in this group");
+            continue;
+        };
+        if let Some(s) = &g.strategy {
+            group.strategy = v.strategy(&format!("{key}.strategy"), s);
+        }
+    }
+    let known = |v: &mut Validator, key: &str, group: &str| {
+        if !groups.contains_key(group) && !deployments.is_empty() {
+            v.problem(key, format!("`{group}` is not the group of any deployment"));
+        }
+    };
+
+    let default_group = match raw.routing.default_group {
+        Some(g) => {
+            known(v, "routing.default_group", &g);
+            g
+        }
+        None => deployments
+            .first()
+            .map(|d| d.group.clone())
+            .unwrap_or_default(),
+    };
+    for (group, chain) in &raw.routing.fallbacks {
+        known(v, &format!("routing.fallbacks.{group}"), group);
+        for (i, fb) in chain.iter().enumerate() {
+            let key = format!("routing.fallbacks.{group}[{i}]");
+            known(v, &key, fb);
+            if fb == group {
+                v.problem(key, "a group cannot fall back to itself");
+            }
+        }
+    }
+    for (task, group) in &raw.tasks {
+        if !is_token(task) {
+            v.problem(
+                format!("tasks.{task}"),
+                "a task name is one subject token: no '.', '*', '>' or spaces",
+            );
+        }
+        known(v, &format!("tasks.{task}"), group);
+    }
+
+    let b = raw.breaker;
+    if b.failure_threshold == 0 {
+        v.problem("breaker.failure_threshold", "must be > 0");
+    }
+    if b.success_threshold == 0 {
+        v.problem("breaker.success_threshold", "must be > 0");
+    }
+    if b.reset_timeout.is_zero() {
+        v.problem("breaker.reset_timeout", "must be > 0");
+    }
+    for (i, s) in b.ignored_status.iter().enumerate() {
+        if !(100..=599).contains(s) {
+            v.problem(
+                format!("breaker.ignored_status[{i}]"),
+                "must be an HTTP status (100-599)",
+            );
+        }
+    }
+
+    let n = raw.nats;
+    if n.prefix.is_empty() || n.prefix.split('.').any(|t| !is_token(t)) {
+        v.problem(
+            "nats.prefix",
+            "must be one or more subject tokens separated by '.'",
+        );
+    }
+    if n.queue_group.is_empty() || n.queue_group.contains(char::is_whitespace) {
+        v.problem(
+            "nats.queue_group",
+            "must be a non-empty name without spaces",
+        );
+    }
+    let tls_client_cert = match (n.tls_cert_file, n.tls_key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => {
+            v.problem(
+                "nats.tls_cert_file",
+                "tls_cert_file and tls_key_file go together",
+            );
+            None
+        }
+    };
+    let password = v.env_secret("nats.password_env", &n.password_env, env);
+    if password.is_some() && n.user.is_none() {
+        v.problem("nats.password_env", "a password needs `user`");
+    }
+    let nats = NatsConfig {
+        url: n.url,
+        prefix: n.prefix,
+        queue_group: n.queue_group,
+        creds_file: n.creds_file,
+        user: n.user,
+        password,
+        token: v.env_secret("nats.token_env", &n.token_env, env),
+        tls_required: n.tls_required,
+        tls_ca_file: n.tls_ca_file,
+        tls_client_cert,
+    };
+
+    Config {
+        source: file.to_string(),
+        nats,
+        routing: RoutingConfig {
+            strategy,
+            default_group,
+            fallbacks: raw.routing.fallbacks,
+            fallback_on_auth: raw.routing.fallback_on_auth,
+        },
+        tasks: raw.tasks,
+        groups,
+        breaker: BreakerConfig {
+            failure_threshold: b.failure_threshold,
+            reset_timeout: b.reset_timeout,
+            success_threshold: b.success_threshold,
+            ignored_status: b.ignored_status,
+        },
+        storage: StorageConfig {
+            path: raw.storage.path,
+        },
+        deployments,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", &|name| {
+            (name == "PRESENT_KEY").then(|| "sk-123".to_string())
+        })
+    }
+
+    const MINIMAL: &str = r#"
+        [[deployments]]
+        name = "a"
+        group = "chat"
+        provider = "openai"
+        model = "gpt-4o-mini"
+        api_base = "http://127.0.0.1:1/v1"
+        api_key_env = "PRESENT_KEY"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_the_contract_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.routing.default_group, "chat");
+        assert_eq!(c.breaker.failure_threshold, 3);
+        assert_eq!(c.breaker.reset_timeout, Duration::from_secs(60));
+        assert_eq!(c.breaker.ignored_status, vec![400, 404]);
+        assert_eq!(c.nats.prefix, "llm");
+        let d = &c.deployments[0];
+        assert_eq!(d.timeout, Duration::from_secs(60));
+        assert_eq!(d.api_key.as_ref().unwrap().expose(), "sk-123");
+    }
+
+    #[test]
+    fn the_embedded_demo_config_is_valid() {
+        let c = Config::demo();
+        assert!(c.deployments.len() >= 3);
+        assert!(
+            c.deployments
+                .iter()
+                .all(|d| d.provider == ProviderKind::Simulated)
+        );
+    }
+
+    #[test]
+    fn a_missing_key_names_the_deployment_and_the_variable() {
+        let text = MINIMAL.replace("PRESENT_KEY", "ABSENT_KEY");
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "test.toml: deployments[0].api_key_env: deployment `a`: environment variable ABSENT_KEY is not set"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_path() {
+        let text = format!(
+            "{MINIMAL}\nrpm = 0\n[routing]\ndefault_group = \"nope\"\nstrategy = \"fastest\"\n[tasks]\nchat = \"ghost\"\n[breaker]\nfailure_threshold = 0\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        for expected in [
+            "test.toml: deployments[0].rpm: must be > 0",
+            "test.toml: routing.default_group: `nope` is not the group of any deployment",
+            "test.toml: routing.strategy: unknown strategy `fastest`",
+            "test.toml: tasks.chat: `ghost` is not the group of any deployment",
+            "test.toml: breaker.failure_threshold: must be > 0",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused_by_the_parser() {
+        let err = parse(&format!("{MINIMAL}\ncolour = \"blue\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml: "), "{err}");
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        let err = parse(&format!("{MINIMAL}\ntimeout = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_and_self_fallbacks_are_refused() {
+        let text = format!("{MINIMAL}{MINIMAL}\n[routing.fallbacks]\nchat = [\"chat\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("deployments[1].name: `a` is already the name of deployments[0]"));
+        assert!(err.contains("routing.fallbacks.chat[0]: a group cannot fall back to itself"));
+    }
+}

@@ -1,0 +1,129 @@
+//! `switchyard demo`: the engine in-process on the demo config. Requests go through the real
+//! supervisor, deployment actors and fallback walk against `simulated` deployments, one of which
+//! has an outage, so the run shows fallback and a circuit opening and closing with no key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::observe::Event;
+use crate::protocol::RequestOptions;
+
+const PROMPTS: [(&str, &str); 4] = [
+    ("chat", "What is a good name for a travel app?"),
+    (
+        "title",
+        "Summarise in five words: our trip to Lisbon in May",
+    ),
+    ("chat", "Explain circuit breakers in one sentence."),
+    (
+        "extract",
+        "Extract the city from: 'Meet me in Porto on Friday'",
+    ),
+];
+
+pub async fn run(config: &Config, requests: usize, interval: Duration) -> anyhow::Result<()> {
+    let engine = Arc::new(Engine::start(config, "demo").await?);
+    let mut events = engine.events();
+    let started = Instant::now();
+    let printer = tokio::spawn(async move {
+        while let Ok(Event::Circuit {
+            deployment,
+            from,
+            to,
+            ..
+        }) = events.recv().await
+        {
+            println!(
+                "{:>7.2}s  ⚡ circuit {deployment}: {} → {}",
+                started.elapsed().as_secs_f64(),
+                from.as_str(),
+                to.as_str()
+            );
+        }
+    });
+    println!(
+        "switchyard demo: {requests} requests, one every {} ms, config {}\n",
+        interval.as_millis(),
+        config.source
+    );
+    let mut tasks = JoinSet::new();
+    let mut tick = tokio::time::interval(interval);
+    for i in 0..requests {
+        tick.tick().await;
+        let (task, prompt) = PROMPTS[i % PROMPTS.len()];
+        let engine = engine.clone();
+        tasks.spawn(async move {
+            let body = serde_json::json!({
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 64
+            });
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            let outcome = engine
+                .chat(task, Ok(RequestOptions::default()), &body)
+                .await;
+            let at = started.elapsed().as_secs_f64();
+            match &outcome.result {
+                Ok(s) => println!(
+                    "{at:>7.2}s  #{:<3} {task:<8} → {:<16} attempts={} fallback={:<5} {:>4} ms  ${:.6}",
+                    i + 1,
+                    s.deployment,
+                    s.attempts,
+                    s.fallback,
+                    outcome.latency.as_millis(),
+                    s.reply.cost_usd
+                ),
+                Err(f) => println!(
+                    "{at:>7.2}s  #{:<3} {task:<8} ✗ {}: {}",
+                    i + 1,
+                    f.kind.as_str(),
+                    f.message
+                ),
+            }
+            outcome
+        });
+    }
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut ok, mut failed, mut fallbacks, mut cost) = (0, 0, 0, 0.0);
+    while let Some(done) = tasks.join_next().await {
+        let outcome = done?;
+        match outcome.result {
+            Ok(s) => {
+                ok += 1;
+                fallbacks += usize::from(s.fallback);
+                cost += s.reply.cost_usd;
+                *served.entry(s.deployment.to_string()).or_default() += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let status = engine.status().await;
+    engine.stop().await;
+    printer.abort();
+
+    println!(
+        "\n{ok} ok, {failed} failed, {fallbacks} served after a fallback, ${cost:.6} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "\n{:<16} {:<17} {:>6} {:>7} {:>9} {:>9}",
+        "DEPLOYMENT", "GROUP", "SERVED", "CIRCUIT", "P50 ms", "ERRORS"
+    );
+    for d in &status.deployments {
+        println!(
+            "{:<16} {:<17} {:>6} {:>7} {:>9.1} {:>5}/{:<3}",
+            d.name,
+            d.group,
+            served.get(&d.name).copied().unwrap_or(0),
+            d.circuit,
+            d.latency_ms.p50,
+            d.failures,
+            d.requests
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The circuit breaker of contract section 2: closed → open after `failure_threshold` consecutive
+//! failures (a success resets the count) → half-open after `reset_timeout` → closed after
+//! `success_threshold` successful probes, one probe at a time; a failed probe re-opens it.
+//! Pure state: the deployment actor feeds it outcomes and the time.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::BreakerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
+    pub fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: CircuitState,
+    pub to: CircuitState,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    failure_threshold: u32,
+    success_threshold: u32,
+    reset_timeout: Duration,
+    state: CircuitState,
+    failures: u32,
+    successes: u32,
+    opened_at: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+/// Whether a call may go through now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// Allowed as the one half-open probe.
+    Probe,
+    Rejected,
+}
+
+impl Breaker {
+    pub fn new(c: &BreakerConfig) -> Self {
+        Self {
+            failure_threshold: c.failure_threshold,
+            success_threshold: c.success_threshold,
+            reset_timeout: c.reset_timeout,
+            state: CircuitState::Closed,
+            failures: 0,
+            successes: 0,
+            opened_at: None,
+            probe_in_flight: false,
+        }
+    }
+
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    pub fn reset_timeout(&self) -> Duration {
+        self.reset_timeout
+    }
+
+    /// Moves open → half-open once the reset timeout has passed.
+    pub fn poll(&mut self, now: Instant) -> Option<Transition> {
+        match (self.state, self.opened_at) {
+            (CircuitState::Open, Some(at))
+                if now.saturating_duration_since(at) >= self.reset_timeout =>
+            {
+                self.successes = 0;
+                self.probe_in_flight = false;
+                self.go(CircuitState::HalfOpen)
+            }
+            _ => None,
+        }
+    }
+
+    /// Would a call be let through now? Does not take the probe slot: see `admit`.
+    pub fn check(&mut self, now: Instant) -> (Admission, Option<Transition>) {
+        let t = self.poll(now);
+        let a = match self.state {
+            CircuitState::Closed => Admission::Allowed,
+            CircuitState::Open => Admission::Rejected,
+            CircuitState::HalfOpen if self.probe_in_flight => Admission::Rejected,
+            CircuitState::HalfOpen => Admission::Probe,
+        };
+        (a, t)
+    }
+
+    /// Commits an admission returned by `check`.
+    pub fn admit(&mut self, a: Admission) {
+        if a == Admission::Probe {
+            self.probe_in_flight = true;
+        }
+    }
+
+    pub fn on_success(&mut self, probe: bool) -> Option<Transition> {
+        match self.state {
+            CircuitState::Closed => {
+                self.failures = 0;
+                None
+            }
+            CircuitState::HalfOpen if probe => {
+                self.probe_in_flight = false;
+                self.successes += 1;
+                if self.successes >= self.success_threshold {
+                    self.failures = 0;
+                    self.go(CircuitState::Closed)
+                } else {
+                    None
+                }
+            }
+            // A call admitted before the circuit opened: it says nothing about now.
+            CircuitState::HalfOpen | CircuitState::Open => None,
+        }
+    }
+
+    pub fn on_failure(&mut self, now: Instant, probe: bool) -> Option<Transition> {
+        match self.state {
+            CircuitState::Closed => {
+                self.failures += 1;
+                if self.failures >= self.failure_threshold {
+                    self.opened_at = Some(now);
+                    self.go(CircuitState::Open)
+                } else {
+                    None
+                }
+            }
+            CircuitState::HalfOpen if probe => {
+                self.probe_in_flight = false;
+                self.opened_at = Some(now);
+                self.go(CircuitState::Open)
+            }
+            CircuitState::HalfOpen | CircuitState::Open => None,
+        }
+    }
+
+    /// An outcome that does not count either way (ignored status, caller's deadline, 400).
+    pub fn on_neutral(&mut self, probe: bool) {
+        if probe {
+            self.probe_in_flight = false;
+        }
+    }
+
+    fn go(&mut self, to: CircuitState) -> Option<Transition> {
+        let from = self.state;
+        self.state = to;
+        Some(Transition { from, to })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CircuitState::*;
+
+    fn breaker(success_threshold: u32) -> Breaker {
+        Breaker::new(&BreakerConfig {
+            success_threshold,
+            ..BreakerConfig::default()
+        })
+    }
+
+    #[test]
+    fn opens_after_three_consecutive_failures_and_a_success_resets_the_count() {
+        let t = Instant::now();
+        let mut b = breaker(1);
+        assert_eq!(b.on_failure(t, false), None);
+        assert_eq!(b.on_failure(t, false), None);
+        assert_eq!(b.on_success(false), None);
+        assert_eq!(b.on_failure(t, false), None);
+        assert_eq!(b.on_failure(t, false), None);
+        assert_eq!(
+            b.on_failure(t, false),
+            Some(Transition {
+                from: Closed,
+                to: Open
+            })
+        );
+        assert_eq!(b.check(t + Duration::from_secs(59)).0, Admission::Rejected);
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_through_and_closes_on_success() {
+        let t = Instant::now();
+        let mut b = breaker(1);
+        for _ in 0..3 {
+            b.on_failure(t, false);
+        }
+        let later = t + Duration::from_secs(60);
+        let (a, tr) = b.check(later);
+        assert_eq!(
+            tr,
+            Some(Transition {
+                from: Open,
+                to: HalfOpen
+            })
+        );
+        assert_eq!(a, Admission::Probe);
+        b.admit(a);
+        assert_eq!(b.check(later).0, Admission::Rejected, "one probe at a time");
+        assert_eq!(
+            b.on_success(true),
+            Some(Transition {
+                from: HalfOpen,
+                to: Closed
+            })
+        );
+        assert_eq!(b.check(later).0, Admission::Allowed);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_and_late_results_are_ignored() {
+        let t = Instant::now();
+        let mut b = breaker(2);
+        for _ in 0..3 {
+            b.on_failure(t, false);
+        }
+        assert_eq!(b.on_success(false), None, "a late success while open");
+        let later = t + Duration::from_secs(60);
+        let (a, _) = b.check(later);
+        b.admit(a);
+        assert_eq!(b.on_success(true), None, "needs two successes");
+        let (a, _) = b.check(later);
+        assert_eq!(a, Admission::Probe);
+        b.admit(a);
+        assert_eq!(
+            b.on_failure(later, true),
+            Some(Transition {
+                from: HalfOpen,
+                to: Open
+            })
+        );
+        assert_eq!(
+            b.check(later + Duration::from_secs(59)).0,
+            Admission::Rejected
+        );
+        assert_eq!(b.check(later + Duration::from_secs(60)).0, Admission::Probe);
+    }
+}

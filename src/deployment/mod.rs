@@ -1,0 +1,488 @@
+//! The deployment actor: one per `[[deployments]]` entry. It owns that deployment's limits
+//! (`rpm`/`tpm` windows and `Retry-After` cool-down), circuit breaker, in-flight count and latency
+//! stats, and decides whether a call may go out.
+//!
+//! Its handler never awaits a provider: `Call` admits (or skips) the request, spawns the HTTP call
+//! as a task and returns; the task replies to the caller directly and reports the outcome back as
+//! `Finished`, which updates the breaker and stats. What routing needs on every request (circuit
+//! state, in-flight, latency, usage) is published in `Shared` atomics, so the router reads it
+//! without a mailbox round trip.
+
+pub mod breaker;
+pub mod limiter;
+pub mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tracing::{debug, info, warn};
+
+use self::breaker::{Admission, Breaker, CircuitState, Transition};
+use self::limiter::{Ticket, WindowBudget};
+use self::stats::{Sample, Stats};
+use crate::config::BreakerConfig;
+use crate::observe::events::{Event, EventBus, now_rfc3339};
+use crate::observe::status::{DeploymentStatus, LatencyMs};
+use crate::protocol::ChatRequest;
+use crate::providers::{
+    Adapter, CallContext, Decision, Failure, ProviderReply, classify, simulated,
+};
+
+/// What the actor publishes for lock-free reads on the request path.
+#[derive(Debug)]
+pub struct Shared {
+    epoch: Instant,
+    circuit: AtomicU8,
+    in_flight: AtomicU32,
+    ewma_us: AtomicU64,
+    /// Milliseconds since `epoch` until which the deployment cools down; 0 for none.
+    cool_until_ms: AtomicU64,
+    rpm_used: AtomicU64,
+    tpm_used: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            circuit: AtomicU8::new(CircuitState::Closed.to_u8()),
+            in_flight: AtomicU32::new(0),
+            ewma_us: AtomicU64::new(0),
+            cool_until_ms: AtomicU64::new(0),
+            rpm_used: AtomicU64::new(0),
+            tpm_used: AtomicU64::new(0),
+        }
+    }
+
+    pub fn circuit(&self) -> CircuitState {
+        CircuitState::from_u8(self.circuit.load(Relaxed))
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Latency EWMA in ms; `None` before the first success.
+    pub fn ewma_ms(&self) -> Option<f64> {
+        match self.ewma_us.load(Relaxed) {
+            0 => None,
+            us => Some(us as f64 / 1000.0),
+        }
+    }
+
+    pub fn cooling_down(&self, now: Instant) -> bool {
+        let until = self.cool_until_ms.load(Relaxed);
+        until != 0 && (now.saturating_duration_since(self.epoch).as_millis() as u64) < until
+    }
+
+    pub fn rpm_used(&self) -> u64 {
+        self.rpm_used.load(Relaxed)
+    }
+
+    pub fn tpm_used(&self) -> u64 {
+        self.tpm_used.load(Relaxed)
+    }
+}
+
+/// Everything a deployment actor is started with; kept by the supervisor to restart it.
+#[derive(Clone)]
+pub struct Args {
+    pub adapter: Arc<Adapter>,
+    pub breaker: Arc<BreakerConfig>,
+    pub fallback_on_auth: bool,
+    pub shared: Arc<Shared>,
+    pub events: EventBus,
+    pub instance: Arc<str>,
+    pub name: Arc<str>,
+}
+
+/// One try of one request at this deployment.
+pub struct CallArgs {
+    pub req: Arc<ChatRequest>,
+    pub deadline: Option<Instant>,
+    pub include_request_extra: bool,
+    pub request_id: Arc<str>,
+    /// 1-based number of this call within the request.
+    pub attempt: u32,
+}
+
+/// Why the actor did not call its provider.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    CircuitOpen,
+    CoolingDown(Duration),
+    /// `rpm` or `tpm` is spent for the current minute.
+    AtLimit {
+        limit: &'static str,
+        retry_in: Duration,
+    },
+}
+
+impl Skip {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::CircuitOpen => "skipped: circuit open".into(),
+            Self::CoolingDown(d) => format!("skipped: cooling down for {} ms", d.as_millis()),
+            Self::AtLimit { limit, retry_in } => {
+                format!(
+                    "skipped: {limit} limit reached, room in {} ms",
+                    retry_in.as_millis()
+                )
+            }
+        }
+    }
+}
+
+pub enum Attempt {
+    Skipped(Skip),
+    Done {
+        result: Result<ProviderReply, (Failure, Decision)>,
+        latency: Duration,
+    },
+}
+
+pub enum Msg {
+    Call(Box<CallArgs>, RpcReplyPort<Attempt>),
+    Finished(Box<Finished>),
+    /// The breaker's reset timeout may have passed.
+    Tick,
+    Snapshot(RpcReplyPort<DeploymentStatus>),
+}
+
+pub struct Finished {
+    probe: bool,
+    tpm_ticket: Option<Ticket>,
+    latency: Duration,
+    outcome: Result<(u64, f64, u64, u64), (Failure, Decision)>,
+}
+
+pub struct DeploymentActor;
+
+pub struct State {
+    args: Args,
+    breaker: Breaker,
+    rpm: Option<WindowBudget>,
+    tpm: Option<WindowBudget>,
+    cool_until: Option<Instant>,
+    in_flight: u32,
+    stats: Stats,
+    rng: SmallRng,
+    started: Instant,
+}
+
+impl Actor for DeploymentActor {
+    type Msg = Msg;
+    type State = State;
+    type Arguments = Args;
+
+    async fn pre_start(&self, _me: ActorRef<Msg>, args: Args) -> Result<State, ActorProcessingErr> {
+        let c = &args.adapter.config;
+        let seed = c.simulated.as_ref().map_or(0, |s| s.seed);
+        // A restarted actor starts afresh; what it publishes must say so.
+        args.shared
+            .circuit
+            .store(CircuitState::Closed.to_u8(), Relaxed);
+        args.shared.in_flight.store(0, Relaxed);
+        Ok(State {
+            breaker: Breaker::new(&args.breaker),
+            rpm: c.rpm.map(|n| WindowBudget::per_minute(u64::from(n.get()))),
+            tpm: c.tpm.map(|n| WindowBudget::per_minute(n.get())),
+            cool_until: None,
+            in_flight: 0,
+            stats: Stats::default(),
+            rng: SmallRng::seed_from_u64(seed),
+            started: Instant::now(),
+            args,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Msg>,
+        msg: Msg,
+        state: &mut State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            Msg::Call(call, reply) => state.call(&me, *call, reply),
+            Msg::Finished(f) => state.finished(&me, *f),
+            Msg::Tick => {
+                if let Some(t) = state.breaker.poll(Instant::now()) {
+                    state.transition(t);
+                }
+            }
+            Msg::Snapshot(reply) => {
+                let _ = reply.send(state.snapshot());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn call(&mut self, me: &ActorRef<Msg>, call: CallArgs, reply: RpcReplyPort<Attempt>) {
+        let now = Instant::now();
+        if let Some(until) = self.cool_until {
+            if now < until {
+                let _ = reply.send(Attempt::Skipped(Skip::CoolingDown(until - now)));
+                return;
+            }
+            self.cool_until = None;
+            self.args.shared.cool_until_ms.store(0, Relaxed);
+        }
+        let (admission, transition) = self.breaker.check(now);
+        if let Some(t) = transition {
+            self.transition(t);
+        }
+        if admission == Admission::Rejected {
+            let _ = reply.send(Attempt::Skipped(Skip::CircuitOpen));
+            return;
+        }
+        let rpm_ticket = match self.rpm.as_mut().map(|b| b.try_take(now, 1)) {
+            Some(Err(retry_in)) => {
+                let _ = reply.send(Attempt::Skipped(Skip::AtLimit {
+                    limit: "rpm",
+                    retry_in,
+                }));
+                return;
+            }
+            Some(Ok(t)) => Some(t),
+            None => None,
+        };
+        let estimate = call.req.estimated_total_tokens();
+        let tpm_ticket = match self.tpm.as_mut().map(|b| b.try_take(now, estimate)) {
+            Some(Err(retry_in)) => {
+                if let (Some(b), Some(t)) = (self.rpm.as_mut(), rpm_ticket) {
+                    b.correct(t, 0);
+                }
+                let _ = reply.send(Attempt::Skipped(Skip::AtLimit {
+                    limit: "tpm",
+                    retry_in,
+                }));
+                return;
+            }
+            Some(Ok(t)) => Some(t),
+            None => None,
+        };
+        self.breaker.admit(admission);
+        self.in_flight += 1;
+        self.publish_usage(now);
+
+        let fate = self.args.adapter.config.simulated.as_ref().map(|spec| {
+            simulated::decide(
+                spec,
+                &mut self.rng,
+                now.saturating_duration_since(self.started),
+            )
+        });
+        let ctx = CallContext {
+            include_request_extra: call.include_request_extra,
+            fate,
+        };
+        tokio::spawn(run_call(
+            self.args.clone(),
+            me.clone(),
+            call,
+            ctx,
+            admission == Admission::Probe,
+            tpm_ticket,
+            reply,
+        ));
+    }
+
+    fn finished(&mut self, me: &ActorRef<Msg>, f: Finished) {
+        let now = Instant::now();
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let transition = match &f.outcome {
+            Ok((tokens, cost, prompt, completion)) => {
+                if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
+                    b.correct(t, *tokens);
+                }
+                self.stats.record(f.latency, Sample::Ok);
+                self.stats.cost_usd += cost;
+                self.stats.prompt_tokens += prompt;
+                self.stats.completion_tokens += completion;
+                self.breaker.on_success(f.probe)
+            }
+            Err((failure, decision)) => {
+                let sample = match (failure, decision.count) {
+                    (Failure::Timeout, true) => Sample::Timeout,
+                    (_, true) => Sample::Error,
+                    (_, false) => Sample::Neutral,
+                };
+                self.stats.record(f.latency, sample);
+                if let Some(d) = decision.cool_down {
+                    self.cool_until = Some(now + d);
+                    let until = (now + d).saturating_duration_since(self.args.shared.epoch);
+                    self.args
+                        .shared
+                        .cool_until_ms
+                        .store(until.as_millis() as u64 + 1, Relaxed);
+                }
+                if decision.count {
+                    self.breaker.on_failure(now, f.probe)
+                } else {
+                    self.breaker.on_neutral(f.probe);
+                    None
+                }
+            }
+        };
+        if let Some(t) = transition {
+            self.transition(t);
+            if t.to == CircuitState::Open {
+                ractor::time::send_after(self.breaker.reset_timeout(), me.get_cell(), || Msg::Tick);
+            }
+        }
+        self.publish_usage(now);
+    }
+
+    fn publish_usage(&mut self, now: Instant) {
+        let s = &self.args.shared;
+        s.in_flight.store(self.in_flight, Relaxed);
+        if let Some(ms) = self.stats.ewma_ms() {
+            s.ewma_us.store(((ms * 1000.0) as u64).max(1), Relaxed);
+        }
+        if let Some(b) = self.rpm.as_mut() {
+            s.rpm_used.store(b.used(now), Relaxed);
+        }
+        if let Some(b) = self.tpm.as_mut() {
+            s.tpm_used.store(b.used(now), Relaxed);
+        }
+    }
+
+    fn transition(&mut self, t: Transition) {
+        self.args.shared.circuit.store(t.to.to_u8(), Relaxed);
+        warn!(
+            deployment = %self.args.name,
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            "circuit transition"
+        );
+        let _ = self.args.events.send(Event::Circuit {
+            deployment: self.args.name.clone(),
+            from: t.from,
+            to: t.to,
+            at: now_rfc3339(),
+            instance: self.args.instance.clone(),
+        });
+    }
+
+    fn snapshot(&mut self) -> DeploymentStatus {
+        let now = Instant::now();
+        self.publish_usage(now);
+        let c = &self.args.adapter.config;
+        let latency = self.stats.latency();
+        let (error_rate, timeout_rate) = self.stats.rates();
+        DeploymentStatus {
+            name: c.name.clone(),
+            group: c.group.clone(),
+            provider: c.provider.as_str().into(),
+            model: c.model.clone(),
+            circuit: self.breaker.state().as_str().into(),
+            in_flight: self.in_flight,
+            rpm_used: self.args.shared.rpm_used(),
+            rpm_limit: self.rpm.as_ref().map(WindowBudget::limit),
+            tpm_used: self.args.shared.tpm_used(),
+            tpm_limit: self.tpm.as_ref().map(WindowBudget::limit),
+            latency_ms: LatencyMs {
+                p50: latency.p50,
+                p95: latency.p95,
+                ewma: latency.ewma,
+            },
+            error_rate,
+            timeout_rate,
+            requests: self.stats.requests,
+            failures: self.stats.failures,
+            cost_usd: self.stats.cost_usd,
+            cooldown_s: self
+                .cool_until
+                .filter(|u| *u > now)
+                .map(|u| (u - now).as_secs_f64()),
+        }
+    }
+}
+
+/// The provider call, outside the actor: bounded by the deployment's timeout and the caller's
+/// deadline, whichever comes first.
+async fn run_call(
+    args: Args,
+    me: ActorRef<Msg>,
+    call: CallArgs,
+    ctx: CallContext,
+    probe: bool,
+    tpm_ticket: Option<Ticket>,
+    reply: RpcReplyPort<Attempt>,
+) {
+    let started = Instant::now();
+    let timeout = args.adapter.config.timeout;
+    let (limit, by_deadline) = match call.deadline {
+        Some(d) if d.saturating_duration_since(started) < timeout => {
+            (d.saturating_duration_since(started), true)
+        }
+        _ => (timeout, false),
+    };
+    let result = match tokio::time::timeout(limit, args.adapter.call(&call.req, ctx)).await {
+        Ok(r) => r,
+        Err(_) if by_deadline => Err(Failure::DeadlineSpent),
+        Err(_) => Err(Failure::Timeout),
+    };
+    let latency = started.elapsed();
+    let c = &args.adapter.config;
+    let result = result.map_err(|f| {
+        let d = classify(&f, &args.breaker, args.fallback_on_auth);
+        (f, d)
+    });
+    let outcome = match &result {
+        Ok(r) => {
+            info!(
+                request_id = %call.request_id,
+                deployment = %args.name,
+                provider = c.provider.as_str(),
+                model = %c.model,
+                attempt = call.attempt,
+                status = 200,
+                latency_ms = latency.as_millis() as u64,
+                tokens = r.usage.total_tokens,
+                "attempt succeeded"
+            );
+            Ok((
+                r.usage.total_tokens,
+                r.cost_usd,
+                r.usage.prompt_tokens,
+                r.usage.completion_tokens,
+            ))
+        }
+        Err((f, d)) => {
+            warn!(
+                request_id = %call.request_id,
+                deployment = %args.name,
+                provider = c.provider.as_str(),
+                model = %c.model,
+                attempt = call.attempt,
+                status = f.status(),
+                latency_ms = latency.as_millis() as u64,
+                error = %f.describe(),
+                falls_back = d.fall_back,
+                "attempt failed"
+            );
+            Err((f.clone(), *d))
+        }
+    };
+    // The actor hears of the outcome before the caller does, so that the caller's next request
+    // already sees the breaker it caused.
+    if me
+        .send_message(Msg::Finished(Box::new(Finished {
+            probe,
+            tpm_ticket,
+            latency,
+            outcome,
+        })))
+        .is_err()
+    {
+        debug!(deployment = %args.name, "actor gone before the call finished");
+    }
+    let _ = reply.send(Attempt::Done { result, latency });
+}

@@ -1,0 +1,279 @@
+//! The engine in-process: supervisor, deployment actors and router, with one entry point per
+//! request (`chat`) and the status snapshot. `serve` puts NATS in front of it; `demo`, the
+//! benchmarks and the tests drive it directly.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+use tracing::info_span;
+
+use crate::config::Config;
+use crate::deployment::{self, Shared};
+use crate::observe::events::{self, EventBus};
+use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
+use crate::protocol::{ChatRequest, InvalidRequest};
+use crate::protocol::{ErrorBody, ErrorDetail, ErrorKind, RequestOptions, headers};
+use crate::providers::{Adapter, http};
+use crate::routing::fallback::{Failed, Served};
+use crate::routing::strategy::Strategy;
+use crate::routing::supervisor::{self, Supervisor};
+use crate::routing::{Router, Slot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot start the actors: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+pub struct Engine {
+    router: Arc<Router>,
+    supervisor: ActorRef<supervisor::Msg>,
+    events: EventBus,
+    instance: Arc<str>,
+    started: Instant,
+}
+
+/// The result of one request, with what the reply needs.
+#[derive(Debug)]
+pub struct ChatOutcome {
+    pub request_id: Arc<str>,
+    pub latency: Duration,
+    pub result: Result<Served, Failed>,
+}
+
+/// A reply as it goes on the wire: `Llm-*` headers and a JSON body.
+pub struct Reply {
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Engine {
+    /// Starts one actor per deployment under a supervisor. `instance` names this engine in status
+    /// and events.
+    pub async fn start(config: &Config, instance: &str) -> Result<Self, EngineError> {
+        let client = http::client()?;
+        let epoch = Instant::now();
+        let events = events::bus();
+        let instance: Arc<str> = instance.into();
+        let breaker = Arc::new(config.breaker.clone());
+        let slots: Vec<Slot> = config
+            .deployments
+            .iter()
+            .map(|d| Slot {
+                name: d.name.as_str().into(),
+                adapter: Arc::new(Adapter::new(d.clone(), client.clone())),
+                shared: Arc::new(Shared::new(epoch)),
+                actor: Default::default(),
+                name_hash: crate::config::stable_hash(d.name.as_bytes()),
+            })
+            .collect();
+        let slots: Arc<[Slot]> = slots.into();
+        let actors = slots
+            .iter()
+            .map(|s| deployment::Args {
+                adapter: s.adapter.clone(),
+                breaker: breaker.clone(),
+                fallback_on_auth: config.routing.fallback_on_auth,
+                shared: s.shared.clone(),
+                events: events.clone(),
+                instance: instance.clone(),
+                name: s.name.clone(),
+            })
+            .collect();
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            supervisor::Args {
+                slots: slots.clone(),
+                actors,
+            },
+        )
+        .await?;
+        Ok(Self {
+            router: Arc::new(Router::new(config, slots)),
+            supervisor,
+            events,
+            instance,
+            started: epoch,
+        })
+    }
+
+    pub fn instance(&self) -> &Arc<str> {
+        &self.instance
+    }
+
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<events::Event> {
+        self.events.subscribe()
+    }
+
+    /// Serves one chat request: `task` is the subject's task token, `options` what the headers
+    /// said (or why they were refused), `body` the caller's JSON.
+    pub async fn chat(
+        &self,
+        task: &str,
+        options: Result<RequestOptions, String>,
+        body: &[u8],
+    ) -> ChatOutcome {
+        let started = Instant::now();
+        let request_id: Arc<str> = match options.as_ref().ok().and_then(|o| o.request_id.clone()) {
+            Some(id) => id.into(),
+            None => uuid::Uuid::now_v7().to_string().into(),
+        };
+        let span = info_span!("request", request_id = %request_id, task);
+        let result = self
+            .run(task, options, body, &request_id)
+            .instrument(span)
+            .await;
+        ChatOutcome {
+            request_id,
+            latency: started.elapsed(),
+            result,
+        }
+    }
+
+    async fn run(
+        &self,
+        task: &str,
+        options: Result<RequestOptions, String>,
+        body: &[u8],
+        request_id: &Arc<str>,
+    ) -> Result<Served, Failed> {
+        let invalid = |m: String| Failed::new(ErrorKind::InvalidRequest, m);
+        let options = options.map_err(invalid)?;
+        let strategy = match &options.strategy {
+            Some(s) => Some(
+                s.parse::<Strategy>()
+                    .map_err(|e| invalid(format!("{}: {e}", headers::STRATEGY)))?,
+            ),
+            None => None,
+        };
+        let req = ChatRequest::parse(body).map_err(|InvalidRequest(m)| invalid(m))?;
+        if req.stream {
+            return Err(invalid(
+                "\"stream\": true is not supported by this build yet; send the request without it"
+                    .into(),
+            ));
+        }
+        self.router
+            .route(Arc::new(req), task, &options, strategy, request_id)
+            .await
+    }
+
+    /// This instance's status snapshot; an actor that does not answer within a second is shown
+    /// with circuit `unknown` rather than holding up the whole answer.
+    pub async fn status(&self) -> StatusSnapshot {
+        let waits: Vec<_> = self
+            .router
+            .slots
+            .iter()
+            .map(|slot| {
+                let (tx, rx) = oneshot::channel();
+                let sent = slot
+                    .actor
+                    .load_full()
+                    .is_some_and(|a| a.send_message(deployment::Msg::Snapshot(tx.into())).is_ok());
+                async move {
+                    if sent
+                        && let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), rx).await
+                    {
+                        return s;
+                    }
+                    unknown_status(slot)
+                }
+            })
+            .collect();
+        let deployments = futures::future::join_all(waits).await;
+        let requests = self.router.requests.load(Relaxed);
+        let fallbacks = self.router.fallbacks.load(Relaxed);
+        StatusSnapshot {
+            instance: self.instance.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            deployments,
+            requests,
+            fallbacks,
+            fallback_ratio: if requests == 0 {
+                0.0
+            } else {
+                fallbacks as f64 / requests as f64
+            },
+            alerts: Vec::new(),
+        }
+    }
+
+    /// Stops the actors. Requests still in flight get their answers from their own tasks.
+    pub async fn stop(&self) {
+        let _ = self
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+    }
+}
+
+fn unknown_status(slot: &Slot) -> DeploymentStatus {
+    let c = slot.config();
+    DeploymentStatus {
+        name: c.name.clone(),
+        group: c.group.clone(),
+        provider: c.provider.as_str().into(),
+        model: c.model.clone(),
+        circuit: "unknown".into(),
+        in_flight: slot.shared.in_flight(),
+        rpm_used: slot.shared.rpm_used(),
+        rpm_limit: c.rpm.map(|n| u64::from(n.get())),
+        tpm_used: slot.shared.tpm_used(),
+        tpm_limit: c.tpm.map(|n| n.get()),
+        latency_ms: LatencyMs {
+            p50: 0.0,
+            p95: 0.0,
+            ewma: slot.shared.ewma_ms().unwrap_or_default(),
+        },
+        error_rate: 0.0,
+        timeout_rate: 0.0,
+        requests: 0,
+        failures: 0,
+        cost_usd: 0.0,
+        cooldown_s: None,
+    }
+}
+
+impl ChatOutcome {
+    /// The reply of contract section 1: a `chat.completion` with success headers, or the error
+    /// body with `Llm-Error`.
+    pub fn into_reply(self) -> Reply {
+        let mut h = vec![(headers::REQUEST_ID, self.request_id.to_string())];
+        let latency_ms = self.latency.as_millis().to_string();
+        match self.result {
+            Ok(s) => {
+                h.push((headers::DEPLOYMENT, s.deployment.to_string()));
+                h.push((headers::PROVIDER, s.provider.to_string()));
+                h.push((headers::ATTEMPTS, s.attempts.to_string()));
+                h.push((headers::FALLBACK, s.fallback.to_string()));
+                h.push((headers::LATENCY_MS, latency_ms));
+                h.push((headers::COST_USD, format!("{}", s.reply.cost_usd)));
+                let body = serde_json::to_vec(&s.reply.completion).unwrap_or_default();
+                Reply { headers: h, body }
+            }
+            Err(f) => {
+                h.push((headers::ERROR, f.kind.as_str().to_string()));
+                h.push((headers::LATENCY_MS, latency_ms));
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        kind: f.kind,
+                        message: f.message,
+                        status: f.status,
+                        request_id: self.request_id.to_string(),
+                        attempts: f.attempts,
+                    },
+                };
+                let body = serde_json::to_vec(&body).unwrap_or_default();
+                Reply { headers: h, body }
+            }
+        }
+    }
+}

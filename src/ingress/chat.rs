@@ -1,0 +1,88 @@
+//! `llm.chat.<task>`: each request runs in its own task (tracked, so shutdown can wait for it) and
+//! always gets a reply, success or error.
+
+use std::sync::Arc;
+
+use async_nats::{Client, HeaderMap, Message, Subscriber};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use super::IngressError;
+use crate::engine::Engine;
+use crate::protocol::{RequestOptions, Subjects};
+
+pub async fn subscribe(
+    client: &Client,
+    subjects: &Subjects,
+    queue_group: &str,
+) -> Result<Subscriber, IngressError> {
+    let subject = subjects.chat_wildcard();
+    client
+        .queue_subscribe(subject.clone(), queue_group.to_string())
+        .await
+        .map_err(|source| IngressError::Subscribe { subject, source })
+}
+
+/// Takes requests until `stop`, then drains the subscription: requests NATS already delivered
+/// are still served; new ones go to the other instances of the queue group.
+pub async fn serve(
+    mut sub: Subscriber,
+    client: Client,
+    engine: Arc<Engine>,
+    subjects: Subjects,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut draining = false;
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => m,
+            _ = stop.cancelled(), if !draining => {
+                draining = true;
+                if let Err(e) = sub.drain().await {
+                    warn!(error = %e, "could not drain the chat subscription");
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
+        let (client, engine, subjects) = (client.clone(), engine.clone(), subjects.clone());
+        tracker.spawn(async move { handle(msg, &client, &engine, &subjects).await });
+    }
+}
+
+async fn handle(msg: Message, client: &Client, engine: &Engine, subjects: &Subjects) {
+    let Some(reply_to) = msg.reply else {
+        warn!(subject = %msg.subject, "chat request without a reply subject: nowhere to answer");
+        return;
+    };
+    let task = subjects.task_of(&msg.subject).unwrap_or_default();
+    let options = RequestOptions::from_lookup(|name| header(msg.headers.as_ref(), name));
+    let reply = engine.chat(task, options, &msg.payload).await.into_reply();
+    let mut headers = HeaderMap::new();
+    for (name, value) in reply.headers {
+        headers.insert(name, value.as_str());
+    }
+    if let Err(e) = client
+        .publish_with_headers(reply_to, headers, reply.body.into())
+        .await
+    {
+        warn!(error = %e, "could not publish a reply");
+    }
+}
+
+/// Header lookup ignoring case, as NATS clients differ in how they spell names.
+pub fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    let headers = headers?;
+    if let Some(v) = headers.get(name) {
+        return Some(v.as_str());
+    }
+    headers
+        .iter()
+        .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.first())
+        .map(|v| v.as_str())
+}

@@ -1,0 +1,134 @@
+//! NATS in front of the engine: `llm.chat.>` (queue group, shared by every `serve` instance),
+//! `llm.status` (every instance answers) and `llm.status.events`. `run` takes the connection and
+//! a shutdown future, so tests run it in-process; on shutdown it stops taking requests, finishes
+//! the ones in flight, flushes, and returns.
+
+pub mod chat;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::{Config, NatsConfig};
+use crate::engine::Engine;
+use crate::protocol::Subjects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot read the NATS credentials file {path}: {source}")]
+    Creds {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        subject: String,
+        source: async_nats::SubscribeError,
+    },
+}
+
+/// Connects as NATS users expect: creds file, user/password, token, TLS.
+pub async fn connect(c: &NatsConfig, name: &str) -> Result<async_nats::Client, IngressError> {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(name)
+        .event_callback(|e| async move { tracing::info!(event = %e, "nats") });
+    if let Some(path) = &c.creds_file {
+        o = o
+            .credentials_file(path)
+            .await
+            .map_err(|source| IngressError::Creds {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    if let (Some(user), Some(pass)) = (&c.user, &c.password) {
+        o = o.user_and_password(user.clone(), pass.expose().to_string());
+    }
+    if let Some(token) = &c.token {
+        o = o.token(token.expose().to_string());
+    }
+    if c.tls_required {
+        o = o.require_tls(true);
+    }
+    if let Some(ca) = &c.tls_ca_file {
+        o = o.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &c.tls_client_cert {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    // The first connection must succeed, so a wrong URL or credentials fail at start; after that
+    // the client reconnects on its own.
+    let client = o
+        .connect(c.url.as_str())
+        .await
+        .map_err(|source| IngressError::Connect {
+            url: c.url.clone(),
+            source,
+        })?;
+    Ok(client)
+}
+
+/// Serves until `shutdown` resolves, then drains.
+pub async fn run(
+    client: async_nats::Client,
+    engine: Arc<Engine>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), IngressError> {
+    let subjects = Subjects::new(&config.nats.prefix);
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let chat = chat::subscribe(&client, &subjects, &config.nats.queue_group).await?;
+    let status = status::subscribe(&client, &subjects).await?;
+    let events = tokio::spawn(status::publish_events(
+        client.clone(),
+        engine.events(),
+        subjects.status_events(),
+        stop.clone(),
+    ));
+    let chat_loop = tokio::spawn(chat::serve(
+        chat,
+        client.clone(),
+        engine.clone(),
+        subjects.clone(),
+        tracker.clone(),
+        stop.clone(),
+    ));
+    let status_loop = tokio::spawn(status::serve(
+        status,
+        client.clone(),
+        engine.clone(),
+        stop.clone(),
+    ));
+    info!(
+        subject = %subjects.chat_wildcard(),
+        queue_group = %config.nats.queue_group,
+        instance = %engine.instance(),
+        "serving"
+    );
+
+    shutdown.await;
+    info!(
+        in_flight = tracker.len(),
+        "shutting down: draining requests in flight"
+    );
+    stop.cancel();
+    let _ = chat_loop.await;
+    tracker.close();
+    tracker.wait().await;
+    let _ = status_loop.await;
+    let _ = events.await;
+    let _ = client.flush().await;
+    info!("drained");
+    Ok(())
+}

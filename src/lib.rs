@@ -1,0 +1,17 @@
+//! Switchyard routes LLM requests across providers over NATS. The request path, in the order a
+//! request meets it: `ingress` (NATS subjects) → `engine` → `routing` (classify, strategy,
+//! fallback walk) → `deployment` (one actor per deployment: limits, breaker, stats) →
+//! `providers` (wire formats). `config` and `protocol` are shared vocabulary; `observe` is what
+//! the engine tells about itself.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod deployment;
+pub mod engine;
+pub mod ingress;
+pub mod observe;
+pub mod protocol;
+pub mod providers;
+pub mod routing;
+pub mod status_cli;

@@ -1,0 +1,115 @@
+//! The map of Switchyard: parse the command line, load the config, start the long-lived services
+//! (provider actors under their supervisor, the NATS ingress), and on SIGTERM/SIGINT shut them
+//! down in order: stop taking requests, drain those in flight, stop the actors.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use switchyard::cli::{Cli, Command, LogFormat};
+use switchyard::config::Config;
+use switchyard::engine::Engine;
+use switchyard::{demo, ingress, status_cli};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        Command::Demo { .. } | Command::Status { .. } => "error",
+    };
+    init_logs(cli.log_format, default_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            serve(config).await
+        }
+        Command::Demo {
+            config,
+            requests,
+            interval,
+        } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::demo(),
+            };
+            demo::run(&config, requests, interval).await
+        }
+        Command::Status {
+            config,
+            json,
+            watch,
+            gather,
+            every,
+        } => {
+            let config = Config::load(&config)?;
+            status_cli::run(&config, json, watch, gather, every).await
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let instance = instance_id();
+    let client = ingress::connect(&config.nats, &format!("switchyard-{instance}")).await?;
+    let engine = Arc::new(Engine::start(&config, &instance).await?);
+    ingress::run(client, engine.clone(), &config, shutdown_signal()).await?;
+    engine.stop().await;
+    Ok(())
+}
+
+/// `SWITCHYARD_INSTANCE`, else host name and process id.
+fn instance_id() -> String {
+    std::env::var("SWITCHYARD_INSTANCE").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "switchyard".into());
+        format!("{host}-{}", std::process::id())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

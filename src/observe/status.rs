@@ -1,0 +1,47 @@
+//! The `llm.status` snapshot (contract section 6): one instance's view of every deployment and of
+//! its overall traffic. Built on request from the deployment actors' own state.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p95: f64,
+    pub ewma: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    pub name: String,
+    pub group: String,
+    pub provider: String,
+    pub model: String,
+    /// `closed` | `open` | `half_open`; `unknown` when the actor did not answer in time.
+    pub circuit: String,
+    pub in_flight: u32,
+    pub rpm_used: u64,
+    pub rpm_limit: Option<u64>,
+    pub tpm_used: u64,
+    pub tpm_limit: Option<u64>,
+    pub latency_ms: LatencyMs,
+    pub error_rate: f64,
+    pub timeout_rate: f64,
+    pub requests: u64,
+    pub failures: u64,
+    pub cost_usd: f64,
+    /// Seconds left of a `Retry-After` cool-down, if one is running.
+    pub cooldown_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub instance: Arc<str>,
+    pub uptime_s: u64,
+    pub deployments: Vec<DeploymentStatus>,
+    pub requests: u64,
+    pub fallbacks: u64,
+    pub fallback_ratio: f64,
+    pub alerts: Vec<serde_json::Value>,
+}

@@ -1,0 +1,280 @@
+//! Provider adapters: one file per wire format. Each turns our `ChatRequest` into that provider's
+//! call and its answer into a `chat.completion` or a `Failure`. `classify` is the one place that
+//! decides what the router does with a failure (contract section 2).
+
+pub mod http;
+pub mod openai;
+pub mod simulated;
+
+use std::time::Duration;
+
+use crate::config::{BreakerConfig, DeploymentConfig, ProviderKind};
+use crate::protocol::{ChatCompletion, ChatRequest, ErrorKind, Usage};
+
+/// A successful call: the completion (with `usage` filled in) and what it cost.
+#[derive(Debug, Clone)]
+pub struct ProviderReply {
+    pub completion: ChatCompletion,
+    pub usage: Usage,
+    pub cost_usd: f64,
+}
+
+/// How a call failed, as seen on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The provider answered with a non-success HTTP status.
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The deployment's own `timeout` passed.
+    Timeout,
+    /// The caller's `Llm-Deadline` ran out during the call.
+    DeadlineSpent,
+    /// No connection could be made.
+    Connect(String),
+    /// The connection broke: reset, closed mid-body, protocol error.
+    Transport(String),
+    /// A success status with a body that is not a valid provider reply.
+    InvalidBody(String),
+}
+
+impl Failure {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// One line for logs and the `attempts` list.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Status {
+                status, message, ..
+            } => format!("HTTP {status}: {message}"),
+            Self::Timeout => "timed out".into(),
+            Self::DeadlineSpent => "request deadline spent".into(),
+            Self::Connect(e) => format!("connect error: {e}"),
+            Self::Transport(e) => format!("connection error: {e}"),
+            Self::InvalidBody(e) => format!("invalid provider reply: {e}"),
+        }
+    }
+}
+
+/// What the router does with a failure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// The error kind if this failure ends the request (or is the last one).
+    pub kind: ErrorKind,
+    /// Try the next candidate.
+    pub fall_back: bool,
+    /// Counts as a circuit-breaker failure.
+    pub count: bool,
+    /// Keep this deployment out of routing for this long (`Retry-After`).
+    pub cool_down: Option<Duration>,
+}
+
+/// The one exhaustive decision table of contract section 2.
+pub fn classify(failure: &Failure, breaker: &BreakerConfig, fallback_on_auth: bool) -> Decision {
+    let fall = |kind, count| Decision {
+        kind,
+        fall_back: true,
+        count,
+        cool_down: None,
+    };
+    let stop = |kind| Decision {
+        kind,
+        fall_back: false,
+        count: false,
+        cool_down: None,
+    };
+    let decision = match failure {
+        Failure::Status {
+            status,
+            retry_after,
+            ..
+        } => match *status {
+            400 | 413 | 422 => stop(ErrorKind::InvalidRequest),
+            401 | 403 if fallback_on_auth => fall(ErrorKind::Auth, false),
+            401 | 403 => stop(ErrorKind::Auth),
+            404 => fall(ErrorKind::NotFound, false),
+            // The provider does not take the request as asked (method, conflict, gone, payment):
+            // another provider may; this one is not failing.
+            402 | 405..=407 | 409..=412 | 414..=421 | 423..=428 | 430..=499 => {
+                fall(ErrorKind::Unavailable, false)
+            }
+            408 => fall(ErrorKind::Unavailable, true),
+            429 => Decision {
+                cool_down: *retry_after,
+                ..fall(ErrorKind::RateLimited, true)
+            },
+            // 500, 502, 503, 504, Anthropic's 529 overloaded, and every other server error.
+            500..=599 => fall(ErrorKind::Unavailable, true),
+            // Informational, redirects and non-HTTP codes are not a provider reply we can use.
+            0..=399 | 600.. => fall(ErrorKind::Unavailable, true),
+        },
+        Failure::Timeout
+        | Failure::Connect(_)
+        | Failure::Transport(_)
+        | Failure::InvalidBody(_) => fall(ErrorKind::Unavailable, true),
+        Failure::DeadlineSpent => stop(ErrorKind::Timeout),
+    };
+    match failure.status() {
+        Some(s) if breaker.ignored_status.contains(&s) => Decision {
+            count: false,
+            ..decision
+        },
+        _ => decision,
+    }
+}
+
+/// Everything an adapter needs for one call besides the request.
+pub struct CallContext {
+    /// Merge the caller's `extra_body`: only for the kind of provider it was first routed to.
+    pub include_request_extra: bool,
+    /// Set by the deployment actor for `simulated` deployments: what this call will do.
+    pub fate: Option<simulated::Fate>,
+}
+
+/// One deployment's adapter: its config plus the shared HTTP client.
+pub struct Adapter {
+    pub config: DeploymentConfig,
+    client: reqwest::Client,
+}
+
+impl Adapter {
+    pub fn new(config: DeploymentConfig, client: reqwest::Client) -> Self {
+        Self { config, client }
+    }
+
+    pub async fn call(
+        &self,
+        req: &ChatRequest,
+        ctx: CallContext,
+    ) -> Result<ProviderReply, Failure> {
+        let completion = match self.config.provider {
+            ProviderKind::OpenAi => openai::call(&self.client, &self.config, req, &ctx).await?,
+            ProviderKind::Simulated => simulated::call(&self.config, req, ctx.fate).await?,
+            // Refused by config validation until their adapters land.
+            ProviderKind::Anthropic | ProviderKind::Gemini => {
+                return Err(Failure::Connect(format!(
+                    "provider `{}` is not supported by this build",
+                    self.config.provider.as_str()
+                )));
+            }
+        };
+        Ok(self.finish(req, completion))
+    }
+
+    /// Fills in what a provider may leave out (`usage`, `model`, `id`), and prices the call.
+    fn finish(&self, req: &ChatRequest, mut completion: ChatCompletion) -> ProviderReply {
+        let usage = match completion.usage {
+            Some(u) if u.prompt_tokens + u.completion_tokens > 0 => Usage {
+                total_tokens: u.prompt_tokens + u.completion_tokens,
+                ..u
+            },
+            _ => {
+                let completion_tokens = crate::protocol::request::estimate_tokens(
+                    completion.text().map_or(0, str::len),
+                );
+                Usage {
+                    prompt_tokens: req.estimated_prompt_tokens,
+                    completion_tokens,
+                    total_tokens: req.estimated_prompt_tokens + completion_tokens,
+                }
+            }
+        };
+        completion.usage = Some(usage);
+        if completion.model.is_empty() {
+            completion.model.clone_from(&self.config.model);
+        }
+        if completion.id.is_empty() {
+            completion.id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+        }
+        if completion.created == 0 {
+            completion.created = unix_now();
+        }
+        let cost_usd = self
+            .config
+            .price
+            .cost(usage.prompt_tokens, usage.completion_tokens);
+        ProviderReply {
+            completion,
+            usage,
+            cost_usd,
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(s: u16) -> Failure {
+        Failure::Status {
+            status: s,
+            message: String::new(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn the_contract_table() {
+        let b = BreakerConfig::default();
+        let d = |f: &Failure| {
+            let d = classify(f, &b, false);
+            (d.kind, d.fall_back, d.count)
+        };
+        use ErrorKind::*;
+        assert_eq!(d(&status(400)), (InvalidRequest, false, false));
+        assert_eq!(d(&status(401)), (Auth, false, false));
+        assert_eq!(d(&status(403)), (Auth, false, false));
+        assert_eq!(d(&status(404)), (NotFound, true, false));
+        assert_eq!(d(&status(429)), (RateLimited, true, true));
+        for s in [500, 502, 503, 504, 529] {
+            assert_eq!(d(&status(s)), (Unavailable, true, true), "{s}");
+        }
+        assert_eq!(d(&Failure::Timeout), (Unavailable, true, true));
+        assert_eq!(
+            d(&Failure::Transport("reset".into())),
+            (Unavailable, true, true)
+        );
+        assert_eq!(
+            d(&Failure::InvalidBody("x".into())),
+            (Unavailable, true, true)
+        );
+        assert_eq!(d(&Failure::Connect("x".into())), (Unavailable, true, true));
+        assert_eq!(d(&Failure::DeadlineSpent), (Timeout, false, false));
+    }
+
+    #[test]
+    fn auth_falls_back_only_when_configured() {
+        let b = BreakerConfig::default();
+        let d = classify(&status(401), &b, true);
+        assert!(d.fall_back && !d.count);
+    }
+
+    #[test]
+    fn retry_after_cools_down_and_ignored_statuses_do_not_count() {
+        let mut b = BreakerConfig::default();
+        let f = Failure::Status {
+            status: 429,
+            message: String::new(),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(
+            classify(&f, &b, false).cool_down,
+            Some(Duration::from_secs(7))
+        );
+        b.ignored_status.push(503);
+        assert!(!classify(&status(503), &b, false).count);
+    }
+}

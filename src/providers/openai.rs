@@ -1,0 +1,191 @@
+//! OpenAI Chat Completions, and every API that speaks it (DeepSeek, Groq, Together, Ollama, vLLM):
+//! `POST {api_base}/chat/completions` with `Authorization: Bearer`. The caller's body passes
+//! through with `model` replaced by the deployment's model and `extra_body` merged in.
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+use super::{CallContext, Failure, http};
+use crate::config::DeploymentConfig;
+use crate::protocol::{ChatCompletion, ChatRequest};
+
+pub async fn call(
+    client: &reqwest::Client,
+    d: &DeploymentConfig,
+    req: &ChatRequest,
+    ctx: &CallContext,
+) -> Result<ChatCompletion, Failure> {
+    let body = build_body(d, req, ctx.include_request_extra);
+    let mut builder = client
+        .post(format!("{}/chat/completions", d.api_base))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(key) = &d.api_key {
+        builder = builder.bearer_auth(key.expose());
+    }
+    let response = builder.send().await.map_err(transport)?;
+    let status = response.status();
+    let retry_after = http::retry_after(response.headers());
+    let bytes = response.bytes().await.map_err(transport)?;
+    if status.is_success() {
+        parse_response(&bytes)
+    } else {
+        Err(Failure::Status {
+            status: status.as_u16(),
+            message: error_message(&bytes),
+            retry_after,
+        })
+    }
+}
+
+/// The request body for this deployment: the caller's fields in their order, `model` set to the
+/// deployment's, then the deployment's `extra_body` and (when meant for this provider) the caller's.
+pub fn build_body(d: &DeploymentConfig, req: &ChatRequest, include_request_extra: bool) -> Vec<u8> {
+    let body = Body {
+        req,
+        model: &d.model,
+        deployment_extra: d.extra_body.as_ref(),
+        request_extra: include_request_extra.then(|| req.extra_body()).flatten(),
+    };
+    // Serializing a map of JSON values cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+struct Body<'a> {
+    req: &'a ChatRequest,
+    model: &'a str,
+    deployment_extra: Option<&'a Map<String, Value>>,
+    request_extra: Option<&'a Map<String, Value>>,
+}
+
+impl Serialize for Body<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let overridden = |k: &str| {
+            self.request_extra.is_some_and(|m| m.contains_key(k))
+                || self.deployment_extra.is_some_and(|m| m.contains_key(k))
+        };
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("model", self.model)?;
+        for (k, v) in &self.req.body {
+            if k != "model" && k != "extra_body" && !overridden(k) {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        if let Some(extra) = self.deployment_extra {
+            for (k, v) in extra {
+                if k != "model" && !self.request_extra.is_some_and(|m| m.contains_key(k)) {
+                    map.serialize_entry(k, v)?;
+                }
+            }
+        }
+        if let Some(extra) = self.request_extra {
+            for (k, v) in extra.iter().filter(|(k, _)| *k != "model") {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// A 2xx body must be a chat completion with at least one choice.
+pub fn parse_response(bytes: &[u8]) -> Result<ChatCompletion, Failure> {
+    let completion: ChatCompletion = serde_json::from_slice(bytes)
+        .map_err(|e| Failure::InvalidBody(format!("{e} (body starts {:?})", snippet(bytes))))?;
+    if completion.choices.is_empty() {
+        return Err(Failure::InvalidBody("no choices in the reply".into()));
+    }
+    Ok(completion)
+}
+
+/// The `error.message` of an OpenAI error body, else the start of the body.
+pub fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            e.get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| e.as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| snippet(bytes))
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
+    s.trim().to_string()
+}
+
+fn transport(e: reqwest::Error) -> Failure {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_connect() {
+        Failure::Connect(text)
+    } else if e.is_timeout() {
+        Failure::Timeout
+    } else {
+        Failure::Transport(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn deployment(extra: Option<&str>) -> DeploymentConfig {
+        let mut c = Config::demo().deployments.remove(0);
+        c.model = "deepseek-chat".into();
+        c.extra_body = extra.map(|e| serde_json::from_str(e).unwrap());
+        c
+    }
+
+    #[test]
+    fn body_replaces_model_and_merges_extra_body() {
+        let req = ChatRequest::parse(
+            br#"{"model":"fast-chat","messages":[{"role":"user","content":"hi"}],"temperature":0.3,"extra_body":{"reasoning_effort":"low","temperature":0.9}}"#,
+        )
+        .unwrap();
+        let d = deployment(Some(r#"{"top_p":0.5,"reasoning_effort":"high"}"#));
+        let body: Value = serde_json::from_slice(&build_body(&d, &req, true)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "model": "deepseek-chat",
+                "messages": [{"role":"user","content":"hi"}],
+                "temperature": 0.9,
+                "top_p": 0.5,
+                "reasoning_effort": "low"
+            })
+        );
+        let body: Value = serde_json::from_slice(&build_body(&d, &req, false)).unwrap();
+        assert_eq!(body["temperature"], 0.3);
+        assert_eq!(body["reasoning_effort"], "high");
+        assert!(body.get("extra_body").is_none());
+    }
+
+    #[test]
+    fn responses_are_checked() {
+        let ok = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":"fp_1"}"#;
+        let c = parse_response(ok).unwrap();
+        assert_eq!(c.text(), Some("Hi!"));
+        assert_eq!(c.usage.unwrap().total_tokens, 12);
+        assert!(matches!(
+            parse_response(b"<html>bad gateway</html>"),
+            Err(Failure::InvalidBody(_))
+        ));
+        assert!(matches!(
+            parse_response(br#"{"choices":[]}"#),
+            Err(Failure::InvalidBody(_))
+        ));
+        assert_eq!(
+            error_message(br#"{"error":{"message":"Rate limit reached","type":"requests"}}"#),
+            "Rate limit reached"
+        );
+    }
+}

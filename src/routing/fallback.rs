@@ -1,0 +1,363 @@
+//! The fallback walk: try the route's candidates in strategy order, group after group along the
+//! fallback chain, until one answers, a failure says stop (contract section 2), the candidates run
+//! out, or the caller's deadline is spent. Every retry and fallback decision lives here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::Router;
+use super::classify::Target;
+use super::strategy::{Candidate, Strategy, affinity_order};
+use crate::config::ProviderKind;
+use crate::deployment::breaker::CircuitState;
+use crate::deployment::{Attempt, CallArgs, Msg, Skip};
+use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions};
+use crate::providers::ProviderReply;
+
+/// A request that was served.
+#[derive(Debug)]
+pub struct Served {
+    pub reply: ProviderReply,
+    pub deployment: Arc<str>,
+    pub provider: &'static str,
+    /// Provider calls made, this one included.
+    pub attempts: u32,
+    /// An earlier call failed, or the request left its first group.
+    pub fallback: bool,
+}
+
+/// A request that was not.
+#[derive(Debug)]
+pub struct Failed {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub status: Option<u16>,
+    pub attempts: Vec<AttemptRecord>,
+    /// A call failed and a later candidate was tried.
+    pub fell_back: bool,
+}
+
+impl Failed {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            status: None,
+            attempts: Vec::new(),
+            fell_back: false,
+        }
+    }
+}
+
+/// What the walk has seen, to name the error when candidates run out.
+struct Walk {
+    started: Instant,
+    deadline: Option<Instant>,
+    records: Vec<AttemptRecord>,
+    calls: u32,
+    failed_calls: u32,
+    last_status: Option<u16>,
+    /// Every candidate was at its limit, cooling down, or answered 429.
+    only_rate_limited: bool,
+    only_not_found: bool,
+    only_over_cost: bool,
+}
+
+impl Walk {
+    fn skip(&mut self, deployment: &str, why: String, rate_limited: bool, over_cost: bool) {
+        self.only_rate_limited &= rate_limited;
+        self.only_not_found = false;
+        self.only_over_cost &= over_cost;
+        self.records.push(AttemptRecord {
+            deployment: deployment.to_string(),
+            status: None,
+            error: why,
+            latency_ms: 0,
+        });
+    }
+
+    fn deadline_spent(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    fn fail(self, kind: ErrorKind, message: String) -> Failed {
+        // The failed call that ended the walk does not count as a fallback by itself.
+        let fell_back = self.failed_calls > 1 || (self.failed_calls == 1 && self.records.len() > 1);
+        Failed {
+            kind,
+            message,
+            status: self.last_status,
+            attempts: self.records,
+            fell_back,
+        }
+    }
+
+    fn timeout(self) -> Failed {
+        let spent = self.started.elapsed().as_millis();
+        let calls = self.calls;
+        self.fail(
+            ErrorKind::Timeout,
+            format!("Llm-Deadline spent after {spent} ms and {calls} provider call(s)"),
+        )
+    }
+}
+
+impl Router {
+    /// Routes one request to completion. `strategy` overrides the groups' own (`Llm-Strategy`).
+    pub async fn route(
+        &self,
+        req: Arc<ChatRequest>,
+        task: &str,
+        opts: &RequestOptions,
+        strategy: Option<Strategy>,
+        request_id: &Arc<str>,
+    ) -> Result<Served, Failed> {
+        self.requests.fetch_add(1, Relaxed);
+        let result = self.walk(req, task, opts, strategy, request_id).await;
+        let fell_back = match &result {
+            Ok(s) => s.fallback,
+            Err(f) => f.fell_back,
+        };
+        if fell_back {
+            self.fallbacks.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    async fn walk(
+        &self,
+        req: Arc<ChatRequest>,
+        task: &str,
+        opts: &RequestOptions,
+        strategy: Option<Strategy>,
+        request_id: &Arc<str>,
+    ) -> Result<Served, Failed> {
+        let started = Instant::now();
+        let mut w = Walk {
+            started,
+            deadline: opts.deadline.map(|d| started + d),
+            records: Vec::new(),
+            calls: 0,
+            failed_calls: 0,
+            last_status: None,
+            only_rate_limited: true,
+            only_not_found: true,
+            only_over_cost: true,
+        };
+        let route = self.table.resolve(task, req.model.as_deref());
+        let groups: Vec<Option<usize>> = match route.target {
+            Target::Group(g) => self.table.chain(g).map(Some).collect(),
+            Target::Deployment(_) => vec![None],
+        };
+        let needed_context = req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0));
+        let mut first_provider: Option<ProviderKind> = None;
+
+        for (group_number, group) in groups.into_iter().enumerate() {
+            let order = match (group, route.target) {
+                (Some(g), _) => self.order(g, &req, opts, strategy),
+                (None, Target::Deployment(d)) => vec![d],
+                (None, Target::Group(_)) => Vec::new(),
+            };
+            for index in order {
+                let slot = &self.slots[index];
+                let c = slot.config();
+                let now = Instant::now();
+                if w.deadline_spent(now) {
+                    return Err(w.timeout());
+                }
+                if let Some(window) = c.context_window.filter(|w| needed_context > w.get()) {
+                    w.skip(
+                        c.name.as_str(),
+                        format!(
+                            "skipped: request needs ~{needed_context} tokens, context window is {window}"
+                        ),
+                        false,
+                        false,
+                    );
+                    continue;
+                }
+                if let Some(max) = opts.max_cost_usd {
+                    let estimate = estimated_cost(slot, &req);
+                    if estimate > max {
+                        w.skip(
+                            c.name.as_str(),
+                            format!("skipped: estimated cost ${estimate:.6} over Llm-Max-Cost-Usd ${max}"),
+                            false,
+                            true,
+                        );
+                        continue;
+                    }
+                }
+                if slot.shared.circuit() == CircuitState::Open {
+                    w.skip(c.name.as_str(), Skip::CircuitOpen.describe(), false, false);
+                    continue;
+                }
+                let Some(actor) = slot.actor.load_full() else {
+                    w.skip(
+                        c.name.as_str(),
+                        "skipped: deployment restarting".into(),
+                        false,
+                        false,
+                    );
+                    continue;
+                };
+                let include_request_extra = *first_provider.get_or_insert(c.provider) == c.provider;
+                let (tx, rx) = oneshot::channel();
+                let call = CallArgs {
+                    req: req.clone(),
+                    deadline: w.deadline,
+                    include_request_extra,
+                    request_id: request_id.clone(),
+                    attempt: w.calls + 1,
+                };
+                if actor
+                    .send_message(Msg::Call(Box::new(call), tx.into()))
+                    .is_err()
+                {
+                    w.skip(
+                        c.name.as_str(),
+                        "skipped: deployment restarting".into(),
+                        false,
+                        false,
+                    );
+                    continue;
+                }
+                let attempt = match rx.await {
+                    Ok(a) => a,
+                    Err(_) => {
+                        w.skip(
+                            c.name.as_str(),
+                            "skipped: deployment restarting".into(),
+                            false,
+                            false,
+                        );
+                        continue;
+                    }
+                };
+                match attempt {
+                    Attempt::Skipped(skip) => {
+                        let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
+                        w.skip(c.name.as_str(), skip.describe(), limited, false);
+                    }
+                    Attempt::Done {
+                        result: Ok(reply), ..
+                    } => {
+                        w.calls += 1;
+                        return Ok(Served {
+                            reply,
+                            deployment: slot.name.clone(),
+                            provider: c.provider.as_str(),
+                            attempts: w.calls,
+                            fallback: w.failed_calls > 0 || group_number > 0,
+                        });
+                    }
+                    Attempt::Done {
+                        result: Err((failure, decision)),
+                        latency,
+                    } => {
+                        w.calls += 1;
+                        w.failed_calls += 1;
+                        w.last_status = failure.status().or(w.last_status);
+                        w.only_rate_limited &= decision.kind == ErrorKind::RateLimited;
+                        w.only_not_found &= decision.kind == ErrorKind::NotFound;
+                        w.only_over_cost = false;
+                        w.records.push(AttemptRecord {
+                            deployment: c.name.clone(),
+                            status: failure.status(),
+                            error: failure.describe(),
+                            latency_ms: (latency.as_millis() as u64).max(1),
+                        });
+                        if !decision.fall_back {
+                            let message = format!("{}: {}", c.name, failure.describe());
+                            return Err(w.fail(decision.kind, message));
+                        }
+                    }
+                }
+            }
+        }
+        if w.deadline_spent(Instant::now()) {
+            return Err(w.timeout());
+        }
+        let n = w.records.len();
+        let (kind, message) = if n == 0 {
+            (
+                ErrorKind::Unavailable,
+                "no deployment to route to".to_string(),
+            )
+        } else if w.only_over_cost {
+            (
+                ErrorKind::BudgetExceeded,
+                format!("all {n} candidates cost more than Llm-Max-Cost-Usd"),
+            )
+        } else if w.only_rate_limited {
+            (
+                ErrorKind::RateLimited,
+                format!("all {n} candidates are at their limit or cooling down"),
+            )
+        } else if w.only_not_found {
+            (
+                ErrorKind::NotFound,
+                format!("the model was not found at any of the {n} candidates"),
+            )
+        } else {
+            (
+                ErrorKind::Unavailable,
+                format!("all {n} candidates failed or were skipped"),
+            )
+        };
+        Err(w.fail(kind, message))
+    }
+
+    /// The group's deployments, best first.
+    fn order(
+        &self,
+        group: usize,
+        req: &ChatRequest,
+        opts: &RequestOptions,
+        strategy: Option<Strategy>,
+    ) -> Vec<usize> {
+        let now = Instant::now();
+        let mut candidates: Vec<Candidate> = self.table.groups[group]
+            .members
+            .iter()
+            .map(|&i| {
+                let s = &self.slots[i];
+                let c = s.config();
+                let headroom = |used: u64, limit: Option<u64>| {
+                    limit.map_or(1.0, |l| 1.0 - (used as f64 / l as f64).min(1.0))
+                };
+                Candidate {
+                    index: i,
+                    weight: c.weight.get(),
+                    in_flight: s.shared.in_flight(),
+                    headroom: if s.shared.cooling_down(now) {
+                        0.0
+                    } else {
+                        headroom(s.shared.rpm_used(), c.rpm.map(|n| u64::from(n.get())))
+                            .min(headroom(s.shared.tpm_used(), c.tpm.map(|n| n.get())))
+                    },
+                    ewma_ms: s.shared.ewma_ms(),
+                    estimated_cost: estimated_cost(s, req),
+                }
+            })
+            .collect();
+        match &opts.affinity {
+            Some(key) => affinity_order(&mut candidates, key, |i| self.slots[i].name_hash),
+            None => strategy
+                .unwrap_or(self.strategies[group])
+                .order(&mut candidates, &mut rand::rng()),
+        }
+        candidates.into_iter().map(|c| c.index).collect()
+    }
+}
+
+/// Cost of this request at this deployment if it uses its whole `max_tokens`.
+fn estimated_cost(slot: &super::Slot, req: &ChatRequest) -> f64 {
+    slot.config().price.cost(
+        req.estimated_prompt_tokens,
+        u64::from(req.max_tokens.unwrap_or(256)),
+    )
+}

@@ -1,0 +1,64 @@
+//! Routing: from a request to the deployment that serves it. `classify` maps the task (or a pinned
+//! model) to a group, `strategy` orders the group's deployments, `fallback` walks the chain, and
+//! `supervisor` keeps one actor per deployment alive behind the routing `Slot`s.
+
+pub mod classify;
+pub mod fallback;
+pub mod strategy;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use arc_swap::ArcSwapOption;
+use ractor::ActorRef;
+
+use crate::config::{Config, DeploymentConfig};
+use crate::deployment::{self, Shared};
+use crate::providers::Adapter;
+use classify::RouteTable;
+use strategy::Strategy;
+
+/// One deployment as routing sees it: its config, what its actor publishes, and the actor itself
+/// (swapped by the supervisor when it restarts one).
+pub struct Slot {
+    pub name: Arc<str>,
+    pub adapter: Arc<Adapter>,
+    pub shared: Arc<Shared>,
+    pub actor: ArcSwapOption<ActorRef<deployment::Msg>>,
+    /// A stable number per name for affinity hashing.
+    pub name_hash: u64,
+}
+
+impl Slot {
+    pub fn config(&self) -> &DeploymentConfig {
+        &self.adapter.config
+    }
+}
+
+pub struct Router {
+    pub table: RouteTable,
+    pub slots: Arc<[Slot]>,
+    /// Per group, by the table's group index.
+    strategies: Vec<Strategy>,
+    pub requests: AtomicU64,
+    pub fallbacks: AtomicU64,
+}
+
+impl Router {
+    pub fn new(config: &Config, slots: Arc<[Slot]>) -> Self {
+        let table = RouteTable::new(config);
+        let strategies = table
+            .groups
+            .iter()
+            .map(|g| config.strategy_of(&g.name))
+            .collect();
+        Self {
+            table,
+            slots,
+            strategies,
+            requests: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+        }
+    }
+}
