@@ -1,0 +1,188 @@
+//! Runs the real engine behind the real NATS ingress, in-process, against a `NatsServer` the test
+//! started; and sends requests to it the way a NATS client would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+use serde_json::Value;
+use switchyard::config::Config;
+use switchyard::engine::Engine;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::NatsServer;
+
+pub const TEST_KEY: &str = "sk-test-0123456789abcdef";
+
+/// Config text for tests: `deployments` is the `[[deployments]]` part, `rest` the other sections.
+/// Keys are read from a fake environment where `TEST_KEY_ENV` holds `TEST_KEY`.
+pub fn config(nats_url: &str, rest: &str, deployments: &str) -> Config {
+    let text = format!("[nats]\nurl = \"{nats_url}\"\n{rest}\n{deployments}");
+    Config::parse(&text, "test.toml", &|name| {
+        (name == "TEST_KEY_ENV").then(|| TEST_KEY.to_string())
+    })
+    .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"))
+}
+
+/// One OpenAI-compatible deployment entry.
+pub fn openai_deployment(name: &str, group: &str, base_url: &str, extra: &str) -> String {
+    format!(
+        "[[deployments]]\nname = \"{name}\"\ngroup = \"{group}\"\nprovider = \"openai\"\nmodel = \"{name}-model\"\napi_base = \"{base_url}\"\napi_key_env = \"TEST_KEY_ENV\"\nprice = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}\n{extra}\n"
+    )
+}
+
+pub struct Running {
+    pub client: Client,
+    nats_url: String,
+    config: Config,
+    pub engine: Arc<Engine>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn start(nats: &NatsServer, config: Config) -> Running {
+        Self::start_instance(&nats.url(), config, "test-1").await
+    }
+
+    /// Another instance on the same NATS server and config.
+    pub async fn start_second(&self, instance: &str) -> Running {
+        Self::start_instance(&self.nats_url, self.config.clone(), instance).await
+    }
+
+    async fn start_instance(nats_url: &str, config: Config, instance: &str) -> Running {
+        let client = async_nats::connect(nats_url).await.expect("connect");
+        let serve_client = async_nats::connect(nats_url).await.expect("connect");
+        let engine = Arc::new(Engine::start(&config, instance).await.expect("engine"));
+        let kept = config.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let e = engine.clone();
+        let task = tokio::spawn(async move {
+            switchyard::ingress::run(serve_client, e, &config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("ingress");
+        });
+        // The subscription is live once a status request is answered.
+        for _ in 0..100 {
+            if tokio::time::timeout(
+                Duration::from_millis(200),
+                client.request("llm.status", "".into()),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+            {
+                break;
+            }
+            // No responder yet: the ingress is still subscribing.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Running {
+            client,
+            nats_url: nats_url.to_string(),
+            config: kept,
+            engine,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Sends a chat request on `llm.chat.<task>` and returns the reply's headers and JSON body.
+    pub async fn ask(&self, task: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        ask(&self.client, task, body, headers).await
+    }
+
+    pub async fn status(&self) -> Value {
+        let msg = self
+            .client
+            .request("llm.status", "".into())
+            .await
+            .expect("status reply");
+        serde_json::from_slice(&msg.payload).expect("status JSON")
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("ingress task");
+        }
+        self.engine.stop().await;
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.as_str())
+    }
+
+    pub fn served_by(&self) -> &str {
+        self.header("Llm-Deployment")
+            .unwrap_or_else(|| panic!("not a success reply: {:?}", self.body))
+    }
+
+    pub fn error_kind(&self) -> &str {
+        self.header("Llm-Error")
+            .unwrap_or_else(|| panic!("not an error reply: {:?}", self.body))
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.header("Llm-Attempts").unwrap().parse().unwrap()
+    }
+
+    pub fn fallback(&self) -> bool {
+        self.header("Llm-Fallback").unwrap().parse().unwrap()
+    }
+}
+
+pub async fn ask(client: &Client, task: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, *v);
+    }
+    let msg = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request_with_headers(format!("llm.chat.{task}"), h, body.to_string().into()),
+    )
+    .await
+    .expect("a reply within 30 s")
+    .expect("a reply");
+    Reply {
+        headers: msg.headers.unwrap_or_default(),
+        body: serde_json::from_slice(&msg.payload).unwrap_or(Value::Null),
+    }
+}
+
+pub const HELLO: &str =
+    r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello there"}],"max_tokens":20}"#;
+
+/// Waits for the next circuit event of `deployment` on `llm.status.events`.
+pub async fn next_circuit_event(
+    events: &mut async_nats::Subscriber,
+    deployment: &str,
+    timeout: Duration,
+) -> Option<(String, String)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .ok()??;
+        let e: Value = serde_json::from_slice(&msg.payload).ok()?;
+        if e["type"] == "circuit" && e["deployment"] == deployment {
+            return Some((
+                e["from"].as_str()?.to_string(),
+                e["to"].as_str()?.to_string(),
+            ));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Shared support code for the integration tests.
+//!
+//! Every test binary includes this with `mod common;` and uses only part of
+//! it, hence the blanket `dead_code` and `unused_imports` allowances.
+//!
+//! - [`NatsServer`]: a private `nats-server` with JetStream on a free port.
+//! - [`FakeProvider`]: a scriptable OpenAI-compatible HTTP endpoint that can
+//!   answer, fail, stall or break the connection on demand ([`Fault`]).
+#![allow(dead_code, unused_imports)]
+
+pub mod fake;
+pub mod harness;
+pub mod nats;
+
+pub use fake::{FakeProvider, Fault, Recorded};
+pub use nats::NatsServer;
