@@ -45,6 +45,23 @@ pub enum Command {
         #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// Send one chat request on `llm.chat.<TASK>` and print the reply (headers on stderr).
+    Request {
+        /// The task token of the subject.
+        task: String,
+        /// A prompt, sent as one user message.
+        prompt: Option<String>,
+        /// A file with the whole OpenAI-shaped request body.
+        #[arg(long, conflicts_with = "prompt")]
+        file: Option<PathBuf>,
+        /// A request header, `Llm-Deadline: 20s`; repeatable.
+        #[arg(long = "header", short = 'H', value_parser = crate::commands::request::parse_header)]
+        headers: Vec<(String, String)>,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Gather every instance's `llm.status` answer and print it as a table.
     Status {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]

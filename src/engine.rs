@@ -277,3 +277,36 @@ impl ChatOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_dead_deployment_actor_is_restarted_and_serves_again() {
+        let engine = Engine::start(&Config::demo(), "t").await.unwrap();
+        let slot = &engine.router.slots[0];
+        let old = slot.actor.load_full().unwrap();
+        old.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = slot.actor.load_full().map(|a| a.get_id());
+            if now.is_some_and(|id| id != old.get_id()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not restart the actor"
+            );
+            tokio::task::yield_now().await;
+        }
+        let body = br#"{"model":"flash-sim","messages":[{"role":"user","content":"hi"}]}"#;
+        let outcome = engine
+            .chat("chat", Ok(RequestOptions::default()), body)
+            .await;
+        let served = outcome.result.expect("served after the restart");
+        assert_eq!(&*served.deployment, "flash-sim");
+        engine.stop().await;
+    }
+}

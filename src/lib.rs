@@ -5,8 +5,8 @@
 //! the engine tells about itself.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod deployment;
 pub mod engine;
 pub mod ingress;
@@ -14,4 +14,3 @@ pub mod observe;
 pub mod protocol;
 pub mod providers;
 pub mod routing;
-pub mod status_cli;

@@ -2,21 +2,23 @@
 //! (provider actors under their supervisor, the NATS ingress), and on SIGTERM/SIGINT shut them
 //! down in order: stop taking requests, drain those in flight, stop the actors.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use switchyard::cli::{Cli, Command, LogFormat};
+use switchyard::commands::{demo, request, status};
 use switchyard::config::Config;
 use switchyard::engine::Engine;
-use switchyard::{demo, ingress, status_cli};
+use switchyard::ingress;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Demo { .. } | Command::Status { .. } => "error",
+        Command::Demo { .. } | Command::Status { .. } | Command::Request { .. } => "error",
     };
     init_logs(cli.log_format, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -60,7 +62,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
             every,
         } => {
             let config = Config::load(&config)?;
-            status_cli::run(&config, json, watch, gather, every).await
+            status::run(&config, json, watch, gather, every).await
+        }
+        Command::Request {
+            task,
+            prompt,
+            file,
+            headers,
+            timeout,
+            config,
+        } => {
+            let config = Config::load(&config)?;
+            let r = request::Request {
+                task,
+                file,
+                prompt,
+                headers,
+                timeout,
+            };
+            if request::run(&config, r).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the request failed (see Llm-Error above)")
+            }
         }
     }
 }
@@ -107,7 +131,8 @@ fn init_logs(format: LogFormat, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

@@ -120,14 +120,22 @@ impl fmt::Display for Problems<'_> {
 }
 
 impl Config {
-    /// Reads and validates a config file. Secrets come from the process environment.
+    /// Reads and validates a config file. Secrets come from the process environment, and
+    /// `SWITCHYARD_NATS_URL` overrides `nats.url` (one file for every host of a deployment).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
             source,
         })?;
-        Self::parse(&text, &file, &|name| std::env::var(name).ok())
+        let mut config = Self::parse(&text, &file, &|name| std::env::var(name).ok())?;
+        if let Some(url) = std::env::var("SWITCHYARD_NATS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            config.nats.url = url;
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text; `env` looks up environment variables (a seam for tests
