@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 use tracing::Instrument;
-use tracing::info_span;
+use tracing::debug_span;
 
 use crate::config::Config;
 use crate::deployment::{self, Shared};
@@ -50,7 +50,7 @@ pub struct ChatOutcome {
 /// A reply as it goes on the wire: `Llm-*` headers and a JSON body.
 pub struct Reply {
     pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
 }
 
 impl Engine {
@@ -65,33 +65,32 @@ impl Engine {
         let slots: Vec<Slot> = config
             .deployments
             .iter()
-            .map(|d| Slot {
-                name: d.name.as_str().into(),
-                adapter: Arc::new(Adapter::new(d.clone(), client.clone())),
-                shared: Arc::new(Shared::new(epoch)),
-                actor: Default::default(),
-                name_hash: crate::config::stable_hash(d.name.as_bytes()),
+            .map(|d| {
+                let name: Arc<str> = d.name.as_str().into();
+                let shared = Arc::new(Shared::new(epoch));
+                Slot {
+                    args: deployment::Args {
+                        adapter: Arc::new(Adapter::new(d.clone(), client.clone())),
+                        breaker: breaker.clone(),
+                        fallback_on_auth: config.routing.fallback_on_auth,
+                        shared: shared.clone(),
+                        events: events.clone(),
+                        instance: instance.clone(),
+                        name: name.clone(),
+                    },
+                    name,
+                    shared,
+                    actor: Default::default(),
+                    name_hash: crate::config::stable_hash(d.name.as_bytes()),
+                }
             })
             .collect();
         let slots: Arc<[Slot]> = slots.into();
-        let actors = slots
-            .iter()
-            .map(|s| deployment::Args {
-                adapter: s.adapter.clone(),
-                breaker: breaker.clone(),
-                fallback_on_auth: config.routing.fallback_on_auth,
-                shared: s.shared.clone(),
-                events: events.clone(),
-                instance: instance.clone(),
-                name: s.name.clone(),
-            })
-            .collect();
         let (supervisor, _) = Actor::spawn(
             None,
             Supervisor,
             supervisor::Args {
                 slots: slots.clone(),
-                actors,
             },
         )
         .await?;
@@ -123,9 +122,13 @@ impl Engine {
         let started = Instant::now();
         let request_id: Arc<str> = match options.as_ref().ok().and_then(|o| o.request_id.clone()) {
             Some(id) => id.into(),
-            None => uuid::Uuid::now_v7().to_string().into(),
+            // Random (v4) from the thread's RNG: no syscall and no shared generator to contend on.
+            None => uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string()
+                .into(),
         };
-        let span = info_span!("request", request_id = %request_id, task);
+        let span = debug_span!("request", request_id = %request_id, task);
         let result = self
             .run(task, options, body, &request_id)
             .instrument(span)
@@ -256,8 +259,10 @@ impl ChatOutcome {
                 h.push((headers::FALLBACK, s.fallback.to_string()));
                 h.push((headers::LATENCY_MS, latency_ms));
                 h.push((headers::COST_USD, format!("{}", s.reply.cost_usd)));
-                let body = serde_json::to_vec(&s.reply.completion).unwrap_or_default();
-                Reply { headers: h, body }
+                Reply {
+                    headers: h,
+                    body: s.reply.body,
+                }
             }
             Err(f) => {
                 h.push((headers::ERROR, f.kind.as_str().to_string()));
@@ -272,7 +277,10 @@ impl ChatOutcome {
                     },
                 };
                 let body = serde_json::to_vec(&body).unwrap_or_default();
-                Reply { headers: h, body }
+                Reply {
+                    headers: h,
+                    body: body.into(),
+                }
             }
         }
     }

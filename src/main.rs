@@ -20,7 +20,9 @@ fn main() -> ExitCode {
         Command::Serve { .. } => "info",
         Command::Demo { .. } | Command::Status { .. } | Command::Request { .. } => "error",
     };
-    init_logs(cli.log_format, default_level);
+    // Log lines are written by a background thread: a request never waits on stderr. The guard
+    // flushes what is left when `main` returns.
+    let _logs = init_logs(cli.log_format, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -126,15 +128,22 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logs(format: LogFormat, default_level: &str) {
+fn init_logs(
+    format: LogFormat,
+    default_level: &str,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }

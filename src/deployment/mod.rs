@@ -2,11 +2,14 @@
 //! (`rpm`/`tpm` windows and `Retry-After` cool-down), circuit breaker, in-flight count and latency
 //! stats, and decides whether a call may go out.
 //!
-//! Its handler never awaits a provider: `Call` admits (or skips) the request, spawns the HTTP call
-//! as a task and returns; the task replies to the caller directly and reports the outcome back as
-//! `Finished`, which updates the breaker and stats. What routing needs on every request (circuit
-//! state, in-flight, latency, usage) is published in `Shared` atomics, so the router reads it
-//! without a mailbox round trip.
+//! Its handler never awaits a provider. `Admit` checks the cool-down, breaker and limits, takes
+//! the reservation and answers at once with a `Permit` (or why the call is skipped). The call
+//! itself runs in the request's own task — already spawned by the ingress, so no second task and
+//! no extra wake-up per attempt — and `call` reports the outcome back as `Finished`, which
+//! updates the breaker, limits and stats. A guard sends `Finished` even if the request's task is
+//! dropped mid-call, so in-flight counts and half-open probes are never leaked. What routing needs
+//! on every request (circuit state, in-flight, latency, usage) is published in `Shared` atomics,
+//! so the router reads it without a mailbox round trip.
 
 pub mod breaker;
 pub mod limiter;
@@ -120,6 +123,8 @@ pub enum Skip {
         limit: &'static str,
         retry_in: Duration,
     },
+    /// The actor is gone (being restarted by the supervisor).
+    Unreachable,
 }
 
 impl Skip {
@@ -133,8 +138,16 @@ impl Skip {
                     retry_in.as_millis()
                 )
             }
+            Self::Unreachable => "skipped: deployment restarting".into(),
         }
     }
+}
+
+/// Leave to make one call: what the actor reserved for it.
+pub struct Permit {
+    probe: bool,
+    tpm_ticket: Option<Ticket>,
+    fate: Option<simulated::Fate>,
 }
 
 pub enum Attempt {
@@ -146,7 +159,11 @@ pub enum Attempt {
 }
 
 pub enum Msg {
-    Call(Box<CallArgs>, RpcReplyPort<Attempt>),
+    /// May a call go out now? `estimate` is the tokens to reserve against `tpm`.
+    Admit {
+        estimate: u64,
+        reply: RpcReplyPort<Result<Permit, Skip>>,
+    },
     Finished(Box<Finished>),
     /// The breaker's reset timeout may have passed.
     Tick,
@@ -157,7 +174,18 @@ pub struct Finished {
     probe: bool,
     tpm_ticket: Option<Ticket>,
     latency: Duration,
-    outcome: Result<(u64, f64, u64, u64), (Failure, Decision)>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Ok {
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        cost_usd: f64,
+    },
+    Failed(Failure, Decision),
+    /// The request's task went away mid-call: counts neither way.
+    Abandoned,
 }
 
 pub struct DeploymentActor;
@@ -207,7 +235,9 @@ impl Actor for DeploymentActor {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            Msg::Call(call, reply) => state.call(&me, *call, reply),
+            Msg::Admit { estimate, reply } => {
+                let _ = reply.send(state.admit(estimate));
+            }
             Msg::Finished(f) => state.finished(&me, *f),
             Msg::Tick => {
                 if let Some(t) = state.breaker.poll(Instant::now()) {
@@ -223,12 +253,11 @@ impl Actor for DeploymentActor {
 }
 
 impl State {
-    fn call(&mut self, me: &ActorRef<Msg>, call: CallArgs, reply: RpcReplyPort<Attempt>) {
+    fn admit(&mut self, estimate: u64) -> Result<Permit, Skip> {
         let now = Instant::now();
         if let Some(until) = self.cool_until {
             if now < until {
-                let _ = reply.send(Attempt::Skipped(Skip::CoolingDown(until - now)));
-                return;
+                return Err(Skip::CoolingDown(until - now));
             }
             self.cool_until = None;
             self.args.shared.cool_until_ms.store(0, Relaxed);
@@ -238,31 +267,27 @@ impl State {
             self.transition(t);
         }
         if admission == Admission::Rejected {
-            let _ = reply.send(Attempt::Skipped(Skip::CircuitOpen));
-            return;
+            return Err(Skip::CircuitOpen);
         }
         let rpm_ticket = match self.rpm.as_mut().map(|b| b.try_take(now, 1)) {
             Some(Err(retry_in)) => {
-                let _ = reply.send(Attempt::Skipped(Skip::AtLimit {
+                return Err(Skip::AtLimit {
                     limit: "rpm",
                     retry_in,
-                }));
-                return;
+                });
             }
             Some(Ok(t)) => Some(t),
             None => None,
         };
-        let estimate = call.req.estimated_total_tokens();
         let tpm_ticket = match self.tpm.as_mut().map(|b| b.try_take(now, estimate)) {
             Some(Err(retry_in)) => {
                 if let (Some(b), Some(t)) = (self.rpm.as_mut(), rpm_ticket) {
                     b.correct(t, 0);
                 }
-                let _ = reply.send(Attempt::Skipped(Skip::AtLimit {
+                return Err(Skip::AtLimit {
                     limit: "tpm",
                     retry_in,
-                }));
-                return;
+                });
             }
             Some(Ok(t)) => Some(t),
             None => None,
@@ -270,7 +295,6 @@ impl State {
         self.breaker.admit(admission);
         self.in_flight += 1;
         self.publish_usage(now);
-
         let fate = self.args.adapter.config.simulated.as_ref().map(|spec| {
             simulated::decide(
                 spec,
@@ -278,36 +302,36 @@ impl State {
                 now.saturating_duration_since(self.started),
             )
         });
-        let ctx = CallContext {
-            include_request_extra: call.include_request_extra,
-            fate,
-        };
-        tokio::spawn(run_call(
-            self.args.clone(),
-            me.clone(),
-            call,
-            ctx,
-            admission == Admission::Probe,
+        Ok(Permit {
+            probe: admission == Admission::Probe,
             tpm_ticket,
-            reply,
-        ));
+            fate,
+        })
     }
 
     fn finished(&mut self, me: &ActorRef<Msg>, f: Finished) {
         let now = Instant::now();
         self.in_flight = self.in_flight.saturating_sub(1);
         let transition = match &f.outcome {
-            Ok((tokens, cost, prompt, completion)) => {
+            Outcome::Ok {
+                prompt_tokens,
+                completion_tokens,
+                cost_usd,
+            } => {
                 if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
-                    b.correct(t, *tokens);
+                    b.correct(t, prompt_tokens + completion_tokens);
                 }
                 self.stats.record(f.latency, Sample::Ok);
-                self.stats.cost_usd += cost;
-                self.stats.prompt_tokens += prompt;
-                self.stats.completion_tokens += completion;
+                self.stats.cost_usd += cost_usd;
+                self.stats.prompt_tokens += prompt_tokens;
+                self.stats.completion_tokens += completion_tokens;
                 self.breaker.on_success(f.probe)
             }
-            Err((failure, decision)) => {
+            Outcome::Abandoned => {
+                self.breaker.on_neutral(f.probe);
+                None
+            }
+            Outcome::Failed(failure, decision) => {
                 let sample = match (failure, decision.count) {
                     (Failure::Timeout, true) => Sample::Timeout,
                     (_, true) => Sample::Error,
@@ -405,22 +429,41 @@ impl State {
     }
 }
 
-/// The provider call, outside the actor: bounded by the deployment's timeout and the caller's
-/// deadline, whichever comes first.
-async fn run_call(
-    args: Args,
-    me: ActorRef<Msg>,
-    call: CallArgs,
-    ctx: CallContext,
-    probe: bool,
-    tpm_ticket: Option<Ticket>,
-    reply: RpcReplyPort<Attempt>,
-) {
-    let started = Instant::now();
+/// One attempt at one deployment, run in the caller's task: asks the actor for a permit, makes
+/// the call bounded by the deployment's timeout and the caller's deadline (whichever comes first),
+/// logs it, and reports the outcome to the actor.
+pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let estimate = call.req.estimated_total_tokens();
+    if actor
+        .send_message(Msg::Admit {
+            estimate,
+            reply: tx.into(),
+        })
+        .is_err()
+    {
+        return Attempt::Skipped(Skip::Unreachable);
+    }
+    let permit = match rx.await {
+        Ok(Ok(p)) => p,
+        Ok(Err(skip)) => return Attempt::Skipped(skip),
+        Err(_) => return Attempt::Skipped(Skip::Unreachable),
+    };
+    let mut report = Report {
+        actor,
+        probe: permit.probe,
+        tpm_ticket: permit.tpm_ticket,
+        started: Instant::now(),
+        sent: false,
+    };
+    let ctx = CallContext {
+        include_request_extra: call.include_request_extra,
+        fate: permit.fate,
+    };
     let timeout = args.adapter.config.timeout;
     let (limit, by_deadline) = match call.deadline {
-        Some(d) if d.saturating_duration_since(started) < timeout => {
-            (d.saturating_duration_since(started), true)
+        Some(d) if d.saturating_duration_since(report.started) < timeout => {
+            (d.saturating_duration_since(report.started), true)
         }
         _ => (timeout, false),
     };
@@ -429,7 +472,7 @@ async fn run_call(
         Err(_) if by_deadline => Err(Failure::DeadlineSpent),
         Err(_) => Err(Failure::Timeout),
     };
-    let latency = started.elapsed();
+    let latency = report.started.elapsed();
     let c = &args.adapter.config;
     let result = result.map_err(|f| {
         let d = classify(&f, &args.breaker, args.fallback_on_auth);
@@ -448,12 +491,11 @@ async fn run_call(
                 tokens = r.usage.total_tokens,
                 "attempt succeeded"
             );
-            Ok((
-                r.usage.total_tokens,
-                r.cost_usd,
-                r.usage.prompt_tokens,
-                r.usage.completion_tokens,
-            ))
+            Outcome::Ok {
+                prompt_tokens: r.usage.prompt_tokens,
+                completion_tokens: r.usage.completion_tokens,
+                cost_usd: r.cost_usd,
+            }
         }
         Err((f, d)) => {
             warn!(
@@ -468,21 +510,47 @@ async fn run_call(
                 falls_back = d.fall_back,
                 "attempt failed"
             );
-            Err((f.clone(), *d))
+            Outcome::Failed(f.clone(), *d)
         }
     };
-    // The actor hears of the outcome before the caller does, so that the caller's next request
-    // already sees the breaker it caused.
-    if me
-        .send_message(Msg::Finished(Box::new(Finished {
-            probe,
-            tpm_ticket,
+    // The actor hears of the outcome before the caller goes on, so that the caller's next
+    // request already sees the breaker it caused.
+    report.send(latency, outcome);
+    Attempt::Done { result, latency }
+}
+
+/// Reports the outcome of a permitted call exactly once, also when the caller's task is dropped.
+struct Report<'a> {
+    actor: &'a ActorRef<Msg>,
+    probe: bool,
+    tpm_ticket: Option<Ticket>,
+    started: Instant,
+    sent: bool,
+}
+
+impl Report<'_> {
+    fn send(&mut self, latency: Duration, outcome: Outcome) {
+        self.sent = true;
+        let finished = Finished {
+            probe: self.probe,
+            tpm_ticket: self.tpm_ticket,
             latency,
             outcome,
-        })))
-        .is_err()
-    {
-        debug!(deployment = %args.name, "actor gone before the call finished");
+        };
+        if self
+            .actor
+            .send_message(Msg::Finished(Box::new(finished)))
+            .is_err()
+        {
+            debug!("deployment actor gone before the call finished");
+        }
     }
-    let _ = reply.send(Attempt::Done { result, latency });
+}
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.send(self.started.elapsed(), Outcome::Abandoned);
+        }
+    }
 }

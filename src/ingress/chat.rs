@@ -67,7 +67,7 @@ async fn handle(msg: Message, client: &Client, engine: &Engine, subjects: &Subje
         headers.insert(name, value.as_str());
     }
     if let Err(e) = client
-        .publish_with_headers(reply_to, headers, reply.body.into())
+        .publish_with_headers(reply_to, headers, reply.body)
         .await
     {
         warn!(error = %e, "could not publish a reply");

@@ -8,15 +8,28 @@ pub mod simulated;
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::config::{BreakerConfig, DeploymentConfig, ProviderKind};
 use crate::protocol::{ChatCompletion, ChatRequest, ErrorKind, Usage};
 
-/// A successful call: the completion (with `usage` filled in) and what it cost.
+/// A successful call: the `chat.completion` JSON to send back (with `usage`, `model` and `id`
+/// filled in), its usage, and what it cost.
 #[derive(Debug, Clone)]
 pub struct ProviderReply {
-    pub completion: ChatCompletion,
+    pub body: Bytes,
     pub usage: Usage,
     pub cost_usd: f64,
+}
+
+/// What an adapter got back.
+#[derive(Debug)]
+pub enum Answer {
+    /// The provider's own bytes, already a complete `chat.completion` with `usage`: passed
+    /// through untouched, with no re-serialization.
+    Wire { body: Bytes, usage: Usage },
+    /// A completion we built or must complete; serialized once.
+    Built(ChatCompletion),
 }
 
 /// How a call failed, as seen on the wire.
@@ -154,9 +167,11 @@ impl Adapter {
         req: &ChatRequest,
         ctx: CallContext,
     ) -> Result<ProviderReply, Failure> {
-        let completion = match self.config.provider {
+        let answer = match self.config.provider {
             ProviderKind::OpenAi => openai::call(&self.client, &self.config, req, &ctx).await?,
-            ProviderKind::Simulated => simulated::call(&self.config, req, ctx.fate).await?,
+            ProviderKind::Simulated => {
+                Answer::Built(simulated::call(&self.config, req, ctx.fate).await?)
+            }
             // Refused by config validation until their adapters land.
             ProviderKind::Anthropic | ProviderKind::Gemini => {
                 return Err(Failure::Connect(format!(
@@ -165,11 +180,22 @@ impl Adapter {
                 )));
             }
         };
-        Ok(self.finish(req, completion))
+        Ok(self.finish(req, answer))
     }
 
     /// Fills in what a provider may leave out (`usage`, `model`, `id`), and prices the call.
-    fn finish(&self, req: &ChatRequest, mut completion: ChatCompletion) -> ProviderReply {
+    fn finish(&self, req: &ChatRequest, answer: Answer) -> ProviderReply {
+        let price = |u: &Usage| self.config.price.cost(u.prompt_tokens, u.completion_tokens);
+        let mut completion = match answer {
+            Answer::Wire { body, usage } => {
+                return ProviderReply {
+                    cost_usd: price(&usage),
+                    body,
+                    usage,
+                };
+            }
+            Answer::Built(c) => c,
+        };
         let usage = match completion.usage {
             Some(u) if u.prompt_tokens + u.completion_tokens > 0 => Usage {
                 total_tokens: u.prompt_tokens + u.completion_tokens,
@@ -196,14 +222,11 @@ impl Adapter {
         if completion.created == 0 {
             completion.created = unix_now();
         }
-        let cost_usd = self
-            .config
-            .price
-            .cost(usage.prompt_tokens, usage.completion_tokens);
         ProviderReply {
-            completion,
+            // Serializing JSON values and plain structs cannot fail.
+            body: serde_json::to_vec(&completion).unwrap_or_default().into(),
+            cost_usd: price(&usage),
             usage,
-            cost_usd,
         }
     }
 }

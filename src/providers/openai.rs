@@ -5,16 +5,20 @@
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use super::{CallContext, Failure, http};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use super::{Answer, CallContext, Failure, http};
 use crate::config::DeploymentConfig;
-use crate::protocol::{ChatCompletion, ChatRequest};
+use crate::protocol::{ChatCompletion, ChatRequest, Usage};
 
 pub async fn call(
     client: &reqwest::Client,
     d: &DeploymentConfig,
     req: &ChatRequest,
     ctx: &CallContext,
-) -> Result<ChatCompletion, Failure> {
+) -> Result<Answer, Failure> {
     let body = build_body(d, req, ctx.include_request_extra);
     let mut builder = client
         .post(format!("{}/chat/completions", d.api_base))
@@ -28,7 +32,7 @@ pub async fn call(
     let retry_after = http::retry_after(response.headers());
     let bytes = response.bytes().await.map_err(transport)?;
     if status.is_success() {
-        parse_response(&bytes)
+        parse_response(bytes)
     } else {
         Err(Failure::Status {
             status: status.as_u16(),
@@ -87,14 +91,59 @@ impl Serialize for Body<'_> {
     }
 }
 
-/// A 2xx body must be a chat completion with at least one choice.
-pub fn parse_response(bytes: &[u8]) -> Result<ChatCompletion, Failure> {
-    let completion: ChatCompletion = serde_json::from_slice(bytes)
-        .map_err(|e| Failure::InvalidBody(format!("{e} (body starts {:?})", snippet(bytes))))?;
-    if completion.choices.is_empty() {
+/// What must hold of a 2xx body, read without building it: choices with an assistant message,
+/// and whether it is complete enough (`id`, `model`, `created`, `usage`) to pass through as is.
+#[derive(Deserialize)]
+struct Essentials {
+    id: Option<IgnoredAny>,
+    model: Option<IgnoredAny>,
+    created: Option<IgnoredAny>,
+    choices: Vec<ChoiceCheck>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceCheck {
+    #[expect(dead_code, reason = "deserialized to check that it is there")]
+    message: MessageCheck,
+}
+
+#[derive(Deserialize)]
+struct MessageCheck {
+    #[expect(dead_code, reason = "deserialized to check that it is there")]
+    role: IgnoredAny,
+}
+
+/// A 2xx body must be a chat completion with at least one choice. A complete one is passed
+/// through as the provider sent it; otherwise it is parsed so that the gaps can be filled.
+pub fn parse_response(bytes: Bytes) -> Result<Answer, Failure> {
+    let invalid = |e: serde_json::Error| {
+        Failure::InvalidBody(format!("{e} (body starts {:?})", snippet(&bytes)))
+    };
+    let e: Essentials = serde_json::from_slice(&bytes).map_err(invalid)?;
+    if e.choices.is_empty() {
         return Err(Failure::InvalidBody("no choices in the reply".into()));
     }
-    Ok(completion)
+    match e.usage {
+        Some(usage)
+            if e.id.is_some()
+                && e.model.is_some()
+                && e.created.is_some()
+                && usage.prompt_tokens + usage.completion_tokens > 0 =>
+        {
+            Ok(Answer::Wire {
+                body: bytes,
+                usage: Usage {
+                    total_tokens: usage.prompt_tokens + usage.completion_tokens,
+                    ..usage
+                },
+            })
+        }
+        _ => {
+            let c: ChatCompletion = serde_json::from_slice(&bytes).map_err(invalid)?;
+            Ok(Answer::Built(c))
+        }
+    }
 }
 
 /// The `error.message` of an OpenAI error body, else the start of the body.
@@ -172,17 +221,34 @@ mod tests {
     #[test]
     fn responses_are_checked() {
         let ok = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":"fp_1"}"#;
-        let c = parse_response(ok).unwrap();
-        assert_eq!(c.text(), Some("Hi!"));
-        assert_eq!(c.usage.unwrap().total_tokens, 12);
-        assert!(matches!(
-            parse_response(b"<html>bad gateway</html>"),
-            Err(Failure::InvalidBody(_))
-        ));
-        assert!(matches!(
-            parse_response(br#"{"choices":[]}"#),
-            Err(Failure::InvalidBody(_))
-        ));
+        match parse_response(Bytes::from_static(ok)).unwrap() {
+            Answer::Wire { body, usage } => {
+                assert_eq!(&body[..], &ok[..], "passed through untouched");
+                assert_eq!(usage.total_tokens, 12);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without usage (some compatible servers), it is parsed so that usage can be filled in.
+        let partial = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}]}"#;
+        match parse_response(Bytes::from_static(partial)).unwrap() {
+            Answer::Built(c) => assert_eq!(c.text(), Some("Hi!")),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &b"<html>bad gateway</html>"[..],
+            br#"{"choices":[]}"#,
+            br#"{"choices":[{"index":0}]}"#,
+            br#"{"id":"x","choices":"nope"}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_response(Bytes::from_static(bad)),
+                    Err(Failure::InvalidBody(_))
+                ),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         assert_eq!(
             error_message(br#"{"error":{"message":"Rate limit reached","type":"requests"}}"#),
             "Rate limit reached"

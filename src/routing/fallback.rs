@@ -6,14 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
 use super::Router;
 use super::classify::Target;
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::ProviderKind;
 use crate::deployment::breaker::CircuitState;
-use crate::deployment::{Attempt, CallArgs, Msg, Skip};
+use crate::deployment::{self, Attempt, CallArgs, Skip};
 use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions};
 use crate::providers::ProviderReply;
 
@@ -196,16 +194,10 @@ impl Router {
                     continue;
                 }
                 let Some(actor) = slot.actor.load_full() else {
-                    w.skip(
-                        c.name.as_str(),
-                        "skipped: deployment restarting".into(),
-                        false,
-                        false,
-                    );
+                    w.skip(c.name.as_str(), Skip::Unreachable.describe(), false, false);
                     continue;
                 };
                 let include_request_extra = *first_provider.get_or_insert(c.provider) == c.provider;
-                let (tx, rx) = oneshot::channel();
                 let call = CallArgs {
                     req: req.clone(),
                     deadline: w.deadline,
@@ -213,30 +205,7 @@ impl Router {
                     request_id: request_id.clone(),
                     attempt: w.calls + 1,
                 };
-                if actor
-                    .send_message(Msg::Call(Box::new(call), tx.into()))
-                    .is_err()
-                {
-                    w.skip(
-                        c.name.as_str(),
-                        "skipped: deployment restarting".into(),
-                        false,
-                        false,
-                    );
-                    continue;
-                }
-                let attempt = match rx.await {
-                    Ok(a) => a,
-                    Err(_) => {
-                        w.skip(
-                            c.name.as_str(),
-                            "skipped: deployment restarting".into(),
-                            false,
-                            false,
-                        );
-                        continue;
-                    }
-                };
+                let attempt = deployment::call(&actor, &slot.args, call).await;
                 match attempt {
                     Attempt::Skipped(skip) => {
                         let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });

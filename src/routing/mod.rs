@@ -15,7 +15,6 @@ use ractor::ActorRef;
 
 use crate::config::{Config, DeploymentConfig};
 use crate::deployment::{self, Shared};
-use crate::providers::Adapter;
 use classify::RouteTable;
 use strategy::Strategy;
 
@@ -23,7 +22,8 @@ use strategy::Strategy;
 /// (swapped by the supervisor when it restarts one).
 pub struct Slot {
     pub name: Arc<str>,
-    pub adapter: Arc<Adapter>,
+    /// What the actor is started with: adapter, breaker policy, published state, event bus.
+    pub args: deployment::Args,
     pub shared: Arc<Shared>,
     pub actor: ArcSwapOption<ActorRef<deployment::Msg>>,
     /// A stable number per name for affinity hashing.
@@ -32,7 +32,7 @@ pub struct Slot {
 
 impl Slot {
     pub fn config(&self) -> &DeploymentConfig {
-        &self.adapter.config
+        &self.args.adapter.config
     }
 }
 

@@ -9,18 +9,16 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, info};
 
 use super::Slot;
-use crate::deployment::{self, DeploymentActor};
+use crate::deployment::DeploymentActor;
 
 pub struct Supervisor;
 
 pub struct Args {
     pub slots: Arc<[Slot]>,
-    pub actors: Vec<deployment::Args>,
 }
 
 pub struct State {
     slots: Arc<[Slot]>,
-    actors: Vec<deployment::Args>,
 }
 
 pub enum Msg {}
@@ -31,15 +29,13 @@ impl Actor for Supervisor {
     type Arguments = Args;
 
     async fn pre_start(&self, me: ActorRef<Msg>, args: Args) -> Result<State, ActorProcessingErr> {
-        for (slot, a) in args.slots.iter().zip(&args.actors) {
+        for slot in args.slots.iter() {
             let (actor, _) =
-                Actor::spawn_linked(None, DeploymentActor, a.clone(), me.get_cell()).await?;
+                Actor::spawn_linked(None, DeploymentActor, slot.args.clone(), me.get_cell())
+                    .await?;
             slot.actor.store(Some(Arc::new(actor)));
         }
-        Ok(State {
-            slots: args.slots,
-            actors: args.actors,
-        })
+        Ok(State { slots: args.slots })
     }
 
     async fn post_stop(
@@ -81,7 +77,7 @@ impl Actor for Supervisor {
         let (actor, _) = Actor::spawn_linked(
             None,
             DeploymentActor,
-            state.actors[i].clone(),
+            state.slots[i].args.clone(),
             me.get_cell(),
         )
         .await?;

@@ -1,0 +1,419 @@
+//! What Switchyard adds to a call, against the physical floor, in one run on one upstream.
+//!
+//! `cargo bench --bench overhead` starts its own nats-server and an instant fake upstream (own
+//! process), then measures three targets, each in its own process so that CPU and memory are
+//! theirs alone:
+//! - floor: a bare NATS responder → HTTP → reply (no routing, no actors);
+//! - engine: `switchyard serve` on a realistic config (3 groups, 6 deployments, fallbacks,
+//!   breaker, limits), requests on `llm.chat.chat`;
+//! - engine-failover: the same with the first deployment answering 503, so every request falls
+//!   back once (the breaker threshold is set out of reach so that it stays that way).
+//!
+//! Loads: sequential, 64 in flight, open loop at 1k/2k/5k requests/s. Prints a table and the
+//! engine/floor ratios, and writes `target/bench/overhead.json`.
+//! Flags (after `--`): `--quick` for a smoke run, `--soak 300s` to add a memory soak.
+
+#[path = "../../tests/common/nats.rs"]
+#[allow(dead_code, reason = "shared with the tests, which use all of it")]
+mod nats;
+
+mod floor;
+mod load;
+mod procs;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+
+use load::Summary;
+use procs::Proc;
+
+const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful travel assistant. Answer briefly."},{"role":"user","content":"Suggest a two-day itinerary for Lisbon in May, with one museum and one viewpoint per day."}],"temperature":0.7,"max_tokens":256}"#;
+
+struct Plan {
+    warmup: usize,
+    sequential: usize,
+    in_flight_total: usize,
+    open_loop: Duration,
+    rates: Vec<u32>,
+    soak: Option<Duration>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match args.get(1).map(String::as_str) {
+        Some("--upstream") => rt.block_on(upstream::run()),
+        Some("--floor") => rt.block_on(floor::run(&args[2], &args[3])),
+        _ => {
+            let quick = args.iter().any(|a| a == "--quick");
+            let soak = args
+                .iter()
+                .position(|a| a == "--soak")
+                .and_then(|i| args.get(i + 1))
+                .map(|s| humantime::parse_duration(s).expect("--soak takes a duration"));
+            let plan = if quick {
+                Plan {
+                    warmup: 200,
+                    sequential: 2_000,
+                    in_flight_total: 5_000,
+                    open_loop: Duration::from_secs(1),
+                    rates: vec![1_000, 2_000, 5_000],
+                    soak,
+                }
+            } else {
+                Plan {
+                    warmup: 2_000,
+                    sequential: 20_000,
+                    in_flight_total: 60_000,
+                    open_loop: Duration::from_secs(5),
+                    rates: vec![1_000, 2_000, 5_000],
+                    soak,
+                }
+            };
+            rt.block_on(bench(plan));
+        }
+    }
+}
+
+struct Row {
+    target: &'static str,
+    load: String,
+    s: Summary,
+    cpu_pct: f64,
+    peak_rss_mb: f64,
+}
+
+fn out_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).expect("target/bench");
+    dir
+}
+
+async fn bench(plan: Plan) {
+    let dir = out_dir();
+    let me = std::env::current_exe().expect("own path");
+    let nats = nats::NatsServer::start();
+    let mut up = Proc::spawn(
+        "upstream",
+        Command::new(&me).arg("--upstream"),
+        &dir.join("upstream.log"),
+    );
+    let upstream = format!("http://127.0.0.1:{}", up.read_line());
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let body = Bytes::from_static(REQUEST.as_bytes());
+    eprintln!("nats {} · upstream {upstream}", nats.url());
+
+    let mut rows = Vec::new();
+    let mut idle = Vec::new();
+    for target in ["floor", "engine", "engine-failover"] {
+        let (proc, subject) = match target {
+            "floor" => {
+                let mut p = Proc::spawn(
+                    "floor",
+                    Command::new(&me).args(["--floor", &nats.url(), &upstream]),
+                    &dir.join("floor.log"),
+                );
+                assert_eq!(p.read_line(), "ready");
+                (p, floor::SUBJECT.to_string())
+            }
+            _ => {
+                let config = dir.join(format!("{target}.toml"));
+                std::fs::write(
+                    &config,
+                    engine_config(&nats.url(), &upstream, target == "engine-failover"),
+                )
+                .expect("config");
+                let p = Proc::spawn(
+                    "engine",
+                    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                        .args(["serve", "--config"])
+                        .arg(&config)
+                        .env("SWITCHYARD_INSTANCE", target),
+                    &dir.join(format!("{target}.log")),
+                );
+                wait_ready(&client).await;
+                (p, "llm.chat.chat".to_string())
+            }
+        };
+        client.flush().await.expect("flush");
+        let check = load::sequential(&client, &subject, &body, 1).await;
+        assert_eq!(
+            check.errors, 0,
+            "{target}: the first request failed; see target/bench/*.log"
+        );
+        idle.push((target, proc.rss_mb()));
+        eprintln!("{target}: warm-up");
+        load::sequential(&client, &subject, &body, plan.warmup).await;
+
+        let sample = load::sequential(&client, &subject, &body, plan.sequential);
+        rows.push(measure(&proc, target, "sequential".into(), sample).await);
+        let sample = load::closed_loop(&client, &subject, &body, 64, plan.in_flight_total);
+        rows.push(measure(&proc, target, "64 in flight".into(), sample).await);
+        for &rate in &plan.rates {
+            let sample = load::open_loop(&client, &subject, &body, rate, plan.open_loop);
+            rows.push(measure(&proc, target, format!("open {rate}/s"), sample).await);
+        }
+        if let (Some(d), "engine") = (plan.soak, target) {
+            soak(&client, &subject, &body, &proc, d).await;
+        }
+        proc.stop();
+    }
+    up.child.kill().ok();
+
+    let mut report = String::new();
+    report.push_str(&machine());
+    report.push_str(&format!(
+        "\n{:<16} {:<13} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8}\n",
+        "target",
+        "load",
+        "n",
+        "err",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "req/s",
+        "cpu%",
+        "peak MB"
+    ));
+    for r in &rows {
+        report.push_str(&format_row(r));
+        report.push('\n');
+    }
+    report.push_str("\nidle RSS after start: ");
+    for (t, mb) in &idle {
+        report.push_str(&format!("{t} {mb:.1} MB  "));
+    }
+    report.push_str("\n\nengine vs floor, same load:\n");
+    let mut ratios = Vec::new();
+    for target in ["engine", "engine-failover"] {
+        for r in rows.iter().filter(|r| r.target == target) {
+            let Some(f) = rows
+                .iter()
+                .find(|f| f.target == "floor" && f.load == r.load)
+            else {
+                continue;
+            };
+            let line = format!(
+                "{:<16} {:<13} p50 {:+7.0} µs ({:.2}x)  p99 {:+7.0} µs ({:.2}x)  throughput {:.2}x  errors {}",
+                target,
+                r.load,
+                r.s.p50_us - f.s.p50_us,
+                r.s.p50_us / f.s.p50_us,
+                r.s.p99_us - f.s.p99_us,
+                r.s.p99_us / f.s.p99_us,
+                r.s.throughput_rps / f.s.throughput_rps,
+                r.s.errors
+            );
+            report.push_str(&line);
+            report.push('\n');
+            ratios.push(json!({
+                "target": target, "load": r.load,
+                "added_p50_us": r.s.p50_us - f.s.p50_us, "added_p99_us": r.s.p99_us - f.s.p99_us,
+                "p50_ratio": r.s.p50_us / f.s.p50_us, "p99_ratio": r.s.p99_us / f.s.p99_us,
+                "throughput_ratio": r.s.throughput_rps / f.s.throughput_rps,
+            }));
+        }
+    }
+    println!("{report}");
+    let json = json!({
+        "machine": machine(),
+        "rows": rows.iter().map(|r| json!({
+            "target": r.target, "load": r.load, "summary": r.s,
+            "cpu_pct": r.cpu_pct, "peak_rss_mb": r.peak_rss_mb,
+        })).collect::<Vec<_>>(),
+        "idle_rss_mb": idle.iter().map(|(t, mb)| json!({"target": t, "mb": mb})).collect::<Vec<_>>(),
+        "ratios": ratios,
+    });
+    let path = dir.join("overhead.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")).expect("write");
+    std::fs::write(dir.join("overhead.txt"), &report).expect("write");
+    println!("written: {}", path.display());
+}
+
+/// Runs one load against `proc` and reads its CPU and peak memory over that run.
+async fn measure(
+    proc: &Proc,
+    target: &'static str,
+    load: String,
+    run: impl Future<Output = load::Sample>,
+) -> Row {
+    proc.reset_peak();
+    let cpu0 = proc.cpu_time();
+    let t0 = Instant::now();
+    let sample = run.await;
+    let wall = t0.elapsed();
+    let cpu = proc.cpu_time().saturating_sub(cpu0);
+    let row = Row {
+        target,
+        load,
+        s: sample.summary(),
+        cpu_pct: 100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        peak_rss_mb: proc.peak_rss_mb(),
+    };
+    eprintln!("{}", format_row(&row));
+    row
+}
+
+/// Open loop at 2k/s for `d`, RSS sampled every 10 s: memory must not grow.
+async fn soak(client: &async_nats::Client, subject: &str, body: &Bytes, proc: &Proc, d: Duration) {
+    eprintln!("soak: 2000/s for {}", humantime::format_duration(d));
+    let start_rss = proc.rss_mb();
+    let step = Duration::from_secs(10);
+    let mut samples = vec![start_rss];
+    let mut errors = 0;
+    let started = Instant::now();
+    while started.elapsed() < d {
+        let s = load::open_loop(client, subject, body, 2_000, step).await;
+        errors += s.errors;
+        samples.push(proc.rss_mb());
+    }
+    let line = format!(
+        "soak 2000/s for {}: RSS start {:.1} MB, after 10 s {:.1} MB, end {:.1} MB, max {:.1} MB, errors {errors}",
+        humantime::format_duration(d),
+        start_rss,
+        samples.get(1).copied().unwrap_or(start_rss),
+        samples.last().copied().unwrap_or(start_rss),
+        samples.iter().copied().fold(0.0, f64::max)
+    );
+    eprintln!("{line}");
+    std::fs::write(
+        out_dir().join("soak.txt"),
+        format!("{line}\nsamples MB: {samples:?}\n"),
+    )
+    .expect("write");
+}
+
+fn format_row(r: &Row) -> String {
+    format!(
+        "{:<16} {:<13} {:>7} {:>5} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>6.0} {:>8.1}",
+        r.target,
+        r.load,
+        r.s.n,
+        r.s.errors,
+        r.s.p50_us,
+        r.s.p90_us,
+        r.s.p99_us,
+        r.s.p999_us,
+        r.s.throughput_rps,
+        r.cpu_pct,
+        r.peak_rss_mb
+    )
+}
+
+async fn wait_ready(client: &async_nats::Client) {
+    for _ in 0..500 {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.request("llm.status", "".into()),
+        )
+        .await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the engine did not come up; see target/bench/engine*.log");
+}
+
+/// 3 groups, 6 deployments, fallbacks, breaker and (non-binding) limits, all on the one upstream.
+fn engine_config(nats: &str, upstream: &str, failover: bool) -> String {
+    let (fast, threshold) = if failover {
+        (
+            format!(
+                "{}{}",
+                deployment("fast-primary", "fast-chat", &format!("{upstream}/fail/v1")),
+                deployment("deep-c", "deep-analysis", &format!("{upstream}/deep-c/v1"))
+            ),
+            1_000_000_000,
+        )
+    } else {
+        (
+            format!(
+                "{}{}",
+                deployment("fast-a", "fast-chat", &format!("{upstream}/fast-a/v1")),
+                deployment("fast-b", "fast-chat", &format!("{upstream}/fast-b/v1"))
+            ),
+            3,
+        )
+    };
+    format!(
+        r#"[nats]
+url = "{nats}"
+
+[routing]
+strategy = "simple-shuffle"
+default_group = "fast-chat"
+fallbacks = {{ fast-chat = ["backup-chat"], deep-analysis = ["backup-chat"] }}
+
+[tasks]
+chat = "fast-chat"
+title = "fast-chat"
+analysis = "deep-analysis"
+
+[breaker]
+failure_threshold = {threshold}
+reset_timeout = "60s"
+
+{fast}{}{}{}{}
+"#,
+        deployment("deep-a", "deep-analysis", &format!("{upstream}/deep-a/v1")),
+        deployment("deep-b", "deep-analysis", &format!("{upstream}/deep-b/v1")),
+        deployment(
+            "backup-a",
+            "backup-chat",
+            &format!("{upstream}/backup-a/v1")
+        ),
+        deployment(
+            "backup-b",
+            "backup-chat",
+            &format!("{upstream}/backup-b/v1")
+        ),
+    )
+}
+
+fn deployment(name: &str, group: &str, api_base: &str) -> String {
+    format!(
+        r#"[[deployments]]
+name = "{name}"
+group = "{group}"
+provider = "openai"
+model = "gpt-4o-mini"
+api_base = "{api_base}"
+rpm = 10000000
+tpm = 10000000000
+timeout = "30s"
+context_window = 128000
+price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
+
+"#
+    )
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let nats = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "machine: {cores} cores, {cpu}, Linux {}, {nats}\n",
+        kernel.trim()
+    )
+}
