@@ -14,6 +14,8 @@ pub async fn run(nats_url: &str, upstream: &str) {
         .queue_subscribe(SUBJECT, "floor".into())
         .await
         .expect("floor: subscribe");
+    // The server has the subscription once a flush round trip is done.
+    client.flush().await.expect("floor: flush");
     println!("ready");
     while let Some(msg) = sub.next().await {
         let (client, http, url) = (client.clone(), http.clone(), url.clone());

@@ -11,7 +11,8 @@
 //!
 //! Loads: sequential, 64 in flight, open loop at 1k/2k/5k requests/s. Prints a table and the
 //! engine/floor ratios, and writes `target/bench/overhead.json`.
-//! Flags (after `--`): `--quick` for a smoke run, `--soak 300s` to add a memory soak.
+//! Flags (after `--`): `--quick` for a smoke run, `--soak 300s` to add a memory soak, `--only
+//! engine` to run one target (e.g. under a profiler).
 
 #[path = "../../tests/common/nats.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
@@ -35,6 +36,7 @@ use procs::Proc;
 const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful travel assistant. Answer briefly."},{"role":"user","content":"Suggest a two-day itinerary for Lisbon in May, with one museum and one viewpoint per day."}],"temperature":0.7,"max_tokens":256}"#;
 
 struct Plan {
+    targets: Vec<&'static str>,
     warmup: usize,
     sequential: usize,
     in_flight_total: usize,
@@ -56,8 +58,19 @@ fn main() {
                 .position(|a| a == "--soak")
                 .and_then(|i| args.get(i + 1))
                 .map(|s| humantime::parse_duration(s).expect("--soak takes a duration"));
+            // `--only engine` (or floor, engine-failover): one target, e.g. to profile it.
+            let only = args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .cloned();
+            let targets = ["floor", "engine", "engine-failover"]
+                .into_iter()
+                .filter(|t| only.as_deref().is_none_or(|o| o == *t))
+                .collect();
             let plan = if quick {
                 Plan {
+                    targets,
                     warmup: 200,
                     sequential: 2_000,
                     in_flight_total: 5_000,
@@ -67,6 +80,7 @@ fn main() {
                 }
             } else {
                 Plan {
+                    targets,
                     warmup: 2_000,
                     sequential: 20_000,
                     in_flight_total: 60_000,
@@ -99,7 +113,6 @@ async fn bench(plan: Plan) {
     let me = std::env::current_exe().expect("own path");
     let nats = nats::NatsServer::start();
     let mut up = Proc::spawn(
-        "upstream",
         Command::new(&me).arg("--upstream"),
         &dir.join("upstream.log"),
     );
@@ -110,11 +123,13 @@ async fn bench(plan: Plan) {
 
     let mut rows = Vec::new();
     let mut idle = Vec::new();
-    for target in ["floor", "engine", "engine-failover"] {
+    // Every target runs at once (each on its own subjects) and the loads go round them in turn,
+    // in several rounds, so that drift on a shared machine hits floor and engine alike.
+    let mut running = Vec::new();
+    for &target in &plan.targets {
         let (proc, subject) = match target {
             "floor" => {
                 let mut p = Proc::spawn(
-                    "floor",
                     Command::new(&me).args(["--floor", &nats.url(), &upstream]),
                     &dir.join("floor.log"),
                 );
@@ -122,22 +137,22 @@ async fn bench(plan: Plan) {
                 (p, floor::SUBJECT.to_string())
             }
             _ => {
+                let prefix = target.replace('-', "_");
                 let config = dir.join(format!("{target}.toml"));
                 std::fs::write(
                     &config,
-                    engine_config(&nats.url(), &upstream, target == "engine-failover"),
+                    engine_config(&nats.url(), &prefix, &upstream, target == "engine-failover"),
                 )
                 .expect("config");
                 let p = Proc::spawn(
-                    "engine",
                     Command::new(env!("CARGO_BIN_EXE_switchyard"))
                         .args(["serve", "--config"])
                         .arg(&config)
                         .env("SWITCHYARD_INSTANCE", target),
                     &dir.join(format!("{target}.log")),
                 );
-                wait_ready(&client).await;
-                (p, "llm.chat.chat".to_string())
+                wait_ready(&client, &prefix).await;
+                (p, format!("{prefix}.chat.chat"))
             }
         };
         client.flush().await.expect("flush");
@@ -149,15 +164,49 @@ async fn bench(plan: Plan) {
         idle.push((target, proc.rss_mb()));
         eprintln!("{target}: warm-up");
         load::sequential(&client, &subject, &body, plan.warmup).await;
+        running.push((target, proc, subject));
+    }
 
-        let sample = load::sequential(&client, &subject, &body, plan.sequential);
-        rows.push(measure(&proc, target, "sequential".into(), sample).await);
-        let sample = load::closed_loop(&client, &subject, &body, 64, plan.in_flight_total);
-        rows.push(measure(&proc, target, "64 in flight".into(), sample).await);
-        for &rate in &plan.rates {
-            let sample = load::open_loop(&client, &subject, &body, rate, plan.open_loop);
-            rows.push(measure(&proc, target, format!("open {rate}/s"), sample).await);
+    let mut loads: Vec<(String, Load)> = vec![
+        ("sequential".into(), Load::Sequential(plan.sequential)),
+        (
+            "64 in flight".into(),
+            Load::InFlight(64, plan.in_flight_total),
+        ),
+    ];
+    for &rate in &plan.rates {
+        loads.push((format!("open {rate}/s"), Load::Open(rate, plan.open_loop)));
+    }
+    for (name, shape) in &loads {
+        let mut merged: Vec<(load::Sample, f64, f64)> = running
+            .iter()
+            .map(|_| (load::Sample::default(), 0.0, 0.0))
+            .collect();
+        for _ in 0..ROUNDS {
+            for (i, (_, proc, subject)) in running.iter().enumerate() {
+                let run = shape.run(&client, subject, &body);
+                let (sample, cpu_pct, peak) = measure(proc, run).await;
+                let m = &mut merged[i];
+                m.0.latencies_us.extend(sample.latencies_us);
+                m.0.errors += sample.errors;
+                m.0.wall += sample.wall;
+                m.1 += cpu_pct / ROUNDS as f64;
+                m.2 = f64::max(m.2, peak);
+            }
         }
+        for ((target, _, _), (sample, cpu_pct, peak_rss_mb)) in running.iter().zip(merged) {
+            let row = Row {
+                target,
+                load: name.clone(),
+                s: sample.summary(),
+                cpu_pct,
+                peak_rss_mb,
+            };
+            eprintln!("{}", format_row(&row));
+            rows.push(row);
+        }
+    }
+    for (target, proc, subject) in running {
         if let (Some(d), "engine") = (plan.soak, target) {
             soak(&client, &subject, &body, &proc, d).await;
         }
@@ -236,28 +285,42 @@ async fn bench(plan: Plan) {
     println!("written: {}", path.display());
 }
 
-/// Runs one load against `proc` and reads its CPU and peak memory over that run.
-async fn measure(
-    proc: &Proc,
-    target: &'static str,
-    load: String,
-    run: impl Future<Output = load::Sample>,
-) -> Row {
+/// Each load is run this many times per target, alternating targets.
+const ROUNDS: usize = 2;
+
+enum Load {
+    Sequential(usize),
+    /// (in flight, total requests)
+    InFlight(usize, usize),
+    Open(u32, Duration),
+}
+
+impl Load {
+    /// One round: a share of the load's requests.
+    async fn run(&self, client: &async_nats::Client, subject: &str, body: &Bytes) -> load::Sample {
+        match *self {
+            Load::Sequential(n) => load::sequential(client, subject, body, n / ROUNDS).await,
+            Load::InFlight(c, n) => load::closed_loop(client, subject, body, c, n / ROUNDS).await,
+            Load::Open(rate, d) => {
+                load::open_loop(client, subject, body, rate, d / ROUNDS as u32).await
+            }
+        }
+    }
+}
+
+/// Runs one load against `proc` and reads its CPU (% of one core) and peak memory over the run.
+async fn measure(proc: &Proc, run: impl Future<Output = load::Sample>) -> (load::Sample, f64, f64) {
     proc.reset_peak();
     let cpu0 = proc.cpu_time();
     let t0 = Instant::now();
     let sample = run.await;
     let wall = t0.elapsed();
     let cpu = proc.cpu_time().saturating_sub(cpu0);
-    let row = Row {
-        target,
-        load,
-        s: sample.summary(),
-        cpu_pct: 100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
-        peak_rss_mb: proc.peak_rss_mb(),
-    };
-    eprintln!("{}", format_row(&row));
-    row
+    (
+        sample,
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        proc.peak_rss_mb(),
+    )
 }
 
 /// Open loop at 2k/s for `d`, RSS sampled every 10 s: memory must not grow.
@@ -306,11 +369,11 @@ fn format_row(r: &Row) -> String {
     )
 }
 
-async fn wait_ready(client: &async_nats::Client) {
+async fn wait_ready(client: &async_nats::Client, prefix: &str) {
     for _ in 0..500 {
         if let Ok(Ok(_)) = tokio::time::timeout(
             Duration::from_millis(200),
-            client.request("llm.status", "".into()),
+            client.request(format!("{prefix}.status"), "".into()),
         )
         .await
         {
@@ -322,7 +385,7 @@ async fn wait_ready(client: &async_nats::Client) {
 }
 
 /// 3 groups, 6 deployments, fallbacks, breaker and (non-binding) limits, all on the one upstream.
-fn engine_config(nats: &str, upstream: &str, failover: bool) -> String {
+fn engine_config(nats: &str, prefix: &str, upstream: &str, failover: bool) -> String {
     let (fast, threshold) = if failover {
         (
             format!(
@@ -345,6 +408,7 @@ fn engine_config(nats: &str, upstream: &str, failover: bool) -> String {
     format!(
         r#"[nats]
 url = "{nats}"
+prefix = "{prefix}"
 
 [routing]
 strategy = "simple-shuffle"

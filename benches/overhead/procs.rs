@@ -11,13 +11,13 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
+    pub fn spawn(cmd: &mut Command, log: &Path) -> Proc {
         let log = std::fs::File::create(log).expect("log file");
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdout = child.stdout.take().map(BufReader::new);
         Proc { child, stdout }
     }

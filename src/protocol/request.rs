@@ -17,6 +17,8 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Rough prompt size in tokens, for the `tpm` budget and context-window checks.
     pub estimated_prompt_tokens: u64,
+    /// Size of the body as received, to size outgoing buffers once.
+    pub size_hint: usize,
 }
 
 /// Why a request was refused before routing (`invalid_request`).
@@ -49,7 +51,9 @@ impl ChatRequest {
         let Value::Object(body) = value else {
             return Err(bad("body must be a JSON object"));
         };
-        Self::from_object(body)
+        let mut req = Self::from_object(body)?;
+        req.size_hint = bytes.len();
+        Ok(req)
     }
 
     pub fn from_object(body: Map<String, Value>) -> Result<Self, InvalidRequest> {
@@ -97,6 +101,7 @@ impl ChatRequest {
             stream,
             max_tokens,
             estimated_prompt_tokens,
+            size_hint: 512,
             body,
         })
     }

@@ -151,15 +151,27 @@ pub struct CallContext {
     pub fate: Option<simulated::Fate>,
 }
 
-/// One deployment's adapter: its config plus the shared HTTP client.
+/// One deployment's adapter: its config, its endpoint parsed once, and the shared HTTP client.
 pub struct Adapter {
     pub config: DeploymentConfig,
+    endpoint: Option<reqwest::Url>,
     client: reqwest::Client,
 }
 
 impl Adapter {
     pub fn new(config: DeploymentConfig, client: reqwest::Client) -> Self {
-        Self { config, client }
+        // Parsing a URL per request showed up in profiles; config validation checked it already.
+        let endpoint = match config.provider {
+            ProviderKind::OpenAi => {
+                reqwest::Url::parse(&format!("{}/chat/completions", config.api_base)).ok()
+            }
+            ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Simulated => None,
+        };
+        Self {
+            config,
+            endpoint,
+            client,
+        }
     }
 
     pub async fn call(
@@ -168,7 +180,15 @@ impl Adapter {
         ctx: CallContext,
     ) -> Result<ProviderReply, Failure> {
         let answer = match self.config.provider {
-            ProviderKind::OpenAi => openai::call(&self.client, &self.config, req, &ctx).await?,
+            ProviderKind::OpenAi => {
+                let Some(url) = &self.endpoint else {
+                    return Err(Failure::Connect(format!(
+                        "api_base `{}` is not a URL",
+                        self.config.api_base
+                    )));
+                };
+                openai::call(&self.client, url, &self.config, req, &ctx).await?
+            }
             ProviderKind::Simulated => {
                 Answer::Built(simulated::call(&self.config, req, ctx.fate).await?)
             }

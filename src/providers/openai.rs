@@ -15,13 +15,14 @@ use crate::protocol::{ChatCompletion, ChatRequest, Usage};
 
 pub async fn call(
     client: &reqwest::Client,
+    url: &reqwest::Url,
     d: &DeploymentConfig,
     req: &ChatRequest,
     ctx: &CallContext,
 ) -> Result<Answer, Failure> {
     let body = build_body(d, req, ctx.include_request_extra);
     let mut builder = client
-        .post(format!("{}/chat/completions", d.api_base))
+        .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body);
     if let Some(key) = &d.api_key {
@@ -51,8 +52,10 @@ pub fn build_body(d: &DeploymentConfig, req: &ChatRequest, include_request_extra
         deployment_extra: d.extra_body.as_ref(),
         request_extra: include_request_extra.then(|| req.extra_body()).flatten(),
     };
-    // Serializing a map of JSON values cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    let mut out = Vec::with_capacity(req.size_hint + 64);
+    // Serializing a map of JSON values into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, &body);
+    out
 }
 
 struct Body<'a> {
