@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
                     attempts: 1,
                     fallback: false,
                 }),
+                streamed: false,
             };
             black_box(outcome.into_reply())
         })

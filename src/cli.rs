@@ -57,8 +57,12 @@ pub enum Command {
         /// A request header, `Llm-Deadline: 20s`; repeatable.
         #[arg(long = "header", short = 'H', value_parser = crate::commands::request::parse_header)]
         headers: Vec<(String, String)>,
+        /// How long to wait for the reply (for each chunk with --stream).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Stream the reply (with a prompt: sets `"stream": true`).
+        #[arg(long)]
+        stream: bool,
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
         config: PathBuf,
     },

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ractor::{Actor, ActorRef};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::deployment::{self, Shared};
@@ -16,7 +17,7 @@ use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
 use crate::protocol::{ChatRequest, InvalidRequest};
 use crate::protocol::{ErrorBody, ErrorDetail, ErrorKind, RequestOptions, headers};
 use crate::providers::{Adapter, http};
-use crate::routing::fallback::{Failed, Served};
+use crate::routing::fallback::{Ask, Failed, Served};
 use crate::routing::strategy::Strategy;
 use crate::routing::supervisor::{self, Supervisor};
 use crate::routing::{Router, Slot};
@@ -43,6 +44,8 @@ pub struct ChatOutcome {
     pub request_id: Arc<str>,
     pub latency: Duration,
     pub result: Result<Served, Failed>,
+    /// The request was streamed to the sink: the reply is the stream's closing message.
+    pub streamed: bool,
 }
 
 /// A reply as it goes on the wire: `Llm-*` headers and a JSON body.
@@ -116,6 +119,7 @@ impl Engine {
         task: &str,
         options: Result<RequestOptions, String>,
         body: &[u8],
+        sink: Option<&mpsc::Sender<Bytes>>,
     ) -> ChatOutcome {
         let started = Instant::now();
         let request_id: Arc<str> = match options.as_ref().ok().and_then(|o| o.request_id.clone()) {
@@ -128,11 +132,15 @@ impl Engine {
         };
         // No per-request span: every attempt's log line carries the request id, and entering a
         // span on every poll cost ~1 % of the engine's CPU under load.
-        let result = self.run(task, options, body, &request_id).await;
+        let mut streamed = false;
+        let result = self
+            .run(task, options, body, &request_id, sink, &mut streamed)
+            .await;
         ChatOutcome {
             request_id,
             latency: started.elapsed(),
             result,
+            streamed,
         }
     }
 
@@ -142,6 +150,8 @@ impl Engine {
         options: Result<RequestOptions, String>,
         body: &[u8],
         request_id: &Arc<str>,
+        sink: Option<&mpsc::Sender<Bytes>>,
+        streamed: &mut bool,
     ) -> Result<Served, Failed> {
         let invalid = |m: String| Failed::new(ErrorKind::InvalidRequest, m);
         let options = options.map_err(invalid)?;
@@ -153,14 +163,21 @@ impl Engine {
             None => None,
         };
         let req = ChatRequest::parse(body).map_err(|InvalidRequest(m)| invalid(m))?;
-        if req.stream {
+        if req.stream && sink.is_none() {
             return Err(invalid(
-                "\"stream\": true is not supported by this build yet; send the request without it"
-                    .into(),
+                "\"stream\": true needs a reply subject to stream to".into(),
             ));
         }
+        *streamed = req.stream;
         self.router
-            .route(Arc::new(req), task, &options, strategy, request_id)
+            .route(Ask {
+                req: Arc::new(req),
+                task,
+                opts: &options,
+                strategy,
+                request_id,
+                sink,
+            })
             .await
     }
 
@@ -241,11 +258,22 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
     }
 }
 
+/// Dollars to the 1e-10 (a hundredth of a micro-dollar), without float noise or trailing zeros.
+pub fn format_usd(x: f64) -> String {
+    let s = format!("{x:.10}");
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_string()
+}
+
 impl ChatOutcome {
     /// The reply of contract section 1: a `chat.completion` with success headers, or the error
     /// body with `Llm-Error`.
     pub fn into_reply(self) -> Reply {
         let mut h = vec![(headers::REQUEST_ID, self.request_id.to_string())];
+        if self.streamed {
+            let end = if self.result.is_ok() { "end" } else { "error" };
+            h.push((headers::STREAM, end.to_string()));
+        }
         let latency_ms = self.latency.as_millis().to_string();
         match self.result {
             Ok(s) => {
@@ -254,7 +282,7 @@ impl ChatOutcome {
                 h.push((headers::ATTEMPTS, s.attempts.to_string()));
                 h.push((headers::FALLBACK, s.fallback.to_string()));
                 h.push((headers::LATENCY_MS, latency_ms));
-                h.push((headers::COST_USD, format!("{}", s.reply.cost_usd)));
+                h.push((headers::COST_USD, format_usd(s.reply.cost_usd)));
                 Reply {
                     headers: h,
                     body: s.reply.body,
@@ -270,6 +298,7 @@ impl ChatOutcome {
                         status: f.status,
                         request_id: self.request_id.to_string(),
                         attempts: f.attempts,
+                        usage: f.usage,
                     },
                 };
                 let body = serde_json::to_vec(&body).unwrap_or_default();
@@ -286,6 +315,13 @@ impl ChatOutcome {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn costs_print_without_float_noise() {
+        assert_eq!(format_usd(0.000006440000000000001), "0.00000644");
+        assert_eq!(format_usd(1.5), "1.5");
+        assert_eq!(format_usd(0.0), "0");
+    }
 
     #[tokio::test]
     async fn a_dead_deployment_actor_is_restarted_and_serves_again() {
@@ -307,7 +343,7 @@ mod tests {
         }
         let body = br#"{"model":"flash-sim","messages":[{"role":"user","content":"hi"}]}"#;
         let outcome = engine
-            .chat("chat", Ok(RequestOptions::default()), body)
+            .chat("chat", Ok(RequestOptions::default()), body, None)
             .await;
         let served = outcome.result.expect("served after the restart");
         assert_eq!(&*served.deployment, "flash-sim");

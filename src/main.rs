@@ -77,6 +77,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             file,
             headers,
             timeout,
+            stream,
             config,
         } => {
             let config = Config::load(&config)?;
@@ -86,6 +87,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 prompt,
                 headers,
                 timeout,
+                stream,
             };
             if request::run(&config, r).await? {
                 Ok(())

@@ -64,7 +64,7 @@ pub async fn run(config: &Config, requests: usize, interval: Duration) -> anyhow
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let outcome = engine
-                .chat(task, Ok(RequestOptions::default()), &body)
+                .chat(task, Ok(RequestOptions::default()), &body, None)
                 .await;
             let at = started.elapsed().as_secs_f64();
             match &outcome.result {

@@ -8,6 +8,7 @@ use async_nats::HeaderMap;
 
 use crate::config::Config;
 use crate::protocol::Subjects;
+use crate::protocol::headers::{ERROR, STREAM};
 
 pub struct Request {
     pub task: String,
@@ -16,6 +17,8 @@ pub struct Request {
     pub prompt: Option<String>,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Ask for a streamed reply and print the chunks' text as it comes.
+    pub stream: bool,
 }
 
 /// Sends the request; returns whether the reply was a success.
@@ -24,7 +27,8 @@ pub async fn run(config: &Config, r: Request) -> anyhow::Result<bool> {
         (Some(path), _) => std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
         (None, Some(prompt)) => serde_json::to_vec(&serde_json::json!({
-            "messages": [{"role": "user", "content": prompt}]
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": r.stream,
         }))?,
         (None, None) => anyhow::bail!("give the request body with --file or a prompt"),
     };
@@ -34,6 +38,9 @@ pub async fn run(config: &Config, r: Request) -> anyhow::Result<bool> {
         headers.insert(k.as_str(), v.as_str());
     }
     let subject = Subjects::new(&config.nats.prefix).chat(&r.task);
+    if r.stream {
+        return stream(&client, subject, headers, body, r.timeout).await;
+    }
     let reply = tokio::time::timeout(
         r.timeout,
         client.request_with_headers(subject.clone(), headers, body.into()),
@@ -43,22 +50,70 @@ pub async fn run(config: &Config, r: Request) -> anyhow::Result<bool> {
     .map_err(|e| {
         anyhow::anyhow!("request on {subject} failed: {e} (is `switchyard serve` running?)")
     })?;
-    let mut ok = true;
-    if let Some(h) = &reply.headers {
-        let mut names: Vec<_> = h.iter().collect();
-        names.sort_by(|a, b| AsRef::<str>::as_ref(a.0).cmp(AsRef::<str>::as_ref(b.0)));
-        for (name, values) in names {
-            for v in values {
-                eprintln!("{}: {}", AsRef::<str>::as_ref(name), v.as_str());
+    print_headers(reply.headers.as_ref());
+    print_body(&reply.payload)?;
+    Ok(is_success(reply.headers.as_ref()))
+}
+
+/// A streamed request: the reply subject gets one message per chunk, then a last message with
+/// `Llm-Stream: end` (or `error` and the error body).
+async fn stream(
+    client: &async_nats::Client,
+    subject: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    use futures::StreamExt;
+    use std::io::Write;
+
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply_and_headers(subject.clone(), inbox, headers, body.into())
+        .await?;
+    loop {
+        let msg = tokio::time::timeout(timeout, sub.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("the stream on {subject} stalled for {timeout:?}"))?
+            .ok_or_else(|| anyhow::anyhow!("the connection closed mid-stream"))?;
+        if msg.headers.as_ref().and_then(|h| h.get(STREAM)).is_some() {
+            println!();
+            print_headers(msg.headers.as_ref());
+            if !msg.payload.is_empty() {
+                print_body(&msg.payload)?;
             }
+            return Ok(is_success(msg.headers.as_ref()));
         }
-        ok = h.get(crate::protocol::headers::ERROR).is_none();
+        let chunk: serde_json::Value = serde_json::from_slice(&msg.payload)?;
+        if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str() {
+            print!("{text}");
+            std::io::stdout().flush()?;
+        }
     }
-    match serde_json::from_slice::<serde_json::Value>(&reply.payload) {
+}
+
+fn print_headers(headers: Option<&HeaderMap>) {
+    let Some(h) = headers else { return };
+    let mut names: Vec<_> = h.iter().collect();
+    names.sort_by(|a, b| AsRef::<str>::as_ref(a.0).cmp(AsRef::<str>::as_ref(b.0)));
+    for (name, values) in names {
+        for v in values {
+            eprintln!("{}: {}", AsRef::<str>::as_ref(name), v.as_str());
+        }
+    }
+}
+
+fn print_body(payload: &[u8]) -> anyhow::Result<()> {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
         Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
-        Err(_) => println!("{}", String::from_utf8_lossy(&reply.payload)),
+        Err(_) => println!("{}", String::from_utf8_lossy(payload)),
     }
-    Ok(ok)
+    Ok(())
+}
+
+fn is_success(headers: Option<&HeaderMap>) -> bool {
+    headers.is_none_or(|h| h.get(ERROR).is_none())
 }
 
 /// `Name: value` or `Name=value`.

@@ -83,6 +83,8 @@ pub struct DeploymentConfig {
     pub rpm: Option<NonZeroU32>,
     pub tpm: Option<NonZeroU64>,
     pub timeout: Duration,
+    /// Streaming only: time allowed until the first chunk (default: `timeout`).
+    pub first_token_timeout: Duration,
     pub weight: NonZeroU32,
     pub context_window: Option<NonZeroU64>,
     /// Default `max_tokens` for providers that require one.
@@ -191,6 +193,10 @@ pub(super) fn validate(
     if timeout.is_zero() {
         v.problem(key("timeout"), "must be > 0");
     }
+    let first_token_timeout = d.first_token_timeout.unwrap_or(timeout);
+    if first_token_timeout.is_zero() {
+        v.problem(key("first_token_timeout"), "must be > 0");
+    }
     let price = d.price.map_or_else(Price::default, |p| {
         for (field, value) in [
             ("price.input_per_mtok", p.input_per_mtok),
@@ -259,6 +265,7 @@ pub(super) fn validate(
         rpm,
         tpm,
         timeout,
+        first_token_timeout,
         weight,
         context_window,
         max_tokens,

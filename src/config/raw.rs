@@ -164,6 +164,9 @@ pub struct RawDeployment {
     pub tpm: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Streaming: the first chunk must come within this, else the call fails (and falls back).
+    #[serde(default, with = "humantime_serde")]
+    pub first_token_timeout: Option<Duration>,
     #[serde(default = "default_weight")]
     pub weight: u32,
     pub context_window: Option<u64>,

@@ -30,7 +30,7 @@ use self::stats::{Sample, Stats};
 use crate::config::BreakerConfig;
 use crate::observe::events::{Event, EventBus, now_rfc3339};
 use crate::observe::status::{DeploymentStatus, LatencyMs};
-use crate::protocol::ChatRequest;
+use crate::protocol::{ChatRequest, Usage};
 use crate::providers::{
     Adapter, CallContext, Decision, Failure, ProviderReply, classify, simulated,
 };
@@ -429,68 +429,66 @@ impl State {
     }
 }
 
-/// One attempt at one deployment, run in the caller's task: asks the actor for a permit, makes
-/// the call bounded by the deployment's timeout and the caller's deadline (whichever comes first),
-/// logs it, and reports the outcome to the actor.
-pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt {
+/// Asks the actor for a permit, and arms the report that will tell it how the call went.
+async fn admit<'a>(
+    actor: &'a ActorRef<Msg>,
+    call: &CallArgs,
+) -> Result<(Permit, Report<'a>), Skip> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let estimate = call.req.estimated_total_tokens();
-    if actor
+    actor
         .send_message(Msg::Admit {
             estimate,
             reply: tx.into(),
         })
-        .is_err()
-    {
-        return Attempt::Skipped(Skip::Unreachable);
-    }
-    let permit = match rx.await {
-        Ok(Ok(p)) => p,
-        Ok(Err(skip)) => return Attempt::Skipped(skip),
-        Err(_) => return Attempt::Skipped(Skip::Unreachable),
-    };
-    let mut report = Report {
+        .map_err(|_| Skip::Unreachable)?;
+    let permit = rx.await.map_err(|_| Skip::Unreachable)??;
+    let report = Report {
         actor,
         probe: permit.probe,
         tpm_ticket: permit.tpm_ticket,
         started: Instant::now(),
         sent: false,
     };
+    Ok((permit, report))
+}
+
+/// How long a call may take: the deployment's `limit`, or less if the caller's deadline comes
+/// first (then running out is the caller's `timeout`, not the deployment's failure).
+fn bound(limit: Duration, deadline: Option<Instant>, from: Instant) -> (Duration, Failure) {
+    match deadline {
+        Some(d) if d.saturating_duration_since(from) < limit => {
+            (d.saturating_duration_since(from), Failure::DeadlineSpent)
+        }
+        _ => (limit, Failure::Timeout),
+    }
+}
+
+/// One attempt at one deployment, run in the caller's task: asks the actor for a permit, makes
+/// the call bounded by the deployment's timeout and the caller's deadline (whichever comes first),
+/// logs it, and reports the outcome to the actor.
+pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt {
+    let (permit, mut report) = match admit(actor, &call).await {
+        Ok(p) => p,
+        Err(skip) => return Attempt::Skipped(skip),
+    };
     let ctx = CallContext {
         include_request_extra: call.include_request_extra,
         fate: permit.fate,
     };
-    let timeout = args.adapter.config.timeout;
-    let (limit, by_deadline) = match call.deadline {
-        Some(d) if d.saturating_duration_since(report.started) < timeout => {
-            (d.saturating_duration_since(report.started), true)
-        }
-        _ => (timeout, false),
-    };
+    let (limit, expired) = bound(args.adapter.config.timeout, call.deadline, report.started);
     let result = match tokio::time::timeout(limit, args.adapter.call(&call.req, ctx)).await {
         Ok(r) => r,
-        Err(_) if by_deadline => Err(Failure::DeadlineSpent),
-        Err(_) => Err(Failure::Timeout),
+        Err(_) => Err(expired),
     };
     let latency = report.started.elapsed();
-    let c = &args.adapter.config;
     let result = result.map_err(|f| {
         let d = classify(&f, &args.breaker, args.fallback_on_auth);
         (f, d)
     });
     let outcome = match &result {
         Ok(r) => {
-            info!(
-                request_id = %call.request_id,
-                deployment = %args.name,
-                provider = c.provider.as_str(),
-                model = %c.model,
-                attempt = call.attempt,
-                status = 200,
-                latency_ms = latency.as_millis() as u64,
-                tokens = r.usage.total_tokens,
-                "attempt succeeded"
-            );
+            log_success(args, &call, latency, r.usage.total_tokens);
             Outcome::Ok {
                 prompt_tokens: r.usage.prompt_tokens,
                 completion_tokens: r.usage.completion_tokens,
@@ -498,18 +496,7 @@ pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt
             }
         }
         Err((f, d)) => {
-            warn!(
-                request_id = %call.request_id,
-                deployment = %args.name,
-                provider = c.provider.as_str(),
-                model = %c.model,
-                attempt = call.attempt,
-                status = f.status(),
-                latency_ms = latency.as_millis() as u64,
-                error = %f.describe(),
-                falls_back = d.fall_back,
-                "attempt failed"
-            );
+            log_failure(args, &call, latency, f, d);
             Outcome::Failed(f.clone(), *d)
         }
     };
@@ -517,6 +504,164 @@ pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt
     // request already sees the breaker it caused.
     report.send(latency, outcome);
     Attempt::Done { result, latency }
+}
+
+/// How a streamed attempt went.
+pub enum StreamAttempt {
+    Skipped(Skip),
+    /// Failed before its first chunk: nothing was sent, the walk may fall back.
+    Failed {
+        failure: Failure,
+        decision: Decision,
+        latency: Duration,
+    },
+    /// Chunks went out. `broken` says why the stream ended early, if it did.
+    Streamed {
+        usage: Option<Usage>,
+        cost_usd: f64,
+        latency: Duration,
+        broken: Option<(Failure, Decision)>,
+    },
+}
+
+/// A streamed attempt: the first chunk must come within `first_token_timeout` (else it is a
+/// failure the walk can fall back from); after it, chunks go to `sink` as they come, each within
+/// the deployment's `timeout` of the last. `sink` is bounded, so a slow subscriber slows the read
+/// from the provider instead of growing memory.
+pub async fn call_stream(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> StreamAttempt {
+    use futures::StreamExt;
+
+    let (permit, mut report) = match admit(actor, &call).await {
+        Ok(p) => p,
+        Err(skip) => return StreamAttempt::Skipped(skip),
+    };
+    let ctx = CallContext {
+        include_request_extra: call.include_request_extra,
+        fate: permit.fate,
+    };
+    let c = &args.adapter.config;
+    let mut usage = None;
+    let (limit, expired) = bound(c.first_token_timeout, call.deadline, report.started);
+    let opened = tokio::time::timeout(limit, async {
+        let mut stream = args.adapter.open_stream(&call.req, ctx).await?;
+        loop {
+            match stream.next().await {
+                Some(Ok(p)) if !p.chunks.is_empty() => return Ok((stream, p)),
+                Some(Ok(p)) => usage = p.usage.or(usage),
+                Some(Err(f)) => return Err(f),
+                None => {
+                    return Err(Failure::InvalidBody(
+                        "the stream ended before any chunk".into(),
+                    ));
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or(Err(expired));
+    let (mut stream, first) = match opened {
+        Ok(x) => x,
+        Err(f) => {
+            let latency = report.started.elapsed();
+            let d = classify(&f, &args.breaker, args.fallback_on_auth);
+            log_failure(args, &call, latency, &f, &d);
+            report.send(latency, Outcome::Failed(f.clone(), d));
+            return StreamAttempt::Failed {
+                failure: f,
+                decision: d,
+                latency,
+            };
+        }
+    };
+
+    let mut pending = first.chunks;
+    usage = first.usage.or(usage);
+    let broken = loop {
+        for chunk in pending.drain(..) {
+            if sink.send(chunk).await.is_err() {
+                // The caller's side is gone: stop reading; no one to tell.
+                report.send(report.started.elapsed(), Outcome::Abandoned);
+                return StreamAttempt::Streamed {
+                    usage,
+                    cost_usd: 0.0,
+                    latency: report.started.elapsed(),
+                    broken: None,
+                };
+            }
+        }
+        let (limit, expired) = bound(c.timeout, call.deadline, Instant::now());
+        match tokio::time::timeout(limit, stream.next()).await {
+            Ok(Some(Ok(p))) => {
+                usage = p.usage.or(usage);
+                pending = p.chunks;
+            }
+            Ok(None) => break None,
+            Ok(Some(Err(f))) => break Some(f),
+            Err(_) => break Some(expired),
+        }
+    };
+    let latency = report.started.elapsed();
+    let cost_usd = usage.map_or(0.0, |u| args.adapter.price(&u));
+    let broken = broken.map(|f| {
+        let d = classify(&f, &args.breaker, args.fallback_on_auth);
+        log_failure(args, &call, latency, &f, &d);
+        report.send(latency, Outcome::Failed(f.clone(), d));
+        (f, d)
+    });
+    if broken.is_none() {
+        let u = usage.unwrap_or_default();
+        log_success(args, &call, latency, u.total_tokens);
+        report.send(
+            latency,
+            Outcome::Ok {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                cost_usd,
+            },
+        );
+    }
+    StreamAttempt::Streamed {
+        usage,
+        cost_usd,
+        latency,
+        broken,
+    }
+}
+
+fn log_success(args: &Args, call: &CallArgs, latency: Duration, tokens: u64) {
+    let c = &args.adapter.config;
+    info!(
+        request_id = %call.request_id,
+        deployment = %args.name,
+        provider = c.provider.as_str(),
+        model = %c.model,
+        attempt = call.attempt,
+        status = 200,
+        latency_ms = latency.as_millis() as u64,
+        tokens,
+        "attempt succeeded"
+    );
+}
+
+fn log_failure(args: &Args, call: &CallArgs, latency: Duration, f: &Failure, d: &Decision) {
+    let c = &args.adapter.config;
+    warn!(
+        request_id = %call.request_id,
+        deployment = %args.name,
+        provider = c.provider.as_str(),
+        model = %c.model,
+        attempt = call.attempt,
+        status = f.status(),
+        latency_ms = latency.as_millis() as u64,
+        error = %f.describe(),
+        falls_back = d.fall_back,
+        "attempt failed"
+    );
 }
 
 /// Reports the outcome of a permitted call exactly once, also when the caller's task is dropped.

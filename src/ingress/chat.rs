@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use async_nats::{Client, HeaderMap, Message, Subscriber};
+use bytes::Bytes;
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -61,7 +63,23 @@ async fn handle(msg: Message, client: &Client, engine: &Engine, subjects: &Subje
     };
     let task = subjects.task_of(&msg.subject).unwrap_or_default();
     let options = RequestOptions::from_lookup(|name| header(msg.headers.as_ref(), name));
-    let reply = engine.chat(task, options, &msg.payload).await.into_reply();
+    let outcome = if may_stream(&msg.payload) {
+        // Chunks are published as they come, by this same task, while the engine produces them;
+        // the channel is small, so a slow NATS connection slows the provider read, not memory.
+        let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+        let chat = async move { engine.chat(task, options, &msg.payload, Some(&tx)).await };
+        let publish = async {
+            while let Some(chunk) = rx.recv().await {
+                if let Err(e) = client.publish(reply_to.clone(), chunk).await {
+                    warn!(error = %e, "could not publish a stream chunk");
+                }
+            }
+        };
+        tokio::join!(chat, publish).0
+    } else {
+        engine.chat(task, options, &msg.payload, None).await
+    };
+    let reply = outcome.into_reply();
     let mut headers = HeaderMap::new();
     for (name, value) in reply.headers {
         headers.insert(name, value.as_str());
@@ -72,6 +90,15 @@ async fn handle(msg: Message, client: &Client, engine: &Engine, subjects: &Subje
     {
         warn!(error = %e, "could not publish a reply");
     }
+}
+
+/// Chunks held between the provider and NATS for one streamed request.
+const STREAM_BUFFER: usize = 16;
+
+/// Could this body ask for streaming? Exact when it says no, which spares plain requests the
+/// stream machinery; the engine reads the real value.
+fn may_stream(body: &[u8]) -> bool {
+    body.windows(8).any(|w| w == b"\"stream\"")
 }
 
 /// Header lookup ignoring case, as NATS clients differ in how they spell names.

@@ -50,6 +50,9 @@ pub struct ErrorDetail {
     pub status: Option<u16>,
     pub request_id: String,
     pub attempts: Vec<AttemptRecord>,
+    /// Tokens a stream used before it broke, when the provider had said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::protocol::Usage>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -15,6 +15,8 @@ pub const FALLBACK: &str = "Llm-Fallback";
 pub const LATENCY_MS: &str = "Llm-Latency-Ms";
 pub const COST_USD: &str = "Llm-Cost-Usd";
 pub const ERROR: &str = "Llm-Error";
+/// On the last message of a streamed reply: `end` or `error`.
+pub const STREAM: &str = "Llm-Stream";
 
 /// Per-request options from the headers. Parsing never fails as a whole: a bad value is reported
 /// as an `invalid_request` by `RequestOptions::from_lookup`.

@@ -63,3 +63,32 @@ impl ChatCompletion {
         self.choices.first()?.message.content.as_deref()
     }
 }
+
+/// One `chat.completion.chunk`, as streamed replies carry them.
+pub fn chunk(
+    id: &str,
+    model: &str,
+    created: u64,
+    delta: Value,
+    finish_reason: Option<&str>,
+) -> Value {
+    serde_json::json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    })
+}
+
+/// The last chunk of a stream: no choices, the usage (OpenAI's `include_usage` shape).
+pub fn usage_chunk(id: &str, model: &str, created: u64, usage: Usage) -> Value {
+    serde_json::json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    })
+}

@@ -5,6 +5,7 @@
 pub mod http;
 pub mod openai;
 pub mod simulated;
+pub mod stream;
 
 use std::time::Duration;
 
@@ -201,6 +202,37 @@ impl Adapter {
             }
         };
         Ok(self.finish(req, answer))
+    }
+
+    /// Opens a streamed call. Fails like `call` when the provider refuses it; once open, the
+    /// pieces come as the provider sends them.
+    pub async fn open_stream(
+        &self,
+        req: &ChatRequest,
+        ctx: CallContext,
+    ) -> Result<stream::PieceStream, Failure> {
+        match self.config.provider {
+            ProviderKind::OpenAi => {
+                let Some(url) = &self.endpoint else {
+                    return Err(Failure::Connect(format!(
+                        "api_base `{}` is not a URL",
+                        self.config.api_base
+                    )));
+                };
+                openai::open_stream(&self.client, url, &self.config, req, &ctx).await
+            }
+            ProviderKind::Simulated => simulated::open_stream(&self.config, req, ctx.fate).await,
+            ProviderKind::Anthropic | ProviderKind::Gemini => Err(Failure::Connect(format!(
+                "provider `{}` is not supported by this build",
+                self.config.provider.as_str()
+            ))),
+        }
+    }
+
+    pub fn price(&self, usage: &Usage) -> f64 {
+        self.config
+            .price
+            .cost(usage.prompt_tokens, usage.completion_tokens)
     }
 
     /// Fills in what a provider may leave out (`usage`, `model`, `id`), and prices the call.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use super::stream::{self, Piece, PieceStream};
 use super::{Answer, CallContext, Failure, http};
 use crate::config::DeploymentConfig;
 use crate::protocol::{ChatCompletion, ChatRequest, Usage};
@@ -20,6 +21,36 @@ pub async fn call(
     req: &ChatRequest,
     ctx: &CallContext,
 ) -> Result<Answer, Failure> {
+    let response = send(client, url, d, req, ctx).await?;
+    let bytes = response.bytes().await.map_err(transport)?;
+    parse_response(bytes)
+}
+
+/// Opens a streamed completion: fails like `call` when the provider refuses it, else yields the
+/// provider's chunks as they come (with usage at the end: `stream_options.include_usage` is set).
+pub async fn open_stream(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    req: &ChatRequest,
+    ctx: &CallContext,
+) -> Result<PieceStream, Failure> {
+    let response = send(client, url, d, req, ctx).await?;
+    Ok(stream::from_sse(
+        response,
+        stream::Translator::OpenAi(StreamState::default()),
+    ))
+}
+
+/// Sends the request; a non-success status becomes a `Failure::Status` with the provider's
+/// message.
+async fn send(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    req: &ChatRequest,
+    ctx: &CallContext,
+) -> Result<reqwest::Response, Failure> {
     let body = build_body(d, req, ctx.include_request_extra);
     let mut builder = client
         .post(url.clone())
@@ -30,16 +61,60 @@ pub async fn call(
     }
     let response = builder.send().await.map_err(transport)?;
     let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
     let retry_after = http::retry_after(response.headers());
     let bytes = response.bytes().await.map_err(transport)?;
-    if status.is_success() {
-        parse_response(bytes)
-    } else {
-        Err(Failure::Status {
-            status: status.as_u16(),
-            message: error_message(&bytes),
-            retry_after,
+    Err(Failure::Status {
+        status: status.as_u16(),
+        message: error_message(&bytes),
+        retry_after,
+    })
+}
+
+/// Translation of OpenAI's own stream: the chunks pass through as sent; `[DONE]` ends it.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct ChunkCheck {
+    choices: Option<Vec<IgnoredAny>>,
+    usage: Option<Usage>,
+    error: Option<Value>,
+}
+
+impl StreamState {
+    pub fn on_event(&mut self, _event: Option<&str>, data: &str) -> Result<Piece, Failure> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(Piece::default());
+        }
+        let check: ChunkCheck = serde_json::from_str(data)
+            .map_err(|e| Failure::InvalidBody(format!("stream event is not JSON: {e}")))?;
+        if let Some(e) = check.error {
+            return Err(Failure::Status {
+                status: 500,
+                message: error_message(e.to_string().as_bytes()),
+                retry_after: None,
+            });
+        }
+        if check.choices.is_none() {
+            return Err(Failure::InvalidBody("stream chunk without choices".into()));
+        }
+        Ok(Piece {
+            chunks: vec![Bytes::copy_from_slice(data.as_bytes())],
+            usage: check.usage.map(|u| Usage {
+                total_tokens: u.prompt_tokens + u.completion_tokens,
+                ..u
+            }),
         })
+    }
+
+    pub fn done(&self) -> bool {
+        self.done
     }
 }
 
@@ -74,9 +149,16 @@ impl Serialize for Body<'_> {
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("model", self.model)?;
         for (k, v) in &self.req.body {
-            if k != "model" && k != "extra_body" && !overridden(k) {
+            if k != "model" && k != "extra_body" && k != "stream_options" && !overridden(k) {
                 map.serialize_entry(k, v)?;
             }
+        }
+        if self.req.stream {
+            // Usage in the last chunk, so that streamed calls are accounted for like the others.
+            map.serialize_entry(
+                "stream_options",
+                &serde_json::json!({"include_usage": true}),
+            )?;
         }
         if let Some(extra) = self.deployment_extra {
             for (k, v) in extra {
@@ -168,7 +250,7 @@ fn snippet(bytes: &[u8]) -> String {
     s.trim().to_string()
 }
 
-fn transport(e: reqwest::Error) -> Failure {
+pub(super) fn transport(e: reqwest::Error) -> Failure {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
@@ -219,6 +301,45 @@ mod tests {
         assert_eq!(body["temperature"], 0.3);
         assert_eq!(body["reasoning_effort"], "high");
         assert!(body.get("extra_body").is_none());
+    }
+
+    #[test]
+    fn stream_chunks_pass_through_and_done_ends() {
+        let mut s = StreamState::default();
+        let chunk = r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
+        let p = s.on_event(None, chunk).unwrap();
+        assert_eq!(p.chunks, vec![Bytes::from(chunk)]);
+        let usage = r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+        assert_eq!(
+            s.on_event(None, usage).unwrap().usage.unwrap().total_tokens,
+            7
+        );
+        assert!(!s.done());
+        s.on_event(None, "[DONE]").unwrap();
+        assert!(s.done());
+        assert!(matches!(
+            s.on_event(None, "nonsense"),
+            Err(Failure::InvalidBody(_))
+        ));
+        assert!(matches!(
+            s.on_event(None, r#"{"error":{"message":"overloaded"}}"#),
+            Err(Failure::Status { status: 500, .. })
+        ));
+    }
+
+    #[test]
+    fn streamed_requests_ask_for_usage() {
+        let req = ChatRequest::parse(
+            br#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false}}"#,
+        )
+        .unwrap();
+        let body: Value =
+            serde_json::from_slice(&build_body(&deployment(None), &req, true)).unwrap();
+        assert_eq!(body["stream"], true);
+        assert_eq!(
+            body["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
     }
 
     #[test]

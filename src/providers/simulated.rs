@@ -9,9 +9,13 @@ use std::time::Duration;
 
 use rand::{Rng, rngs::SmallRng};
 
+use serde_json::json;
+
+use super::stream::{self, Piece, PieceStream};
 use super::{Failure, unix_now};
 use crate::config::{DeploymentConfig, SimulatedSpec};
 use crate::protocol::response::{Choice, Message};
+use crate::protocol::response::{chunk, usage_chunk};
 use crate::protocol::{ChatCompletion, ChatRequest, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +56,61 @@ pub fn decide(spec: &SimulatedSpec, rng: &mut SmallRng, since_start: Duration) -
         latency: spec.latency + jitter,
         outcome,
     }
+}
+
+/// The same answer as `call`, as a stream of chunks: role, three pieces of text, the finish,
+/// and the usage.
+pub async fn open_stream(
+    d: &DeploymentConfig,
+    req: &ChatRequest,
+    fate: Option<Fate>,
+) -> Result<PieceStream, Failure> {
+    let c = call(d, req, fate).await?;
+    let text = c.text().unwrap_or_default().to_string();
+    let usage = c.usage.unwrap_or_default();
+    let piece = |v: serde_json::Value| {
+        Ok(Piece {
+            chunks: vec![serde_json::to_vec(&v).unwrap_or_default().into()],
+            usage: None,
+        })
+    };
+    let mut pieces = vec![piece(chunk(
+        &c.id,
+        &c.model,
+        c.created,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    ))];
+    let third = text.len().div_ceil(3);
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let mut at = third.min(rest.len());
+        while !rest.is_char_boundary(at) {
+            at += 1;
+        }
+        let (part, tail) = rest.split_at(at);
+        pieces.push(piece(chunk(
+            &c.id,
+            &c.model,
+            c.created,
+            json!({"content": part}),
+            None,
+        )));
+        rest = tail;
+    }
+    pieces.push(piece(chunk(
+        &c.id,
+        &c.model,
+        c.created,
+        json!({}),
+        Some("stop"),
+    )));
+    let mut last = piece(usage_chunk(&c.id, &c.model, c.created, usage));
+    if let Ok(p) = &mut last {
+        p.usage = Some(usage);
+    }
+    pieces.push(last);
+    Ok(stream::from_pieces(pieces))
 }
 
 pub async fn call(

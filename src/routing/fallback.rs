@@ -4,16 +4,32 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use super::Router;
 use super::classify::Target;
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::ProviderKind;
 use crate::deployment::breaker::CircuitState;
-use crate::deployment::{self, Attempt, CallArgs, Skip};
-use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions};
-use crate::providers::ProviderReply;
+use crate::deployment::{self, Attempt, CallArgs, Skip, StreamAttempt};
+use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions, Usage};
+use crate::providers::{Failure, ProviderReply};
+
+/// One request to route, with what the caller said about it.
+pub struct Ask<'a> {
+    pub req: Arc<ChatRequest>,
+    /// The subject's task token.
+    pub task: &'a str,
+    pub opts: &'a RequestOptions,
+    /// `Llm-Strategy`, overriding the groups' own.
+    pub strategy: Option<Strategy>,
+    pub request_id: &'a Arc<str>,
+    /// Where a streamed request's chunks go; `None` answers even a `stream` request in one reply.
+    pub sink: Option<&'a mpsc::Sender<Bytes>>,
+}
 
 /// A request that was served.
 #[derive(Debug)]
@@ -36,6 +52,8 @@ pub struct Failed {
     pub attempts: Vec<AttemptRecord>,
     /// A call failed and a later candidate was tried.
     pub fell_back: bool,
+    /// Tokens a stream used before it broke, when known.
+    pub usage: Option<Usage>,
 }
 
 impl Failed {
@@ -46,6 +64,7 @@ impl Failed {
             status: None,
             attempts: Vec::new(),
             fell_back: false,
+            usage: None,
         }
     }
 }
@@ -77,6 +96,16 @@ impl Walk {
         });
     }
 
+    fn record_failure(&mut self, deployment: &str, failure: &Failure, latency: Duration) {
+        self.last_status = failure.status().or(self.last_status);
+        self.records.push(AttemptRecord {
+            deployment: deployment.to_string(),
+            status: failure.status(),
+            error: failure.describe(),
+            latency_ms: (latency.as_millis() as u64).max(1),
+        });
+    }
+
     fn deadline_spent(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
     }
@@ -90,6 +119,7 @@ impl Walk {
             status: self.last_status,
             attempts: self.records,
             fell_back,
+            usage: None,
         }
     }
 
@@ -105,16 +135,9 @@ impl Walk {
 
 impl Router {
     /// Routes one request to completion. `strategy` overrides the groups' own (`Llm-Strategy`).
-    pub async fn route(
-        &self,
-        req: Arc<ChatRequest>,
-        task: &str,
-        opts: &RequestOptions,
-        strategy: Option<Strategy>,
-        request_id: &Arc<str>,
-    ) -> Result<Served, Failed> {
+    pub async fn route(&self, ask: Ask<'_>) -> Result<Served, Failed> {
         self.requests.fetch_add(1, Relaxed);
-        let result = self.walk(req, task, opts, strategy, request_id).await;
+        let result = self.walk(ask).await;
         let fell_back = match &result {
             Ok(s) => s.fallback,
             Err(f) => f.fell_back,
@@ -125,14 +148,15 @@ impl Router {
         result
     }
 
-    async fn walk(
-        &self,
-        req: Arc<ChatRequest>,
-        task: &str,
-        opts: &RequestOptions,
-        strategy: Option<Strategy>,
-        request_id: &Arc<str>,
-    ) -> Result<Served, Failed> {
+    async fn walk(&self, ask: Ask<'_>) -> Result<Served, Failed> {
+        let Ask {
+            req,
+            task,
+            opts,
+            strategy,
+            request_id,
+            sink,
+        } = ask;
         let started = Instant::now();
         let mut w = Walk {
             started,
@@ -205,7 +229,54 @@ impl Router {
                     request_id: request_id.clone(),
                     attempt: w.calls + 1,
                 };
-                let attempt = deployment::call(&actor, &slot.args, call).await;
+                let attempt = match sink {
+                    Some(sink) if req.stream => {
+                        match deployment::call_stream(&actor, &slot.args, call, sink).await {
+                            StreamAttempt::Skipped(skip) => Attempt::Skipped(skip),
+                            StreamAttempt::Failed {
+                                failure,
+                                decision,
+                                latency,
+                            } => Attempt::Done {
+                                result: Err((failure, decision)),
+                                latency,
+                            },
+                            StreamAttempt::Streamed {
+                                usage,
+                                cost_usd,
+                                latency,
+                                broken: None,
+                            } => Attempt::Done {
+                                result: Ok(ProviderReply {
+                                    body: Bytes::new(),
+                                    usage: usage.unwrap_or_default(),
+                                    cost_usd,
+                                }),
+                                latency,
+                            },
+                            StreamAttempt::Streamed {
+                                usage,
+                                latency,
+                                broken: Some((failure, decision)),
+                                ..
+                            } => {
+                                // Chunks already went out: no fallback now, the stream ends in error.
+                                w.calls += 1;
+                                w.failed_calls += 1;
+                                w.record_failure(&c.name, &failure, latency);
+                                let message = format!(
+                                    "{}: stream broken after the first chunk: {}",
+                                    c.name,
+                                    failure.describe()
+                                );
+                                let mut failed = w.fail(decision.kind, message);
+                                failed.usage = usage;
+                                return Err(failed);
+                            }
+                        }
+                    }
+                    _ => deployment::call(&actor, &slot.args, call).await,
+                };
                 match attempt {
                     Attempt::Skipped(skip) => {
                         let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
@@ -229,16 +300,10 @@ impl Router {
                     } => {
                         w.calls += 1;
                         w.failed_calls += 1;
-                        w.last_status = failure.status().or(w.last_status);
                         w.only_rate_limited &= decision.kind == ErrorKind::RateLimited;
                         w.only_not_found &= decision.kind == ErrorKind::NotFound;
                         w.only_over_cost = false;
-                        w.records.push(AttemptRecord {
-                            deployment: c.name.clone(),
-                            status: failure.status(),
-                            error: failure.describe(),
-                            latency_ms: (latency.as_millis() as u64).max(1),
-                        });
+                        w.record_failure(&c.name, &failure, latency);
                         if !decision.fall_back {
                             let message = format!("{}: {}", c.name, failure.describe());
                             return Err(w.fail(decision.kind, message));

@@ -1,0 +1,87 @@
+//! Streaming from a provider: its server-sent events, translated as they arrive into OpenAI
+//! `chat.completion.chunk` JSON, one `Piece` per event. Each wire format brings its own
+//! `StreamState` (the translation); this file is the plumbing they share.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::{Stream, StreamExt};
+
+use super::{Failure, openai};
+use crate::protocol::Usage;
+
+/// What one provider event turned into.
+#[derive(Debug, Default)]
+pub struct Piece {
+    /// `chat.completion.chunk` objects to forward, in order.
+    pub chunks: Vec<Bytes>,
+    /// The usage so far, when the event carried it.
+    pub usage: Option<Usage>,
+}
+
+pub type PieceStream = Pin<Box<dyn Stream<Item = Result<Piece, Failure>> + Send>>;
+
+/// The per-provider translation of a stream.
+pub enum Translator {
+    OpenAi(openai::StreamState),
+}
+
+impl Translator {
+    fn on_event(&mut self, event: Option<&str>, data: &str) -> Result<Piece, Failure> {
+        match self {
+            Self::OpenAi(s) => s.on_event(event, data),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Self::OpenAi(s) => s.done(),
+        }
+    }
+}
+
+/// Reads an SSE response body and translates each event. The stream ends after the event that
+/// completes the answer; a body that ends before it is a `Transport` failure (a cut stream).
+pub fn from_sse(response: reqwest::Response, translator: Translator) -> PieceStream {
+    let events = response.bytes_stream().eventsource();
+    let state = (Box::pin(events), translator);
+    Box::pin(futures::stream::unfold(Some(state), |state| async move {
+        let (mut events, mut translator) = state?;
+        if translator.done() {
+            return None;
+        }
+        loop {
+            match events.next().await {
+                Some(Ok(e)) => {
+                    let name = (e.event != "message").then_some(e.event.as_str());
+                    if e.data.is_empty() {
+                        continue;
+                    }
+                    let piece = translator.on_event(name, &e.data);
+                    return Some(match piece {
+                        Ok(p) => (Ok(p), Some((events, translator))),
+                        Err(f) => (Err(f), None),
+                    });
+                }
+                Some(Err(e)) => {
+                    return Some((Err(Failure::Transport(format!("stream broken: {e}"))), None));
+                }
+                None if translator.done() => return None,
+                None => {
+                    return Some((
+                        Err(Failure::Transport(
+                            "stream ended before its last event".into(),
+                        )),
+                        None,
+                    ));
+                }
+            }
+        }
+    }))
+}
+
+/// A stream of pieces already made (the simulated provider).
+pub fn from_pieces(pieces: Vec<Result<Piece, Failure>>) -> PieceStream {
+    Box::pin(futures::stream::iter(pieces))
+}
