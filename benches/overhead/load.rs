@@ -83,6 +83,32 @@ pub async fn sequential(client: &Client, subject: &str, body: &Bytes, n: usize) 
     s
 }
 
+/// Sequential requests straight to the upstream over HTTP: no NATS at all, for reference.
+pub async fn sequential_http(http: &reqwest::Client, url: &str, body: &Bytes, n: usize) -> Sample {
+    let mut s = Sample::default();
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let ok = match http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+        {
+            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            s.latencies_us.push(micros(t.elapsed()));
+        } else {
+            s.errors += 1;
+        }
+    }
+    s.wall = started.elapsed();
+    s
+}
+
 /// `concurrency` workers, each sending its next request when the last is answered, `n` in all.
 pub async fn closed_loop(
     client: &Client,

@@ -167,6 +167,19 @@ async fn bench(plan: Plan) {
         running.push((target, proc, subject));
     }
 
+    // Reference: the same request straight to the upstream over HTTP, from this process.
+    let http = switchyard::providers::http::client().expect("http client");
+    let url = format!("{upstream}/v1/chat/completions");
+    load::sequential_http(&http, &url, &body, plan.warmup).await;
+    let direct = load::sequential_http(&http, &url, &body, plan.sequential).await;
+    rows.push(Row {
+        target: "direct-http",
+        load: "sequential".into(),
+        s: direct.summary(),
+        cpu_pct: 0.0,
+        peak_rss_mb: 0.0,
+    });
+
     let mut loads: Vec<(String, Load)> = vec![
         ("sequential".into(), Load::Sequential(plan.sequential)),
         (
