@@ -1,51 +1,84 @@
-//! A scriptable fake of an OpenAI-compatible Chat Completions provider.
+//! Scriptable fakes of the provider APIs Switchyard calls: OpenAI Chat
+//! Completions, Anthropic Messages and Gemini `generateContent`.
 //!
 //! [`FakeProvider`] is a real HTTP/1.1 server (with keep-alive) on a loopback
 //! port, written directly on `tokio::net` rather than an HTTP library so that
 //! it can misbehave at the socket level: reset the connection, truncate the
-//! body, answer late or never. Tests queue [`Fault`]s with
-//! [`FakeProvider::push`]; each request to `POST /v1/chat/completions` takes
-//! the next one, or the default behaviour (normally a successful completion)
-//! once the queue is empty. Every request is recorded for later assertions.
+//! body, answer late or never, cut a stream short. Each fake speaks one
+//! [`Dialect`]:
+//!
+//! | start with                        | `base_url()`            | scripted route                                   |
+//! |-----------------------------------|-------------------------|--------------------------------------------------|
+//! | [`FakeProvider::start_named`]     | `http://127.0.0.1:P/v1` | `POST /v1/chat/completions`                      |
+//! | [`FakeProvider::start_anthropic`] | `http://127.0.0.1:P`    | `POST /v1/messages`                              |
+//! | [`FakeProvider::start_gemini`]    | `http://127.0.0.1:P`    | `POST /v1beta/models/{model}:generateContent`, `…:streamGenerateContent` |
+//!
+//! Tests queue [`Fault`]s with [`FakeProvider::push`]; each request to the
+//! scripted route takes the next one, or the default behaviour (normally a
+//! success) once the queue is empty. Every request is recorded for later
+//! assertions.
+//!
+//! Anthropic and Gemini requests are first checked the way the real APIs
+//! check them (auth and version headers, required fields, roles and their
+//! order, ranges). A request that fails a check gets the API's 400 (403 for a
+//! missing Gemini key) without consuming the script, and the reason is kept
+//! in [`Recorded::rejected`]. OpenAI requests are not checked.
+//!
+//! A request asking for a stream (`"stream": true` for OpenAI and Anthropic,
+//! `:streamGenerateContent` for Gemini) is answered, on success, with the
+//! dialect's event stream in a chunked 200, one event at a time with
+//! [`FakeProvider::set_chunk_delay`] between them; the reply text comes in
+//! three pieces. Other faults answer a streaming request as they answer any
+//! other, before any event.
 //!
 //! Requests to any other method or path are recorded too, but answered with
-//! an OpenAI-style 404 without consuming the script.
+//! a 404 in the dialect's error shape without consuming the script.
+
+mod anthropic;
+mod gemini;
+mod openai;
+mod wire;
 
 use std::collections::VecDeque;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-/// The only route that is scripted.
-const CHAT_PATH: &str = "/v1/chat/completions";
-/// Larger request heads are rejected with 400.
-const MAX_HEAD: usize = 64 * 1024;
+use wire::{Conn, Request, response_head};
+
 const DEFAULT_COMPLETION_TOKENS: u32 = 7;
+const DEFAULT_CHUNK_DELAY: Duration = Duration::from_millis(5);
 
 /// How the fake answers one request.
 #[derive(Clone, Debug)]
 pub enum Fault {
-    /// 200 with a chat.completion saying "fake reply from NAME".
+    /// 200 with the dialect's reply (or stream) saying "fake reply from NAME".
     Ok,
-    /// 200 with a chat.completion carrying this text and usage.
+    /// 200 with the dialect's reply (or stream) carrying this text and usage.
     Reply {
         text: String,
         prompt_tokens: u32,
         completion_tokens: u32,
     },
-    /// This status with this (JSON) body; see [`Fault::status`].
+    /// This status with this (JSON) body, sent as is.
     Status { code: u16, body: String },
-    /// 429 with a `retry-after` header and an OpenAI rate-limit error body.
+    /// This status with the dialect's error body carrying `message`; see
+    /// [`Fault::status`].
+    Error { code: u16, message: String },
+    /// 429 with a `retry-after` header and the dialect's rate-limit error
+    /// body (Gemini's also holds a `RetryInfo` detail).
     RateLimited { retry_after_secs: u64 },
+    /// The dialect's overload answer: Anthropic 529 `overloaded_error`,
+    /// Gemini 503 `UNAVAILABLE`, OpenAI 503.
+    Overloaded,
     /// Wait, then behave as `then`. Gives up if the client disconnects.
     Delay { delay: Duration, then: Box<Fault> },
     /// Close the connection without answering, with a TCP reset.
@@ -57,15 +90,30 @@ pub enum Fault {
     /// Never answer; keep the connection open until the client goes away or
     /// the fake is shut down.
     Hang,
+    /// Stream the head and the events before the text, then `after` of the
+    /// text events, then close the connection (FIN) without the rest, the
+    /// terminating `[DONE]` / `message_stop` or the last chunk. A request
+    /// not asking for a stream gets [`Fault::TruncatedBody`] instead.
+    CutStream { after: usize },
+    /// Send the stream's head at once, wait `first`, then stream normally
+    /// (for first-token timeouts). A request not asking for a stream gets
+    /// the OK reply after `first`.
+    StreamDelay { first: Duration },
 }
 
 impl Fault {
-    /// `code` with an OpenAI-style error body:
+    /// `code` with the dialect's error body saying "fake error CODE"; for
+    /// OpenAI that is
     /// `{"error":{"message":"fake error CODE","type":...,"param":null,"code":...}}`.
     pub fn status(code: u16) -> Fault {
-        Fault::Status {
+        Fault::error(code, format!("fake error {code}"))
+    }
+
+    /// `code` with the dialect's error body carrying `message`.
+    pub fn error(code: u16, message: impl Into<String>) -> Fault {
+        Fault::Error {
             code,
-            body: error_body(code, &format!("fake error {code}")).to_string(),
+            message: message.into(),
         }
     }
 
@@ -78,10 +126,19 @@ impl Fault {
     }
 }
 
+/// The API a [`FakeProvider`] speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
 /// One request as the fake received it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub method: String,
+    /// The request target, query included.
     pub path: String,
     /// In arrival order, names lowercased.
     pub headers: Vec<(String, String)>,
@@ -89,12 +146,20 @@ pub struct Recorded {
     pub body: Value,
     /// When the request had been read in full.
     pub at: Instant,
+    /// The model asked for: from the path for Gemini, else the body's
+    /// `model`.
+    pub model: Option<String>,
+    /// Whether the request asked for a streamed answer.
+    pub stream: bool,
+    /// Why the fake rejected the request before the script (the message of
+    /// its 400 or 403), or `None`.
+    pub rejected: Option<String>,
 }
 
 impl Recorded {
     /// The first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
+        wire::find_header(&self.headers, name)
     }
 }
 
@@ -116,27 +181,46 @@ struct Handle {
 /// State shared by the handles and the server tasks.
 struct Shared {
     name: String,
+    dialect: Dialect,
     state: Mutex<State>,
     /// Signalled whenever a request is recorded.
     recorded: Notify,
-    completions: AtomicU64,
+    /// Numbers the answers, for their ids.
+    answers: AtomicU64,
 }
 
 struct State {
     script: VecDeque<Fault>,
     default: Fault,
     requests: Vec<Recorded>,
+    chunk_delay: Duration,
 }
 
 impl FakeProvider {
-    /// Starts a fake named "fake" on `127.0.0.1:0`.
+    /// Starts an OpenAI fake named "fake" on `127.0.0.1:0`.
     pub async fn start() -> FakeProvider {
         FakeProvider::start_named("fake").await
     }
 
-    /// Starts a fake whose default reply is "fake reply from NAME". The
-    /// server runs on the current tokio runtime.
+    /// Starts an OpenAI fake whose default reply is "fake reply from NAME".
+    /// The server runs on the current tokio runtime.
     pub async fn start_named(name: impl Into<String>) -> FakeProvider {
+        FakeProvider::start_dialect(Dialect::OpenAi, name).await
+    }
+
+    /// Starts an Anthropic Messages fake; see [`FakeProvider::start_named`].
+    pub async fn start_anthropic(name: impl Into<String>) -> FakeProvider {
+        FakeProvider::start_dialect(Dialect::Anthropic, name).await
+    }
+
+    /// Starts a Gemini fake; see [`FakeProvider::start_named`].
+    pub async fn start_gemini(name: impl Into<String>) -> FakeProvider {
+        FakeProvider::start_dialect(Dialect::Gemini, name).await
+    }
+
+    /// Starts a fake speaking `dialect` whose default reply is "fake reply
+    /// from NAME", on `127.0.0.1:0` and the current tokio runtime.
+    pub async fn start_dialect(dialect: Dialect, name: impl Into<String>) -> FakeProvider {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind fake provider to 127.0.0.1:0");
@@ -145,13 +229,15 @@ impl FakeProvider {
             .expect("local address of fake provider");
         let shared = Arc::new(Shared {
             name: name.into(),
+            dialect,
             state: Mutex::new(State {
                 script: VecDeque::new(),
                 default: Fault::Ok,
                 requests: Vec::new(),
+                chunk_delay: DEFAULT_CHUNK_DELAY,
             }),
             recorded: Notify::new(),
-            completions: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
         });
         let (shutdown, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -164,9 +250,13 @@ impl FakeProvider {
         }
     }
 
-    /// `http://127.0.0.1:PORT/v1`, to be used as the OpenAI API base.
+    /// What a deployment's `api_base` must be: `http://127.0.0.1:PORT/v1`
+    /// for OpenAI, `http://127.0.0.1:PORT` for Anthropic and Gemini.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.handle.addr)
+        match self.dialect() {
+            Dialect::OpenAi => format!("http://{}/v1", self.handle.addr),
+            Dialect::Anthropic | Dialect::Gemini => format!("http://{}", self.handle.addr),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -175,6 +265,10 @@ impl FakeProvider {
 
     pub fn name(&self) -> &str {
         &self.handle.shared.name
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.handle.shared.dialect
     }
 
     /// Queues `fault` for a later request (first in, first out).
@@ -186,6 +280,11 @@ impl FakeProvider {
     /// [`Fault::Ok`]).
     pub fn set_default(&self, fault: Fault) {
         self.handle.shared.state().default = fault;
+    }
+
+    /// The pause between two events of a stream (initially 5 ms).
+    pub fn set_chunk_delay(&self, delay: Duration) {
+        self.handle.shared.state().chunk_delay = delay;
     }
 
     /// Queued faults not yet consumed.
@@ -232,8 +331,121 @@ impl fmt::Debug for FakeProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FakeProvider")
             .field("name", &self.name())
+            .field("dialect", &self.dialect())
             .field("addr", &self.addr())
             .finish_non_exhaustive()
+    }
+}
+
+/// What a dialect makes of a request.
+enum Call {
+    /// The scripted route; `stream` if a streamed answer is asked for.
+    Scripted { stream: bool },
+    /// The scripted route, but the request fails the API's checks: answered
+    /// with `code` and the dialect's error body, leaving the script alone.
+    Rejected { code: u16, message: String },
+    /// Any other method or path.
+    Unknown,
+}
+
+/// A success answer, for the dialect to render as a body or a stream.
+struct Answer<'a> {
+    /// Numbers the answer, for ids.
+    n: u64,
+    /// Unix seconds.
+    created: u64,
+    model: &'a str,
+    text: &'a str,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+impl Answer<'_> {
+    /// The text in three pieces of (nearly) equal length in characters; the
+    /// text events of a stream carry one piece each.
+    fn pieces(&self) -> [&str; 3] {
+        let chars = self.text.chars().count();
+        let at = |k: usize| {
+            self.text
+                .char_indices()
+                .nth(chars * k / 3)
+                .map_or(self.text.len(), |(i, _)| i)
+        };
+        let (one, two) = (at(1), at(2));
+        [&self.text[..one], &self.text[one..two], &self.text[two..]]
+    }
+}
+
+/// A streamed answer as its dialect frames it, each string one event (or
+/// piece of a JSON array) sent as one chunk.
+struct Events {
+    content_type: &'static str,
+    /// Before the text, e.g. `message_start`.
+    preamble: Vec<String>,
+    /// One per piece of text.
+    content: Vec<String>,
+    /// After the text, e.g. the finish chunk and `[DONE]`.
+    trailer: Vec<String>,
+}
+
+impl Dialect {
+    fn classify(self, req: &Request) -> Call {
+        match self {
+            Dialect::OpenAi => openai::classify(req),
+            Dialect::Anthropic => anthropic::classify(req),
+            Dialect::Gemini => gemini::classify(req),
+        }
+    }
+
+    fn model(self, req: &Request) -> Option<String> {
+        match self {
+            Dialect::Gemini => gemini::model(req),
+            Dialect::OpenAi | Dialect::Anthropic => req
+                .json
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    }
+
+    fn error_body(self, code: u16, message: &str) -> Value {
+        match self {
+            Dialect::OpenAi => openai::error_body(code, message),
+            Dialect::Anthropic => anthropic::error_body(code, message),
+            Dialect::Gemini => gemini::error_body(code, message),
+        }
+    }
+
+    fn rate_limited(self, retry_after_secs: u64) -> Value {
+        match self {
+            Dialect::OpenAi => openai::rate_limited(retry_after_secs),
+            Dialect::Anthropic => anthropic::rate_limited(retry_after_secs),
+            Dialect::Gemini => gemini::rate_limited(retry_after_secs),
+        }
+    }
+
+    fn overloaded(self) -> (u16, Value) {
+        match self {
+            Dialect::OpenAi => openai::overloaded(),
+            Dialect::Anthropic => anthropic::overloaded(),
+            Dialect::Gemini => gemini::overloaded(),
+        }
+    }
+
+    fn body(self, a: &Answer<'_>) -> Value {
+        match self {
+            Dialect::OpenAi => openai::body(a),
+            Dialect::Anthropic => anthropic::body(a),
+            Dialect::Gemini => gemini::body(a),
+        }
+    }
+
+    fn events(self, a: &Answer<'_>, req: &Request) -> Events {
+        match self {
+            Dialect::OpenAi => openai::events(a, req),
+            Dialect::Anthropic => anthropic::events(a),
+            Dialect::Gemini => gemini::events(a, req),
+        }
     }
 }
 
@@ -243,11 +455,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records `req`, wakes `wait_calls`, and picks the fault to answer with.
-    fn record(&self, req: &Request) -> Fault {
-        let path = req.path.split('?').next().unwrap_or_default();
-        let scripted = req.method == "POST" && path == CHAT_PATH;
-        let fault = {
+    /// Records `req`, wakes `wait_calls`, and picks the fault to answer with
+    /// and whether a success is streamed.
+    fn record(&self, req: &Request) -> (Fault, bool) {
+        let call = self.dialect.classify(req);
+        let stream = matches!(call, Call::Scripted { stream: true });
+        let answer = {
             let mut state = self.state();
             state.requests.push(Recorded {
                 method: req.method.clone(),
@@ -255,87 +468,62 @@ impl Shared {
                 headers: req.headers.clone(),
                 body: req.json.clone(),
                 at: Instant::now(),
+                model: self.dialect.model(req),
+                stream,
+                rejected: match &call {
+                    Call::Rejected { message, .. } => Some(message.clone()),
+                    _ => None,
+                },
             });
-            if scripted {
-                match state.script.pop_front() {
+            match call {
+                Call::Scripted { .. } => match state.script.pop_front() {
                     Some(fault) => fault,
                     None => state.default.clone(),
-                }
-            } else {
-                Fault::Status {
+                },
+                Call::Rejected { code, message } => Fault::Error { code, message },
+                Call::Unknown => Fault::Error {
                     code: 404,
-                    body: error_body(
-                        404,
-                        &format!("Unknown request URL: {} {}", req.method, req.path),
-                    )
-                    .to_string(),
-                }
+                    message: format!("Unknown request URL: {} {}", req.method, req.path),
+                },
             }
         };
         self.recorded.notify_waiters();
-        fault
+        (answer, stream)
     }
 
-    /// A chat.completion response body.
-    fn completion(
+    fn chunk_delay(&self) -> Duration {
+        self.state().chunk_delay
+    }
+
+    /// Renders a success with `text` (by default "fake reply from NAME",
+    /// with a prompt count growing with the body).
+    fn answer<R>(
         &self,
         req: &Request,
-        text: &str,
-        prompt_tokens: u32,
-        completion_tokens: u32,
-    ) -> Vec<u8> {
-        let n = self.completions.fetch_add(1, Ordering::Relaxed) + 1;
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let model = req
-            .json
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("fake-model");
-        json!({
-            "id": format!("chatcmpl-{n}"),
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": null,
-                "finish_reason": "stop",
-            }],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-            "system_fingerprint": "fp_fake",
+        reply: Option<(&str, u32, u32)>,
+        render: impl FnOnce(&Answer<'_>) -> R,
+    ) -> R {
+        let default_text;
+        let (text, prompt_tokens, completion_tokens) = match reply {
+            Some(reply) => reply,
+            None => {
+                default_text = format!("fake reply from {}", self.name);
+                let prompt = 10 + u32::try_from(req.body.len() / 4).unwrap_or(u32::MAX - 10);
+                (default_text.as_str(), prompt, DEFAULT_COMPLETION_TOKENS)
+            }
+        };
+        let model = self.dialect.model(req);
+        render(&Answer {
+            n: self.answers.fetch_add(1, Ordering::Relaxed) + 1,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model: model.as_deref().unwrap_or("fake-model"),
+            text,
+            prompt_tokens,
+            completion_tokens,
         })
-        .to_string()
-        .into_bytes()
     }
-
-    /// The body of [`Fault::Ok`] (also what [`Fault::TruncatedBody`] cuts).
-    fn default_completion(&self, req: &Request) -> Vec<u8> {
-        let text = format!("fake reply from {}", self.name);
-        let prompt_tokens = 10 + u32::try_from(req.body.len() / 4).unwrap_or(u32::MAX - 10);
-        self.completion(req, &text, prompt_tokens, DEFAULT_COMPLETION_TOKENS)
-    }
-}
-
-/// `{"error":{...}}` as OpenAI sends it, with the error type for `code`.
-fn error_body(code: u16, message: &str) -> Value {
-    let (kind, error_code) = match code {
-        401 => ("authentication_error", Some("invalid_api_key")),
-        403 => ("permission_error", None),
-        404 => ("not_found_error", None),
-        429 => ("rate_limit_exceeded", Some("rate_limit_exceeded")),
-        // 400 and any other client error.
-        400..=499 => ("invalid_request_error", None),
-        500..=599 => ("server_error", None),
-        _ => ("api_error", None),
-    };
-    json!({"error": {"message": message, "type": kind, "param": null, "code": error_code}})
 }
 
 /// Resolves on [`FakeProvider::shutdown`] or once the last handle is gone.
@@ -369,31 +557,39 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: watch::Re
 /// Serves requests on one connection until either side closes it.
 async fn serve_connection(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
-    let mut conn = Conn {
-        stream,
-        buf: BytesMut::with_capacity(8 * 1024),
-    };
+    let mut conn = Conn::new(stream);
     loop {
         let req = match conn.read_request().await {
             Ok(Some(req)) => req,
             Ok(None) => return,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let body = error_body(400, &format!("malformed request: {e}")).to_string();
+                let body = shared
+                    .dialect
+                    .error_body(400, &format!("malformed request: {e}"))
+                    .to_string();
                 let _ = conn.send(400, &[], body.as_bytes(), true).await;
                 return;
             }
             Err(_) => return,
         };
-        let fault = shared.record(&req);
-        if !answer(&mut conn, shared, &req, fault).await {
+        let (fault, stream) = shared.record(&req);
+        if !answer(&mut conn, shared, &req, fault, stream).await {
             return;
         }
     }
 }
 
-/// Answers `req` as `fault` says; `true` if the connection stays usable.
-async fn answer(conn: &mut Conn, shared: &Shared, req: &Request, mut fault: Fault) -> bool {
+/// Answers `req` as `fault` says, streaming a success if `stream`; `true` if
+/// the connection stays usable.
+async fn answer(
+    conn: &mut Conn,
+    shared: &Shared,
+    req: &Request,
+    mut fault: Fault,
+    stream: bool,
+) -> bool {
     let close = req.wants_close();
+    let dialect = shared.dialect;
     loop {
         let sent = match fault {
             Fault::Delay { delay, then } => {
@@ -403,24 +599,40 @@ async fn answer(conn: &mut Conn, shared: &Shared, req: &Request, mut fault: Faul
                 fault = *then;
                 continue;
             }
-            Fault::Ok => {
-                let body = shared.default_completion(req);
-                conn.send(200, &[], &body, close).await
-            }
+            Fault::Ok => return succeed(conn, shared, req, None, stream, Pace::default()).await,
             Fault::Reply {
                 text,
                 prompt_tokens,
                 completion_tokens,
             } => {
-                let body = shared.completion(req, &text, prompt_tokens, completion_tokens);
-                conn.send(200, &[], &body, close).await
+                let reply = Some((text.as_str(), prompt_tokens, completion_tokens));
+                return succeed(conn, shared, req, reply, stream, Pace::default()).await;
+            }
+            Fault::CutStream { after } if stream => {
+                let pace = Pace {
+                    cut: Some(after),
+                    ..Pace::default()
+                };
+                return succeed(conn, shared, req, None, stream, pace).await;
+            }
+            Fault::StreamDelay { first } if stream => {
+                let pace = Pace {
+                    first,
+                    ..Pace::default()
+                };
+                return succeed(conn, shared, req, None, stream, pace).await;
+            }
+            Fault::StreamDelay { first } => {
+                fault = Fault::delay(first, Fault::Ok);
+                continue;
             }
             Fault::Status { code, body } => conn.send(code, &[], body.as_bytes(), close).await,
+            Fault::Error { code, message } => {
+                let body = dialect.error_body(code, &message).to_string();
+                conn.send(code, &[], body.as_bytes(), close).await
+            }
             Fault::RateLimited { retry_after_secs } => {
-                let message = format!(
-                    "Rate limit reached for requests. Please try again in {retry_after_secs}s."
-                );
-                let body = error_body(429, &message).to_string();
+                let body = dialect.rate_limited(retry_after_secs).to_string();
                 let retry_after = retry_after_secs.to_string();
                 conn.send(
                     429,
@@ -429,6 +641,11 @@ async fn answer(conn: &mut Conn, shared: &Shared, req: &Request, mut fault: Faul
                     close,
                 )
                 .await
+            }
+            Fault::Overloaded => {
+                let (code, body) = dialect.overloaded();
+                conn.send(code, &[], body.to_string().as_bytes(), close)
+                    .await
             }
             Fault::NotJson => {
                 conn.send(200, &[], b"<html>502 bad gateway</html>", close)
@@ -439,8 +656,11 @@ async fn answer(conn: &mut Conn, shared: &Shared, req: &Request, mut fault: Faul
                 let _ = conn.stream.set_zero_linger();
                 return false;
             }
-            Fault::TruncatedBody => {
-                let body = shared.default_completion(req);
+            Fault::TruncatedBody | Fault::CutStream { .. } => {
+                let body = shared
+                    .answer(req, None, |a| dialect.body(a))
+                    .to_string()
+                    .into_bytes();
                 let mut out = response_head(200, &[], body.len(), true).into_bytes();
                 out.extend_from_slice(&body[..body.len() / 2]);
                 let _ = conn.stream.write_all(&out).await;
@@ -456,236 +676,63 @@ async fn answer(conn: &mut Conn, shared: &Shared, req: &Request, mut fault: Faul
     }
 }
 
-/// A request as read off the wire.
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Bytes,
-    /// `body` parsed as JSON, or `Null`.
-    json: Value,
+/// How a stream is paced: a wait before the first event, and where to cut.
+#[derive(Default)]
+struct Pace {
+    first: Duration,
+    /// Close after this many text events.
+    cut: Option<usize>,
 }
 
-impl Request {
-    fn wants_close(&self) -> bool {
-        find_header(&self.headers, "connection")
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+/// Sends a success, as one body or as a stream; `true` if the connection
+/// stays usable.
+async fn succeed(
+    conn: &mut Conn,
+    shared: &Shared,
+    req: &Request,
+    reply: Option<(&str, u32, u32)>,
+    stream: bool,
+    pace: Pace,
+) -> bool {
+    let close = req.wants_close();
+    let dialect = shared.dialect;
+    if !stream {
+        let body = shared.answer(req, reply, |a| dialect.body(a)).to_string();
+        return conn.send(200, &[], body.as_bytes(), close).await.is_ok() && !close;
     }
-}
-
-/// One client connection with its read buffer (which may already hold the
-/// start of the next request).
-struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Conn {
-    /// Reads more bytes into the buffer; `false` on end of stream.
-    async fn fill(&mut self) -> io::Result<bool> {
-        self.buf.reserve(4 * 1024);
-        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    let events = shared.answer(req, reply, |a| dialect.events(a, req));
+    let pause = shared.chunk_delay();
+    if conn.start_chunks(events.content_type, close).await.is_err() {
+        return false;
     }
-
-    /// The next request, or `None` if the client closed the connection
-    /// cleanly between requests.
-    async fn read_request(&mut self) -> io::Result<Option<Request>> {
-        let head_len = loop {
-            if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
-                break pos;
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err(invalid("request head too large"));
-            }
-            if !self.fill().await? {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(io::ErrorKind::UnexpectedEof.into())
-                };
-            }
-        };
-        let head = self.buf.split_to(head_len + 4);
-        let head = std::str::from_utf8(&head[..head_len])
-            .map_err(|_| invalid("request head is not UTF-8"))?;
-        let mut lines = head.split("\r\n");
-        let mut request_line = lines.next().unwrap_or_default().split_whitespace();
-        let (Some(method), Some(path), Some(_version)) = (
-            request_line.next(),
-            request_line.next(),
-            request_line.next(),
-        ) else {
-            return Err(invalid("malformed request line"));
-        };
-        let headers = lines
-            .map(|line| {
-                let (name, value) = line
-                    .split_once(':')
-                    .ok_or_else(|| invalid("malformed header"))?;
-                Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-
-        if find_header(&headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
-            self.stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await?;
-        }
-        let chunked = find_header(&headers, "transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let body = if chunked {
-            self.read_chunked_body().await?
-        } else {
-            let len = match find_header(&headers, "content-length") {
-                Some(v) => v.parse().map_err(|_| invalid("bad content-length"))?,
-                None => 0,
-            };
-            self.read_exact(len).await?
-        };
-        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Ok(Some(Request {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            headers,
-            body,
-            json,
-        }))
+    if !pace.first.is_zero() && !conn.idle(Some(pace.first)).await {
+        return false;
     }
-
-    async fn read_exact(&mut self, len: usize) -> io::Result<Bytes> {
-        while self.buf.len() < len {
-            if !self.fill().await? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        Ok(self.buf.split_to(len).freeze())
-    }
-
-    /// One CRLF-terminated line, without the CRLF.
-    async fn read_line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(pos) = find(&self.buf, b"\r\n") {
-                let line = self.buf.split_to(pos + 2);
-                return String::from_utf8(line[..pos].to_vec())
-                    .map_err(|_| invalid("line is not UTF-8"));
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err(invalid("line too long"));
-            }
-            if !self.fill().await? {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
-    async fn read_chunked_body(&mut self) -> io::Result<Bytes> {
-        let mut body = BytesMut::new();
-        loop {
-            let line = self.read_line().await?;
-            let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16).map_err(|_| invalid("bad chunk size"))?;
-            if size == 0 {
-                // Skip any trailers up to the terminating empty line.
-                while !self.read_line().await?.is_empty() {}
-                return Ok(body.freeze());
-            }
-            body.extend_from_slice(&self.read_exact(size).await?);
-            if !self.read_line().await?.is_empty() {
-                return Err(invalid("chunk data not followed by CRLF"));
-            }
-        }
-    }
-
-    /// Sends a complete response with a JSON content type.
-    async fn send(
-        &mut self,
-        status: u16,
-        extra: &[(&str, &str)],
-        body: &[u8],
-        close: bool,
-    ) -> io::Result<()> {
-        let mut out = response_head(status, extra, body.len(), close).into_bytes();
-        out.extend_from_slice(body);
-        self.stream.write_all(&out).await?;
-        self.stream.flush().await
-    }
-
-    /// Waits for `duration` (forever if `None`) while watching the client.
-    /// Returns `false` as soon as the client closes the connection. Bytes that
-    /// arrive meanwhile are kept in the buffer for the next request.
-    async fn idle(&mut self, duration: Option<Duration>) -> bool {
-        let sleep = async {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(sleep);
-        loop {
-            self.buf.reserve(1024);
-            tokio::select! {
-                () = &mut sleep => return true,
-                read = self.stream.read_buf(&mut self.buf) => {
-                    if !matches!(read, Ok(n) if n > 0) {
-                        return false;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn response_head(
-    status: u16,
-    extra: &[(&str, &str)],
-    content_length: usize,
-    close: bool,
-) -> String {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n",
-        reason(status)
-    );
-    for (name, value) in extra {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    if close {
-        head.push_str("connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    head
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Unknown",
-    }
-}
-
-fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
+    let texts = pace
+        .cut
+        .map_or(events.content.len(), |n| n.min(events.content.len()));
+    let trailer: &[String] = if pace.cut.is_some() {
+        &[]
+    } else {
+        &events.trailer
+    };
+    let all = events
+        .preamble
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn invalid(message: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
+        .chain(&events.content[..texts])
+        .chain(trailer);
+    for (i, event) in all.enumerate() {
+        if i > 0 && !pause.is_zero() && !conn.idle(Some(pause)).await {
+            return false;
+        }
+        if conn.send_chunk(event.as_bytes()).await.is_err() {
+            return false;
+        }
+    }
+    if pace.cut.is_some() {
+        // FIN, not RST, so the client reads what was sent before the end.
+        let _ = conn.stream.shutdown().await;
+        return false;
+    }
+    conn.end_chunks().await.is_ok() && !close
 }

@@ -1,0 +1,201 @@
+//! The Gemini dialect: `POST /v1beta/models/{model}:generateContent`, and
+//! `:streamGenerateContent` which streams server-sent events with `?alt=sse`
+//! (events separated by `\r\n\r\n`, as Google sends them) and a JSON array
+//! without it. Requests are checked the way the real API checks them; errors
+//! have Google's `{"error":{"code","message","status"}}` shape.
+
+use serde_json::{Value, json};
+
+use super::wire::Request;
+use super::{Answer, Call, Events};
+
+const MODELS_PREFIX: &str = "/v1beta/models/";
+
+/// The model named in a Gemini route and whether the method is the
+/// streaming one; `None` for any other path.
+fn parse_route(req: &Request) -> Option<(&str, bool)> {
+    let rest = req.route().strip_prefix(MODELS_PREFIX)?;
+    let (model, method) = rest.rsplit_once(':')?;
+    if model.is_empty() || model.contains('/') {
+        return None;
+    }
+    match method {
+        "generateContent" => Some((model, false)),
+        "streamGenerateContent" => Some((model, true)),
+        _ => None,
+    }
+}
+
+/// The model from the path of a `generateContent` or
+/// `streamGenerateContent` request.
+pub(super) fn model(req: &Request) -> Option<String> {
+    parse_route(req).map(|(model, _)| model.to_owned())
+}
+
+pub(super) fn classify(req: &Request) -> Call {
+    let Some((_, stream)) = parse_route(req).filter(|_| req.method == "POST") else {
+        return Call::Unknown;
+    };
+    match check(req) {
+        Ok(()) => Call::Scripted { stream },
+        Err((code, message)) => Call::Rejected { code, message },
+    }
+}
+
+fn check(req: &Request) -> Result<(), (u16, String)> {
+    let bad = |message: &str| Err((400, message.to_owned()));
+    if req.header("x-goog-api-key").is_none() {
+        return Err((
+            403,
+            "Method doesn't allow unregistered callers (callers without established identity). \
+             Please use API Key or other form of API consumer identity to call this API."
+                .to_owned(),
+        ));
+    }
+    let Some(body) = req.json.as_object() else {
+        return bad("Invalid JSON payload received.");
+    };
+    let contents = match body.get("contents") {
+        Some(Value::Array(c)) if !c.is_empty() => c,
+        None | Some(Value::Array(_)) => {
+            return bad("* GenerateContentRequest.contents: contents is not specified\n");
+        }
+        Some(_) => return bad("Invalid JSON payload received. Invalid value at 'contents'."),
+    };
+    for (i, content) in contents.iter().enumerate() {
+        // The role may be left out (it is then "user").
+        match content.get("role") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(role)) if role == "user" || role == "model" => {}
+            Some(_) => return bad("Please use a valid role: user, model."),
+        }
+        if content
+            .get("parts")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            return bad(&format!(
+                "* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n"
+            ));
+        }
+    }
+    let config = body
+        .get("generationConfig")
+        .or_else(|| body.get("generation_config"));
+    match config.and_then(|c| c.get("temperature")) {
+        None | Some(Value::Null) => {}
+        Some(t) if t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) => {}
+        Some(_) => {
+            return bad("* GenerateContentRequest.generation_config.temperature: \
+                 temperature must be in the range [0.0, 2.0]\n");
+        }
+    }
+    Ok(())
+}
+
+/// `{"error":{"code":...,"message":...,"status":...}}` with Google's status
+/// for `code`.
+pub(super) fn error_body(code: u16, message: &str) -> Value {
+    let status = match code {
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        // 400 and any other client error.
+        400..=499 => "INVALID_ARGUMENT",
+        _ => "INTERNAL",
+    };
+    json!({"error": {"code": code, "message": message, "status": status}})
+}
+
+/// Gemini puts the wait in a `RetryInfo` detail.
+pub(super) fn rate_limited(retry_after_secs: u64) -> Value {
+    let mut body = error_body(
+        429,
+        "You exceeded your current quota, please check your plan and billing details.",
+    );
+    body["error"]["details"] = json!([{
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": format!("{retry_after_secs}s"),
+    }]);
+    body
+}
+
+/// Gemini answers an overload with a 503.
+pub(super) fn overloaded() -> (u16, Value) {
+    (
+        503,
+        error_body(503, "The model is overloaded. Please try again later."),
+    )
+}
+
+fn response(a: &Answer<'_>, text: &str, finished: bool, candidates_tokens: u32) -> Value {
+    let mut candidate = json!({
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "index": 0,
+    });
+    if finished {
+        candidate["finishReason"] = json!("STOP");
+    }
+    json!({
+        "candidates": [candidate],
+        "usageMetadata": {
+            "promptTokenCount": a.prompt_tokens,
+            "candidatesTokenCount": candidates_tokens,
+            "totalTokenCount": a.prompt_tokens + candidates_tokens,
+        },
+        "modelVersion": a.model,
+        "responseId": format!("resp-{}", a.n),
+    })
+}
+
+/// A `GenerateContentResponse`.
+pub(super) fn body(a: &Answer<'_>) -> Value {
+    response(a, a.text, true, a.completion_tokens)
+}
+
+/// One `GenerateContentResponse` per piece of text, the last with
+/// `finishReason: "STOP"`. Like Gemini's, every chunk has `usageMetadata`,
+/// with the candidate tokens so far (the last has the total). Server-sent
+/// events for `alt=sse`, else pieces of one JSON array.
+pub(super) fn events(a: &Answer<'_>, req: &Request) -> Events {
+    let sse = req.query().any(|(k, v)| k == "alt" && v == "sse");
+    let pieces = a.pieces();
+    let last = pieces.len() - 1;
+    let content = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let so_far = if i == last {
+                a.completion_tokens
+            } else {
+                a.completion_tokens * (i as u32 + 1) / pieces.len() as u32
+            };
+            let chunk = response(a, piece, i == last, so_far);
+            match (sse, i) {
+                (true, _) => format!("data: {chunk}\r\n\r\n"),
+                (false, 0) => format!("[{chunk}"),
+                (false, _) => format!(",\r\n{chunk}"),
+            }
+        })
+        .collect();
+    Events {
+        content_type: if sse {
+            "text/event-stream"
+        } else {
+            "application/json"
+        },
+        preamble: Vec::new(),
+        content,
+        trailer: if sse {
+            Vec::new()
+        } else {
+            vec!["]".to_owned()]
+        },
+    }
+}
