@@ -186,3 +186,62 @@ pub async fn next_circuit_event(
         }
     }
 }
+
+/// A streamed reply: the chunks in order, then the closing message.
+#[derive(Debug)]
+pub struct Streamed {
+    pub chunks: Vec<Value>,
+    pub last: Reply,
+}
+
+impl Streamed {
+    /// The text of every chunk's delta, joined.
+    pub fn text(&self) -> String {
+        self.chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    }
+}
+
+/// Sends a streamed request and collects its messages until `Llm-Stream` says it ended.
+pub async fn ask_stream(
+    client: &Client,
+    task: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Streamed {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, *v);
+    }
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply_and_headers(
+            format!("llm.chat.{task}"),
+            inbox,
+            h,
+            body.to_string().into(),
+        )
+        .await
+        .expect("publish");
+    let mut chunks = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("a stream message within 30 s")
+            .expect("subscription open");
+        let headers = msg.headers.unwrap_or_default();
+        if headers.get("Llm-Stream").is_some() {
+            let body = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+            return Streamed {
+                chunks,
+                last: Reply { headers, body },
+            };
+        }
+        chunks.push(serde_json::from_slice(&msg.payload).expect("a chunk is JSON"));
+    }
+}
+
+pub const HELLO_STREAM: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello there"}],"max_tokens":20,"stream":true}"#;

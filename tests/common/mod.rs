@@ -4,7 +4,7 @@
 //! it, hence the blanket `dead_code` and `unused_imports` allowances.
 //!
 //! - [`NatsServer`]: a private `nats-server` with JetStream on a free port.
-//! - [`FakeProvider`]: a scriptable OpenAI-compatible HTTP endpoint that can
+//! - [`FakeProvider`]: a scriptable provider endpoint (OpenAI, Anthropic or Gemini dialect) that can
 //!   answer, fail, stall or break the connection on demand ([`Fault`]).
 #![allow(dead_code, unused_imports)]
 
@@ -12,5 +12,5 @@ pub mod fake;
 pub mod harness;
 pub mod nats;
 
-pub use fake::{FakeProvider, Fault, Recorded};
+pub use fake::{Dialect, FakeProvider, Fault, Recorded};
 pub use nats::NatsServer;
