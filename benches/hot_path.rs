@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
                     provider: "openai",
                     attempts: 1,
                     fallback: false,
+                    route_reason: Arc::from("task table"),
                 }),
                 streamed: false,
             };

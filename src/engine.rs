@@ -281,6 +281,7 @@ impl ChatOutcome {
                 h.push((headers::PROVIDER, s.provider.to_string()));
                 h.push((headers::ATTEMPTS, s.attempts.to_string()));
                 h.push((headers::FALLBACK, s.fallback.to_string()));
+                h.push((headers::ROUTE_REASON, s.route_reason.to_string()));
                 h.push((headers::LATENCY_MS, latency_ms));
                 h.push((headers::COST_USD, format_usd(s.reply.cost_usd)));
                 Reply {
@@ -290,6 +291,9 @@ impl ChatOutcome {
             }
             Err(f) => {
                 h.push((headers::ERROR, f.kind.as_str().to_string()));
+                if let Some(r) = &f.route_reason {
+                    h.push((headers::ROUTE_REASON, r.to_string()));
+                }
                 h.push((headers::LATENCY_MS, latency_ms));
                 let body = ErrorBody {
                     error: ErrorDetail {

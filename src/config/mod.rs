@@ -32,7 +32,22 @@ pub struct Config {
     pub groups: BTreeMap<String, GroupConfig>,
     pub breaker: BreakerConfig,
     pub storage: StorageConfig,
+    /// `[[classify.rules]]`, in order.
+    pub classify_rules: Vec<ClassifyRule>,
     pub deployments: Vec<DeploymentConfig>,
+}
+
+/// One classification rule: every condition given must hold.
+#[derive(Debug, Clone)]
+pub struct ClassifyRule {
+    pub name: String,
+    pub group: String,
+    pub min_prompt_tokens: Option<u64>,
+    pub max_prompt_tokens: Option<u64>,
+    pub has_tools: Option<bool>,
+    pub json_output: Option<bool>,
+    /// Lower-case.
+    pub keywords: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +71,8 @@ pub struct RoutingConfig {
     /// Group → fallback groups, tried in order once the group's own deployments are spent.
     pub fallbacks: BTreeMap<String, Vec<String>>,
     pub fallback_on_auth: bool,
+    /// Unknown task tokens go through the classifier.
+    pub classify: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +324,37 @@ fn validate(
         known(v, &format!("tasks.{task}"), group);
     }
 
+    let classify_rules = raw
+        .classify
+        .rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let key = format!("classify.rules[{i}]");
+            known(v, &format!("{key}.group"), &r.group);
+            if let (Some(lo), Some(hi)) = (r.min_prompt_tokens, r.max_prompt_tokens)
+                && lo > hi
+            {
+                v.problem(
+                    format!("{key}.min_prompt_tokens"),
+                    "is above max_prompt_tokens",
+                );
+            }
+            if r.keywords.iter().any(|k| k.trim().is_empty()) {
+                v.problem(format!("{key}.keywords"), "a keyword must not be empty");
+            }
+            ClassifyRule {
+                name: r.name.unwrap_or_else(|| format!("rule {}", i + 1)),
+                group: r.group,
+                min_prompt_tokens: r.min_prompt_tokens,
+                max_prompt_tokens: r.max_prompt_tokens,
+                has_tools: r.has_tools,
+                json_output: r.json_output,
+                keywords: r.keywords.iter().map(|k| k.trim().to_lowercase()).collect(),
+            }
+        })
+        .collect();
+
     let b = raw.breaker;
     if b.failure_threshold == 0 {
         v.problem("breaker.failure_threshold", "must be > 0");
@@ -375,7 +423,9 @@ fn validate(
             default_group,
             fallbacks: raw.routing.fallbacks,
             fallback_on_auth: raw.routing.fallback_on_auth,
+            classify: raw.routing.classify,
         },
+        classify_rules,
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {

@@ -24,7 +24,33 @@ pub struct RawConfig {
     #[serde(default)]
     pub storage: RawStorage,
     #[serde(default)]
+    pub classify: RawClassify,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+}
+
+/// `[[classify.rules]]`: for task `auto` (and unknown tasks with `routing.classify = true`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClassify {
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// Every condition given must hold; the first rule that matches picks the group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub group: String,
+    pub name: Option<String>,
+    pub min_prompt_tokens: Option<u64>,
+    pub max_prompt_tokens: Option<u64>,
+    pub has_tools: Option<bool>,
+    /// `response_format` asks for JSON.
+    pub json_output: Option<bool>,
+    /// Any of these words in the last user message (case-insensitive).
+    #[serde(default)]
+    pub keywords: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +113,9 @@ pub struct RawRouting {
     pub fallbacks: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub fallback_on_auth: bool,
+    /// Send unknown task tokens through `[[classify.rules]]` instead of `default_group`.
+    #[serde(default)]
+    pub classify: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

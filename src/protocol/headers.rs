@@ -14,6 +14,8 @@ pub const ATTEMPTS: &str = "Llm-Attempts";
 pub const FALLBACK: &str = "Llm-Fallback";
 pub const LATENCY_MS: &str = "Llm-Latency-Ms";
 pub const COST_USD: &str = "Llm-Cost-Usd";
+/// Why the route went where it did: `task table`, `classified: <rule>`, `default group`, ...
+pub const ROUTE_REASON: &str = "Llm-Route-Reason";
 pub const ERROR: &str = "Llm-Error";
 /// On the last message of a streamed reply: `end` or `error`.
 pub const STREAM: &str = "Llm-Stream";

@@ -1,10 +1,19 @@
 //! Which deployments a request may go to: a `model` that names a group or a deployment pins the
-//! route; otherwise the subject's `<task>` token maps through `[tasks]`, and an unknown task uses
-//! `routing.default_group`.
+//! route; otherwise the subject's `<task>` token maps through `[tasks]`. Task `auto` (and any
+//! unknown task when `routing.classify = true`) goes through the classifier: `[[classify.rules]]`
+//! in order, each matching on prompt size, tools, JSON output and keywords, first match wins.
+//! Anything else uses `routing.default_group`. Every route says why (`Llm-Route-Reason`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::config::Config;
+use serde_json::Value;
+
+use crate::config::{ClassifyRule, Config};
+use crate::protocol::ChatRequest;
+
+/// The task token that always asks the classifier.
+pub const AUTO: &str = "auto";
 
 /// A group's members and where it falls back to, by index.
 #[derive(Debug)]
@@ -22,7 +31,17 @@ pub struct RouteTable {
     deployment_by_name: HashMap<String, usize>,
     tasks: HashMap<String, usize>,
     default_group: usize,
+    classify_unknown: bool,
+    rules: Vec<(ClassifyRule, usize, Arc<str>)>,
+    /// The fixed reasons, allocated once.
+    because: [Arc<str>; 5],
 }
+
+const MODEL_GROUP: usize = 0;
+const MODEL_DEPLOYMENT: usize = 1;
+const TASK_TABLE: usize = 2;
+const DEFAULT_GROUP: usize = 3;
+const NO_RULE: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -32,10 +51,11 @@ pub enum Target {
     Deployment(usize),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub target: Target,
-    pub reason: &'static str,
+    /// Why this route, for `Llm-Route-Reason`.
+    pub reason: Arc<str>,
 }
 
 impl RouteTable {
@@ -85,35 +105,53 @@ impl RouteTable {
                 .get(&config.routing.default_group)
                 .copied()
                 .unwrap_or(0),
+            classify_unknown: config.routing.classify,
+            rules: config
+                .classify_rules
+                .iter()
+                .filter_map(|r| {
+                    let g = *group_by_name.get(&r.group)?;
+                    Some((r.clone(), g, format!("classified: {}", r.name).into()))
+                })
+                .collect(),
+            because: [
+                "model names a group".into(),
+                "model names a deployment".into(),
+                "task table".into(),
+                "default group".into(),
+                "classified: no rule matched, default group".into(),
+            ],
             group_by_name,
         }
     }
 
-    pub fn resolve(&self, task: &str, model: Option<&str>) -> Route {
-        if let Some(m) = model {
+    pub fn resolve(&self, task: &str, req: &ChatRequest) -> Route {
+        let route = |target, reason: &Arc<str>| Route {
+            target,
+            reason: reason.clone(),
+        };
+        if let Some(m) = req.model.as_deref() {
             if let Some(&g) = self.group_by_name.get(m) {
-                return Route {
-                    target: Target::Group(g),
-                    reason: "model names a group",
-                };
+                return route(Target::Group(g), &self.because[MODEL_GROUP]);
             }
             if let Some(&d) = self.deployment_by_name.get(m) {
-                return Route {
-                    target: Target::Deployment(d),
-                    reason: "model names a deployment",
-                };
+                return route(Target::Deployment(d), &self.because[MODEL_DEPLOYMENT]);
             }
         }
-        match self.tasks.get(task) {
-            Some(&g) => Route {
-                target: Target::Group(g),
-                reason: "task table",
-            },
-            None => Route {
-                target: Target::Group(self.default_group),
-                reason: "default group",
-            },
+        if let Some(&g) = self.tasks.get(task) {
+            return route(Target::Group(g), &self.because[TASK_TABLE]);
         }
+        if task == AUTO || self.classify_unknown {
+            let features = Features::of(req);
+            if let Some((_, g, reason)) = self.rules.iter().find(|(r, _, _)| features.matches(r)) {
+                return route(Target::Group(*g), reason);
+            }
+            return route(Target::Group(self.default_group), &self.because[NO_RULE]);
+        }
+        route(
+            Target::Group(self.default_group),
+            &self.because[DEFAULT_GROUP],
+        )
     }
 
     /// The groups a request walks, in order: the group, then its fallbacks (each once).
@@ -125,6 +163,62 @@ impl RouteTable {
                 .copied()
                 .filter(move |g| *g != group),
         )
+    }
+}
+
+/// What the rules look at, read from the request once.
+struct Features {
+    prompt_tokens: u64,
+    has_tools: bool,
+    json_output: bool,
+    /// The last user message, lower-case (only when some rule has keywords).
+    text: String,
+}
+
+impl Features {
+    fn of(req: &ChatRequest) -> Self {
+        let b = &req.body;
+        let json_output = b
+            .get("response_format")
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| t == "json_object" || t == "json_schema");
+        let last_user = b
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| {
+                m.iter()
+                    .rev()
+                    .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+            })
+            .and_then(|m| m.get("content"));
+        let text = match last_user {
+            Some(Value::String(s)) => s.to_lowercase(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase(),
+            _ => String::new(),
+        };
+        Self {
+            prompt_tokens: req.estimated_prompt_tokens,
+            has_tools: b
+                .get("tools")
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty()),
+            json_output,
+            text,
+        }
+    }
+
+    fn matches(&self, r: &ClassifyRule) -> bool {
+        r.min_prompt_tokens.is_none_or(|n| self.prompt_tokens >= n)
+            && r.max_prompt_tokens.is_none_or(|n| self.prompt_tokens <= n)
+            && r.has_tools.is_none_or(|t| t == self.has_tools)
+            && r.json_output.is_none_or(|j| j == self.json_output)
+            && (r.keywords.is_empty() || r.keywords.iter().any(|k| self.text.contains(k.as_str())))
     }
 }
 
@@ -140,14 +234,75 @@ mod tests {
             Target::Group(g) => t.groups[g].name.clone(),
             Target::Deployment(d) => c.deployments[d].name.clone(),
         };
+        let req = |model: &str| {
+            ChatRequest::parse(
+                format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
         let first_task = c.tasks.keys().next().unwrap().clone();
-        assert_eq!(group(t.resolve(&first_task, None)), c.tasks[&first_task]);
         assert_eq!(
-            group(t.resolve("no-such-task", Some("gpt-4o"))),
-            c.routing.default_group
+            group(t.resolve(&first_task, &req("gpt-4o"))),
+            c.tasks[&first_task]
         );
+        let r = t.resolve("no-such-task", &req("gpt-4o"));
+        assert_eq!(&*r.reason, "default group");
+        assert_eq!(group(r), c.routing.default_group);
         let d = &c.deployments[1];
-        assert_eq!(t.resolve("x", Some(&d.name)).target, Target::Deployment(1));
-        assert_eq!(group(t.resolve("x", Some(&d.group))), d.group);
+        assert_eq!(t.resolve("x", &req(&d.name)).target, Target::Deployment(1));
+        assert_eq!(group(t.resolve("x", &req(&d.group))), d.group);
+    }
+
+    #[test]
+    fn the_classifier_applies_rules_in_order() {
+        let text = format!(
+            "{}\n[[classify.rules]]\nname = \"tools\"\ngroup = \"backup-chat\"\nhas_tools = true\n[[classify.rules]]\nname = \"structured\"\ngroup = \"cheap-structured\"\njson_output = true\n[[classify.rules]]\nname = \"long or deep\"\ngroup = \"backup-chat\"\nkeywords = [\"Itinerary\", \"analyse\"]\n[[classify.rules]]\nname = \"big\"\ngroup = \"backup-chat\"\nmin_prompt_tokens = 1000\n",
+            crate::config::DEMO_TOML
+        );
+        let c = Config::parse(&text, "t.toml", &|_| None).unwrap();
+        let t = RouteTable::new(&c);
+        let route = |task: &str, body: &str| {
+            let r = t.resolve(task, &ChatRequest::parse(body.as_bytes()).unwrap());
+            let Target::Group(g) = r.target else { panic!() };
+            (t.groups[g].name.clone(), r.reason.to_string())
+        };
+        let msg = |text: &str, extra: &str| {
+            format!(r#"{{"messages":[{{"role":"user","content":"{text}"}}]{extra}}}"#)
+        };
+        assert_eq!(
+            route(
+                "auto",
+                &msg(
+                    "hi",
+                    r#","tools":[{"type":"function","function":{"name":"f"}}]"#
+                )
+            ),
+            ("backup-chat".into(), "classified: tools".into())
+        );
+        assert_eq!(
+            route(
+                "auto",
+                &msg("hi", r#","response_format":{"type":"json_object"}"#)
+            )
+            .0,
+            "cheap-structured"
+        );
+        assert_eq!(
+            route("auto", &msg("Plan an ITINERARY for Porto", "")),
+            ("backup-chat".into(), "classified: long or deep".into())
+        );
+        let long = "word ".repeat(1000);
+        assert_eq!(route("auto", &msg(&long, "")).1, "classified: big");
+        assert_eq!(
+            route("auto", &msg("hi", "")),
+            (
+                "fast-chat".into(),
+                "classified: no rule matched, default group".into()
+            )
+        );
+        // Unknown tasks skip the classifier unless routing.classify is on; known tasks always do.
+        assert_eq!(route("unknown", &msg("itinerary", "")).1, "default group");
+        assert_eq!(route("extract", &msg("itinerary", "")).1, "task table");
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::Router;
-use super::classify::Target;
+use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::ProviderKind;
 use crate::deployment::breaker::CircuitState;
@@ -41,6 +41,8 @@ pub struct Served {
     pub attempts: u32,
     /// An earlier call failed, or the request left its first group.
     pub fallback: bool,
+    /// Why the route went where it did (`Llm-Route-Reason`).
+    pub route_reason: Arc<str>,
 }
 
 /// A request that was not.
@@ -54,6 +56,8 @@ pub struct Failed {
     pub fell_back: bool,
     /// Tokens a stream used before it broke, when known.
     pub usage: Option<Usage>,
+    /// Why the route went where it did, once it was known.
+    pub route_reason: Option<Arc<str>>,
 }
 
 impl Failed {
@@ -65,6 +69,7 @@ impl Failed {
             attempts: Vec::new(),
             fell_back: false,
             usage: None,
+            route_reason: None,
         }
     }
 }
@@ -120,6 +125,7 @@ impl Walk {
             attempts: self.records,
             fell_back,
             usage: None,
+            route_reason: None,
         }
     }
 
@@ -137,7 +143,12 @@ impl Router {
     /// Routes one request to completion. `strategy` overrides the groups' own (`Llm-Strategy`).
     pub async fn route(&self, ask: Ask<'_>) -> Result<Served, Failed> {
         self.requests.fetch_add(1, Relaxed);
-        let result = self.walk(ask).await;
+        let route = self.table.resolve(ask.task, &ask.req);
+        let reason = route.reason.clone();
+        let result = self.walk(ask, route).await.map_err(|mut f| {
+            f.route_reason = Some(reason);
+            f
+        });
         let fell_back = match &result {
             Ok(s) => s.fallback,
             Err(f) => f.fell_back,
@@ -148,10 +159,10 @@ impl Router {
         result
     }
 
-    async fn walk(&self, ask: Ask<'_>) -> Result<Served, Failed> {
+    async fn walk(&self, ask: Ask<'_>, route: Route) -> Result<Served, Failed> {
         let Ask {
             req,
-            task,
+            task: _,
             opts,
             strategy,
             request_id,
@@ -169,7 +180,6 @@ impl Router {
             only_not_found: true,
             only_over_cost: true,
         };
-        let route = self.table.resolve(task, req.model.as_deref());
         let groups: Vec<Option<usize>> = match route.target {
             Target::Group(g) => self.table.chain(g).map(Some).collect(),
             Target::Deployment(_) => vec![None],
@@ -292,6 +302,7 @@ impl Router {
                             provider: c.provider.as_str(),
                             attempts: w.calls,
                             fallback: w.failed_calls > 0 || group_number > 0,
+                            route_reason: route.reason.clone(),
                         });
                     }
                     Attempt::Done {
