@@ -3,6 +3,7 @@
 //! (`deployments[2].rpm: must be > 0`), all of them at once, before anything starts.
 
 mod deployment;
+pub mod prices;
 mod raw;
 mod secret;
 
