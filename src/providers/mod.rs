@@ -51,6 +51,9 @@ pub enum Failure {
     Transport(String),
     /// A success status with a body that is not a valid provider reply.
     InvalidBody(String),
+    /// A request this provider cannot express (a content part, role or field it has no
+    /// equivalent for). Nothing was sent; another provider may take it.
+    Untranslatable(String),
 }
 
 impl Failure {
@@ -72,6 +75,9 @@ impl Failure {
             Self::Connect(e) => format!("connect error: {e}"),
             Self::Transport(e) => format!("connection error: {e}"),
             Self::InvalidBody(e) => format!("invalid provider reply: {e}"),
+            Self::Untranslatable(e) => {
+                format!("cannot translate the request for this provider: {e}")
+            }
         }
     }
 }
@@ -133,6 +139,8 @@ pub fn classify(failure: &Failure, breaker: &BreakerConfig, fallback_on_auth: bo
         | Failure::Transport(_)
         | Failure::InvalidBody(_) => fall(ErrorKind::Unavailable, true),
         Failure::DeadlineSpent => stop(ErrorKind::Timeout),
+        // The request, not the provider, is at fault here; a provider of another kind may take it.
+        Failure::Untranslatable(_) => fall(ErrorKind::InvalidRequest, false),
     };
     match failure.status() {
         Some(s) if breaker.ignored_status.contains(&s) => Decision {
@@ -296,6 +304,12 @@ mod tests {
         );
         assert_eq!(d(&Failure::Connect("x".into())), (Unavailable, true, true));
         assert_eq!(d(&Failure::DeadlineSpent), (Timeout, false, false));
+        let u = Failure::Untranslatable("an `input_audio` content part".into());
+        assert_eq!(d(&u), (InvalidRequest, true, false));
+        assert_eq!(
+            u.describe(),
+            "cannot translate the request for this provider: an `input_audio` content part"
+        );
     }
 
     #[test]
