@@ -163,12 +163,12 @@ pub fn error_message(bytes: &[u8]) -> String {
         .unwrap_or_else(|| snippet(bytes))
 }
 
-fn snippet(bytes: &[u8]) -> String {
+pub(super) fn snippet(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
     s.trim().to_string()
 }
 
-fn transport(e: reqwest::Error) -> Failure {
+pub(super) fn transport(e: reqwest::Error) -> Failure {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
