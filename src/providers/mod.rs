@@ -3,6 +3,7 @@
 //! decides what the router does with a failure (contract section 2).
 
 pub mod anthropic;
+pub mod gemini;
 pub mod http;
 pub mod openai;
 pub mod simulated;
@@ -178,7 +179,10 @@ impl Adapter {
             ProviderKind::Anthropic => {
                 reqwest::Url::parse(&anthropic::endpoint(&config.api_base)).ok()
             }
-            ProviderKind::Gemini | ProviderKind::Simulated => None,
+            ProviderKind::Gemini => {
+                reqwest::Url::parse(&gemini::endpoint(&config.api_base, &config.model, false)).ok()
+            }
+            ProviderKind::Simulated => None,
         };
         Self {
             config,
@@ -201,12 +205,7 @@ impl Adapter {
         let answer = match self.config.provider {
             ProviderKind::OpenAi => openai::call(client, url()?, d, req, &ctx).await?,
             ProviderKind::Anthropic => anthropic::call(client, url()?, d, req, &ctx).await?,
-            // Refused by config validation until its adapter lands.
-            ProviderKind::Gemini => {
-                return Err(Failure::Connect(
-                    "provider `gemini` is not supported by this build".into(),
-                ));
-            }
+            ProviderKind::Gemini => gemini::call(client, url()?, d, req, &ctx).await?,
             ProviderKind::Simulated => {
                 Answer::Built(simulated::call(&self.config, req, ctx.fate).await?)
             }
