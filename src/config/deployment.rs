@@ -112,17 +112,9 @@ pub(super) fn validate(
     }
     let provider = match d.provider.as_str() {
         "openai" => ProviderKind::OpenAi,
+        "anthropic" => ProviderKind::Anthropic,
+        "gemini" => ProviderKind::Gemini,
         "simulated" => ProviderKind::Simulated,
-        "anthropic" | "gemini" => {
-            v.problem(
-                key("provider"),
-                format!(
-                    "`{}` is not supported by this build yet; use an OpenAI-compatible endpoint",
-                    d.provider
-                ),
-            );
-            ProviderKind::OpenAi
-        }
         other => {
             v.problem(
                 key("provider"),

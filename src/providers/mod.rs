@@ -2,6 +2,8 @@
 //! call and its answer into a `chat.completion` or a `Failure`. `classify` is the one place that
 //! decides what the router does with a failure (contract section 2).
 
+pub mod anthropic;
+pub mod gemini;
 pub mod http;
 pub mod openai;
 pub mod simulated;
@@ -10,6 +12,7 @@ pub mod stream;
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde_json::{Map, Value, json};
 
 use crate::config::{BreakerConfig, DeploymentConfig, ProviderKind};
 use crate::protocol::{ChatCompletion, ChatRequest, ErrorKind, Usage};
@@ -52,6 +55,9 @@ pub enum Failure {
     Transport(String),
     /// A success status with a body that is not a valid provider reply.
     InvalidBody(String),
+    /// A request this provider cannot express (a content part, role or field it has no
+    /// equivalent for). Nothing was sent; another provider may take it.
+    Untranslatable(String),
 }
 
 impl Failure {
@@ -73,6 +79,9 @@ impl Failure {
             Self::Connect(e) => format!("connect error: {e}"),
             Self::Transport(e) => format!("connection error: {e}"),
             Self::InvalidBody(e) => format!("invalid provider reply: {e}"),
+            Self::Untranslatable(e) => {
+                format!("cannot translate the request for this provider: {e}")
+            }
         }
     }
 }
@@ -134,6 +143,8 @@ pub fn classify(failure: &Failure, breaker: &BreakerConfig, fallback_on_auth: bo
         | Failure::Transport(_)
         | Failure::InvalidBody(_) => fall(ErrorKind::Unavailable, true),
         Failure::DeadlineSpent => stop(ErrorKind::Timeout),
+        // The request, not the provider, is at fault here; a provider of another kind may take it.
+        Failure::Untranslatable(_) => fall(ErrorKind::InvalidRequest, false),
     };
     match failure.status() {
         Some(s) if breaker.ignored_status.contains(&s) => Decision {
@@ -166,7 +177,13 @@ impl Adapter {
             ProviderKind::OpenAi => {
                 reqwest::Url::parse(&format!("{}/chat/completions", config.api_base)).ok()
             }
-            ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Simulated => None,
+            ProviderKind::Anthropic => {
+                reqwest::Url::parse(&anthropic::endpoint(&config.api_base)).ok()
+            }
+            ProviderKind::Gemini => {
+                reqwest::Url::parse(&gemini::endpoint(&config.api_base, &config.model, false)).ok()
+            }
+            ProviderKind::Simulated => None,
         };
         Self {
             config,
@@ -180,25 +197,18 @@ impl Adapter {
         req: &ChatRequest,
         ctx: CallContext,
     ) -> Result<ProviderReply, Failure> {
+        let url = || {
+            self.endpoint.as_ref().ok_or_else(|| {
+                Failure::Connect(format!("api_base `{}` is not a URL", self.config.api_base))
+            })
+        };
+        let (client, d) = (&self.client, &self.config);
         let answer = match self.config.provider {
-            ProviderKind::OpenAi => {
-                let Some(url) = &self.endpoint else {
-                    return Err(Failure::Connect(format!(
-                        "api_base `{}` is not a URL",
-                        self.config.api_base
-                    )));
-                };
-                openai::call(&self.client, url, &self.config, req, &ctx).await?
-            }
+            ProviderKind::OpenAi => openai::call(client, url()?, d, req, &ctx).await?,
+            ProviderKind::Anthropic => anthropic::call(client, url()?, d, req, &ctx).await?,
+            ProviderKind::Gemini => gemini::call(client, url()?, d, req, &ctx).await?,
             ProviderKind::Simulated => {
                 Answer::Built(simulated::call(&self.config, req, ctx.fate).await?)
-            }
-            // Refused by config validation until their adapters land.
-            ProviderKind::Anthropic | ProviderKind::Gemini => {
-                return Err(Failure::Connect(format!(
-                    "provider `{}` is not supported by this build",
-                    self.config.provider.as_str()
-                )));
             }
         };
         Ok(self.finish(req, answer))
@@ -289,6 +299,215 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+// What the translating adapters (anthropic, gemini) share: sending, and the pieces of an OpenAI
+// request and reply that read the same whichever wire format they are translated to.
+
+/// Sends a prepared request: the body of a 2xx answer, else a `Failure::Status` with the message
+/// that `error_message` reads out of the provider's error body.
+async fn send(
+    builder: reqwest::RequestBuilder,
+    error_message: fn(&[u8]) -> String,
+) -> Result<Bytes, Failure> {
+    let response = builder.send().await.map_err(openai::transport)?;
+    let status = response.status();
+    let retry_after = http::retry_after(response.headers());
+    let bytes = response.bytes().await.map_err(openai::transport)?;
+    if status.is_success() {
+        Ok(bytes)
+    } else {
+        Err(Failure::Status {
+            status: status.as_u16(),
+            message: error_message(&bytes),
+            retry_after,
+        })
+    }
+}
+
+fn untranslatable(what: impl Into<String>) -> Failure {
+    Failure::Untranslatable(what.into())
+}
+
+/// The caller's `messages` (validated as a non-empty array of objects at parse time).
+fn messages(req: &ChatRequest) -> &[Value] {
+    req.body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Fails on the first top-level field that is neither translated (`handled`) nor safe to drop
+/// (`ignored`): a field we do not know may ask for something the provider cannot give.
+fn check_fields(req: &ChatRequest, handled: &[&str], ignored: &[&str]) -> Result<(), Failure> {
+    match req.body.iter().find(|(k, v)| {
+        !v.is_null() && !handled.contains(&k.as_str()) && !ignored.contains(&k.as_str())
+    }) {
+        Some((k, _)) => Err(untranslatable(format!(
+            "field `{k}` has no equivalent (provider-specific fields go in `extra_body`)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Text of a `system`, `developer` or `tool` message: a string or an array of text parts.
+fn plain_text(content: Option<&Value>, role: &str) -> Result<String, Failure> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (part_type(p), p.get("text").and_then(Value::as_str)) {
+                    ("text", Some(t)) => out.push_str(t),
+                    (other, _) => {
+                        return Err(untranslatable(format!(
+                            "a `{other}` content part in a `{role}` message"
+                        )));
+                    }
+                }
+            }
+            Ok(out)
+        }
+        Some(_) => Err(untranslatable(format!("`{role}` message content"))),
+    }
+}
+
+fn part_type(part: &Value) -> &str {
+    part.get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("untyped")
+}
+
+/// The URL of an `image_url` part (`{"url": ...}`, or a bare string as some clients send).
+fn image_url(part: &Value) -> Option<&str> {
+    let u = part.get("image_url")?;
+    u.get("url").and_then(Value::as_str).or_else(|| u.as_str())
+}
+
+/// `data:<mime>;base64,<data>` split into its media type and data.
+fn base64_data_url(url: &str) -> Option<(&str, &str)> {
+    let (head, data) = url.strip_prefix("data:")?.split_once(',')?;
+    let mime = head.strip_suffix(";base64")?;
+    Some((mime, data))
+}
+
+/// `stop` as a list: a string, or an array of strings.
+fn stop_sequences(req: &ChatRequest) -> Result<Option<Vec<Value>>, Failure> {
+    match req.body.get("stop") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![Value::String(s.clone())])),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(Some(a.clone())),
+        Some(_) => Err(untranslatable(
+            "`stop` must be a string or an array of strings",
+        )),
+    }
+}
+
+/// Merges the deployment's `extra_body`, then (when meant for this provider) the caller's, into a
+/// translated body. Objects merge key by key, so that `{"generationConfig": {"seed": 1}}` adds to
+/// the translated settings instead of replacing them; any other value replaces. `model` is the
+/// deployment's and is never overridden.
+fn merge_extra(
+    body: &mut Map<String, Value>,
+    d: &DeploymentConfig,
+    req: &ChatRequest,
+    include_request_extra: bool,
+) {
+    fn merge(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+        for (k, v) in from {
+            match (into.get_mut(k), v) {
+                (Some(Value::Object(a)), Value::Object(b)) => merge(a, b),
+                _ => {
+                    into.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    let request_extra = include_request_extra.then(|| req.extra_body()).flatten();
+    for extra in [d.extra_body.as_ref(), request_extra].into_iter().flatten() {
+        let model = body.get("model").cloned();
+        merge(body, extra);
+        if let Some(m) = model {
+            body.insert("model".into(), m);
+        }
+    }
+}
+
+/// One `chat.completion.chunk` with a single choice.
+fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    index: u64,
+    delta: Value,
+    finish_reason: Option<&str>,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
+    })
+}
+
+/// The last chunk of a stream, as OpenAI sends it with `stream_options.include_usage`.
+fn usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    })
+}
+
+/// A provider that answers one request with a canned reply, for adapter tests of `call`.
+#[cfg(test)]
+mod one_shot {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves one HTTP/1.1 exchange on 127.0.0.1; the task yields the raw request it read.
+    pub async fn serve(
+        status: u16,
+        headers: &'static str,
+        body: &'static str,
+    ) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&request).to_string()
+        });
+        (base, task)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +547,12 @@ mod tests {
         );
         assert_eq!(d(&Failure::Connect("x".into())), (Unavailable, true, true));
         assert_eq!(d(&Failure::DeadlineSpent), (Timeout, false, false));
+        let u = Failure::Untranslatable("an `input_audio` content part".into());
+        assert_eq!(d(&u), (InvalidRequest, true, false));
+        assert_eq!(
+            u.describe(),
+            "cannot translate the request for this provider: an `input_audio` content part"
+        );
     }
 
     #[test]

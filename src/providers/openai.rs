@@ -245,7 +245,7 @@ pub fn error_message(bytes: &[u8]) -> String {
         .unwrap_or_else(|| snippet(bytes))
 }
 
-fn snippet(bytes: &[u8]) -> String {
+pub(super) fn snippet(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
     s.trim().to_string()
 }
