@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::stream::{self, PieceStream};
 use super::{Answer, CallContext, Failure, chunk, openai::snippet, unix_now, untranslatable};
 use crate::config::DeploymentConfig;
 use crate::protocol::response::{Choice, Message};
@@ -68,17 +69,52 @@ pub async fn call(
     req: &ChatRequest,
     ctx: &CallContext,
 ) -> Result<Answer, Failure> {
-    let body = build_body(d, req, ctx.include_request_extra, false)?;
-    let mut builder = client
+    let builder = request(
+        client,
+        url,
+        d,
+        build_body(d, req, ctx.include_request_extra, false)?,
+    );
+    let bytes = super::send(builder, error_message).await?;
+    parse_response(&bytes).map(Answer::Built)
+}
+
+/// Opens a streamed Messages call; its events are translated by `StreamState`.
+pub async fn open_stream(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    req: &ChatRequest,
+    ctx: &CallContext,
+) -> Result<PieceStream, Failure> {
+    let builder = request(
+        client,
+        url,
+        d,
+        build_body(d, req, ctx.include_request_extra, true)?,
+    );
+    let response = super::send_stream(builder, error_message).await?;
+    Ok(stream::from_sse(
+        response,
+        stream::Translator::Anthropic(StreamState::new(&d.model)),
+    ))
+}
+
+fn request(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let builder = client
         .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("anthropic-version", VERSION)
         .body(body);
-    if let Some(key) = &d.api_key {
-        builder = builder.header("x-api-key", key.expose());
+    match &d.api_key {
+        Some(key) => builder.header("x-api-key", key.expose()),
+        None => builder,
     }
-    let bytes = super::send(builder, error_message).await?;
-    parse_response(&bytes).map(Answer::Built)
 }
 
 /// The Messages request for an OpenAI request.

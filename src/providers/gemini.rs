@@ -10,6 +10,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::stream::{self, PieceStream};
 use super::{Answer, CallContext, Failure, chunk, openai::snippet, unix_now, untranslatable};
 use crate::config::DeploymentConfig;
 use crate::protocol::response::{Choice, Message};
@@ -72,16 +73,51 @@ pub async fn call(
     req: &ChatRequest,
     ctx: &CallContext,
 ) -> Result<Answer, Failure> {
-    let body = build_body(d, req, ctx.include_request_extra)?;
-    let mut builder = client
+    let builder = request(
+        client,
+        url,
+        d,
+        build_body(d, req, ctx.include_request_extra)?,
+    );
+    let bytes = super::send(builder, error_message).await?;
+    parse_response(&bytes, &d.model).map(Answer::Built)
+}
+
+/// Opens `streamGenerateContent?alt=sse` (`url` is that endpoint); `StreamState` translates it.
+pub async fn open_stream(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    req: &ChatRequest,
+    ctx: &CallContext,
+) -> Result<PieceStream, Failure> {
+    let builder = request(
+        client,
+        url,
+        d,
+        build_body(d, req, ctx.include_request_extra)?,
+    );
+    let response = super::send_stream(builder, error_message).await?;
+    Ok(stream::from_sse(
+        response,
+        stream::Translator::Gemini(StreamState::new(&d.model)),
+    ))
+}
+
+fn request(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let builder = client
         .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body);
-    if let Some(key) = &d.api_key {
-        builder = builder.header("x-goog-api-key", key.expose());
+    match &d.api_key {
+        Some(key) => builder.header("x-goog-api-key", key.expose()),
+        None => builder,
     }
-    let bytes = super::send(builder, error_message).await?;
-    parse_response(&bytes, &d.model).map(Answer::Built)
 }
 
 /// The GenerateContentRequest for an OpenAI request (the same body serves streaming: Gemini picks

@@ -167,6 +167,8 @@ pub struct CallContext {
 pub struct Adapter {
     pub config: DeploymentConfig,
     endpoint: Option<reqwest::Url>,
+    /// Where streamed calls go, when that is not `endpoint` (Gemini).
+    stream_endpoint: Option<reqwest::Url>,
     client: reqwest::Client,
 }
 
@@ -185,9 +187,18 @@ impl Adapter {
             }
             ProviderKind::Simulated => None,
         };
+        let stream_endpoint = match config.provider {
+            ProviderKind::Gemini => {
+                reqwest::Url::parse(&gemini::endpoint(&config.api_base, &config.model, true)).ok()
+            }
+            ProviderKind::OpenAi | ProviderKind::Anthropic | ProviderKind::Simulated => {
+                endpoint.clone()
+            }
+        };
         Self {
             config,
             endpoint,
+            stream_endpoint,
             client,
         }
     }
@@ -221,21 +232,17 @@ impl Adapter {
         req: &ChatRequest,
         ctx: CallContext,
     ) -> Result<stream::PieceStream, Failure> {
+        let url = || {
+            self.stream_endpoint.as_ref().ok_or_else(|| {
+                Failure::Connect(format!("api_base `{}` is not a URL", self.config.api_base))
+            })
+        };
+        let (client, d) = (&self.client, &self.config);
         match self.config.provider {
-            ProviderKind::OpenAi => {
-                let Some(url) = &self.endpoint else {
-                    return Err(Failure::Connect(format!(
-                        "api_base `{}` is not a URL",
-                        self.config.api_base
-                    )));
-                };
-                openai::open_stream(&self.client, url, &self.config, req, &ctx).await
-            }
-            ProviderKind::Simulated => simulated::open_stream(&self.config, req, ctx.fate).await,
-            ProviderKind::Anthropic | ProviderKind::Gemini => Err(Failure::Connect(format!(
-                "provider `{}` is not supported by this build",
-                self.config.provider.as_str()
-            ))),
+            ProviderKind::OpenAi => openai::open_stream(client, url()?, d, req, &ctx).await,
+            ProviderKind::Anthropic => anthropic::open_stream(client, url()?, d, req, &ctx).await,
+            ProviderKind::Gemini => gemini::open_stream(client, url()?, d, req, &ctx).await,
+            ProviderKind::Simulated => simulated::open_stream(d, req, ctx.fate).await,
         }
     }
 
@@ -308,19 +315,28 @@ async fn send(
     builder: reqwest::RequestBuilder,
     error_message: fn(&[u8]) -> String,
 ) -> Result<Bytes, Failure> {
+    let response = send_stream(builder, error_message).await?;
+    response.bytes().await.map_err(openai::transport)
+}
+
+/// Sends a prepared request and returns the 2xx response unread (for streaming), else a
+/// `Failure::Status` as `send` does.
+async fn send_stream(
+    builder: reqwest::RequestBuilder,
+    error_message: fn(&[u8]) -> String,
+) -> Result<reqwest::Response, Failure> {
     let response = builder.send().await.map_err(openai::transport)?;
     let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
     let retry_after = http::retry_after(response.headers());
     let bytes = response.bytes().await.map_err(openai::transport)?;
-    if status.is_success() {
-        Ok(bytes)
-    } else {
-        Err(Failure::Status {
-            status: status.as_u16(),
-            message: error_message(&bytes),
-            retry_after,
-        })
-    }
+    Err(Failure::Status {
+        status: status.as_u16(),
+        message: error_message(&bytes),
+        retry_after,
+    })
 }
 
 fn untranslatable(what: impl Into<String>) -> Failure {

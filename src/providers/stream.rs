@@ -8,7 +8,7 @@ use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 
-use super::{Failure, openai};
+use super::{Failure, anthropic, gemini, openai};
 use crate::protocol::Usage;
 
 /// What one provider event turned into.
@@ -25,18 +25,32 @@ pub type PieceStream = Pin<Box<dyn Stream<Item = Result<Piece, Failure>> + Send>
 /// The per-provider translation of a stream.
 pub enum Translator {
     OpenAi(openai::StreamState),
+    Anthropic(anthropic::StreamState),
+    Gemini(gemini::StreamState),
 }
 
 impl Translator {
     fn on_event(&mut self, event: Option<&str>, data: &str) -> Result<Piece, Failure> {
-        match self {
-            Self::OpenAi(s) => s.on_event(event, data),
-        }
+        let (chunks, usage) = match self {
+            Self::OpenAi(s) => return s.on_event(event, data),
+            Self::Anthropic(s) => (s.on_event(event, data)?, s.usage()),
+            Self::Gemini(s) => (s.on_event(event, data)?, s.usage()),
+        };
+        Ok(Piece {
+            chunks: chunks
+                .iter()
+                // Serializing a JSON value cannot fail.
+                .map(|c| Bytes::from(serde_json::to_vec(c).unwrap_or_default()))
+                .collect(),
+            usage,
+        })
     }
 
     fn done(&self) -> bool {
         match self {
             Self::OpenAi(s) => s.done(),
+            Self::Anthropic(s) => s.done(),
+            Self::Gemini(s) => s.done(),
         }
     }
 }

@@ -28,8 +28,13 @@ pub fn config(nats_url: &str, rest: &str, deployments: &str) -> Config {
 
 /// One OpenAI-compatible deployment entry.
 pub fn openai_deployment(name: &str, group: &str, base_url: &str, extra: &str) -> String {
+    deployment("openai", name, group, base_url, extra)
+}
+
+/// One deployment entry of any provider, keyed with `TEST_KEY`, priced 1 / 2 USD per Mtok.
+pub fn deployment(provider: &str, name: &str, group: &str, base_url: &str, extra: &str) -> String {
     format!(
-        "[[deployments]]\nname = \"{name}\"\ngroup = \"{group}\"\nprovider = \"openai\"\nmodel = \"{name}-model\"\napi_base = \"{base_url}\"\napi_key_env = \"TEST_KEY_ENV\"\nprice = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}\n{extra}\n"
+        "[[deployments]]\nname = \"{name}\"\ngroup = \"{group}\"\nprovider = \"{provider}\"\nmodel = \"{name}-model\"\napi_base = \"{base_url}\"\napi_key_env = \"TEST_KEY_ENV\"\nprice = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}\n{extra}\n"
     )
 }
 
