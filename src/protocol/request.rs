@@ -69,9 +69,9 @@ impl ChatRequest {
             Some(_) => return Err(bad("`messages` must be an array")),
             None => return Err(bad("`messages` is required")),
         };
-        let mut chars = 0usize;
+        let mut tokens = 0u64;
         for (i, m) in messages.iter().enumerate() {
-            chars += check_message(i, m)?;
+            tokens += check_message(i, m)?;
         }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
@@ -90,12 +90,16 @@ impl ChatRequest {
                 return Err(bad("`tools` must be an array"));
             };
             // Tool schemas count against the context like prompt text does.
-            chars += tools.iter().map(|t| t.to_string().len()).sum::<usize>();
+            tokens += tools
+                .iter()
+                .map(|t| estimate_text_tokens(&t.to_string()))
+                .sum::<u64>();
         }
         if !matches!(body.get("extra_body"), None | Some(Value::Object(_))) {
             return Err(bad("`extra_body` must be an object"));
         }
-        let estimated_prompt_tokens = estimate_tokens(chars) + 4 * messages.len() as u64;
+        // Each message also costs a few tokens of framing (role, separators).
+        let estimated_prompt_tokens = tokens + 4 * messages.len() as u64;
         Ok(Self {
             model,
             stream,
@@ -118,8 +122,8 @@ impl ChatRequest {
     }
 }
 
-/// Checks one message and returns the length of its text, for the token estimate.
-fn check_message(i: usize, m: &Value) -> Result<usize, InvalidRequest> {
+/// Checks one message and returns the estimated tokens of its text.
+fn check_message(i: usize, m: &Value) -> Result<u64, InvalidRequest> {
     let Value::Object(m) = m else {
         return Err(bad(format!("messages[{i}] must be an object")));
     };
@@ -134,13 +138,13 @@ fn check_message(i: usize, m: &Value) -> Result<usize, InvalidRequest> {
         _ => return Err(bad(format!("messages[{i}].role is required"))),
     };
     let len = match m.get("content") {
-        Some(Value::String(s)) => s.len(),
+        Some(Value::String(s)) => estimate_text_tokens(s),
         Some(Value::Array(parts)) => parts
             .iter()
             .map(|p| match p.get("text") {
-                Some(Value::String(s)) => s.len(),
-                // Images and audio: count their encoded size, as a rough upper bound.
-                _ => p.to_string().len(),
+                Some(Value::String(s)) => estimate_text_tokens(s),
+                // Images and audio: their encoded size, as a rough upper bound.
+                _ => estimate_tokens(p.to_string().len()),
             })
             .sum(),
         None | Some(Value::Null) if role == "assistant" && m.contains_key("tool_calls") => 0,
@@ -153,7 +157,9 @@ fn check_message(i: usize, m: &Value) -> Result<usize, InvalidRequest> {
             )));
         }
     };
-    let calls = m.get("tool_calls").map_or(0, |c| c.to_string().len());
+    let calls = m
+        .get("tool_calls")
+        .map_or(0, |c| estimate_text_tokens(&c.to_string()));
     Ok(len + calls)
 }
 
@@ -177,9 +183,58 @@ fn number_in(body: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<(
     }
 }
 
-/// English text averages about four characters per token with the GPT and Claude tokenizers.
+/// A rough token count from the byte length alone (about four bytes a token), for text we have
+/// not looked at: completions without usage, tool schemas.
 pub fn estimate_tokens(chars: usize) -> u64 {
     (chars as u64).div_ceil(4)
+}
+
+/// Tokens in `text` as BPE tokenizers count them, in one pass and no allocation: a word is one
+/// token plus one per further 8 letters, digits go three to a token, a run of punctuation three
+/// to a token, a line break one, and each CJK (3- or 4-byte UTF-8) character one. Measured against
+/// OpenAI's o200k tokenizer (`tests/tokens.rs`): within a few percent on English prose and
+/// Markdown, about +10 % on source code; it errs high, which is the safe side for a budget.
+pub fn estimate_text_tokens(text: &str) -> u64 {
+    let b = text.as_bytes();
+    let letter = |c: u8| c.is_ascii_alphabetic() || (0x80..0xE0).contains(&c);
+    let mut tokens = 0u64;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        if letter(c) {
+            while i < b.len() && letter(b[i]) {
+                i += 1;
+            }
+            tokens += 1 + ((i - start - 1) / 8) as u64;
+        } else if c.is_ascii_digit() {
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            tokens += (i - start).div_ceil(3) as u64;
+        } else if c == b' ' || c == b'\t' {
+            i += 1;
+        } else if c == b'\n' || c == b'\r' {
+            while i < b.len() && (b[i] == b'\n' || b[i] == b'\r') {
+                i += 1;
+            }
+            tokens += 1;
+        } else if c >= 0xE0 {
+            i += 1;
+            while i < b.len() && (0x80..0xC0).contains(&b[i]) {
+                i += 1;
+            }
+            tokens += 1;
+        } else {
+            while i < b.len() && b[i].is_ascii_punctuation() {
+                i += 1;
+            }
+            // Control characters are not punctuation: step over them.
+            i = i.max(start + 1);
+            tokens += (i - start).div_ceil(3) as u64;
+        }
+    }
+    tokens
 }
 
 #[cfg(test)]
@@ -199,9 +254,9 @@ mod tests {
         assert_eq!(r.model.as_deref(), Some("fast-chat"));
         assert_eq!(r.max_tokens, Some(50));
         assert!(!r.stream);
-        // 9 + 25 chars → 9 tokens, plus 4 per message.
-        assert_eq!(r.estimated_prompt_tokens, 17);
-        assert_eq!(r.estimated_total_tokens(), 67);
+        // "Be brief." 3 + "Hello there, how are you?" 7, plus 4 per message.
+        assert_eq!(r.estimated_prompt_tokens, 18);
+        assert_eq!(r.estimated_total_tokens(), 68);
     }
 
     #[test]
