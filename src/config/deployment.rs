@@ -189,7 +189,10 @@ pub(super) fn validate(
     if first_token_timeout.is_zero() {
         v.problem(key("first_token_timeout"), "must be > 0");
     }
-    let price = d.price.map_or_else(Price::default, |p| {
+    // No price given: the built-in list price of the model, if known (simulated ones included, so
+    // a demo deployment named after a real model costs what it would).
+    let builtin = || super::prices::lookup(&d.model).unwrap_or_default();
+    let price = d.price.map_or_else(builtin, |p| {
         for (field, value) in [
             ("price.input_per_mtok", p.input_per_mtok),
             ("price.output_per_mtok", p.output_per_mtok),

@@ -472,6 +472,7 @@ mod tests {
         assert_eq!(c.nats.prefix, "llm");
         let d = &c.deployments[0];
         assert_eq!(d.timeout, Duration::from_secs(60));
+        assert_eq!(d.price.input_per_mtok, 0.15, "gpt-4o-mini's built-in list price");
         assert_eq!(d.api_key.as_ref().unwrap().expose(), "sk-123");
     }
 
