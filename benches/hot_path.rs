@@ -68,6 +68,7 @@ fn bench(c: &mut Criterion) {
                 request_id: Arc::from("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"),
                 latency: Duration::from_micros(250),
                 result: Ok(Served {
+                    index: 0,
                     reply: ProviderReply {
                         body: bytes::Bytes::from_static(REPLY),
                         usage: Default::default(),

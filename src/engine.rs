@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::deployment::{self, Shared};
 use crate::observe::events::{self, EventBus};
+use crate::observe::spend::{Ledger, LedgerError, Spend};
 use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
 use crate::protocol::{ChatRequest, InvalidRequest};
 use crate::protocol::{ErrorBody, ErrorDetail, ErrorKind, RequestOptions, headers};
@@ -28,10 +29,13 @@ pub enum EngineError {
     Http(#[from] reqwest::Error),
     #[error("cannot start the actors: {0}")]
     Spawn(#[from] ractor::SpawnErr),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 pub struct Engine {
     router: Arc<Router>,
+    ledger: std::sync::Mutex<Option<Ledger>>,
     supervisor: ActorRef<supervisor::Msg>,
     events: EventBus,
     instance: Arc<str>,
@@ -95,8 +99,11 @@ impl Engine {
             },
         )
         .await?;
+        let spend = Arc::new(Spend::new(config));
+        let ledger = Ledger::open(&config.storage.path, spend.clone())?;
         Ok(Self {
-            router: Arc::new(Router::new(config, slots)),
+            router: Arc::new(Router::new(config, slots, spend)),
+            ledger: std::sync::Mutex::new(Some(ledger)),
             supervisor,
             events,
             instance,
@@ -219,6 +226,7 @@ impl Engine {
                 fallbacks as f64 / requests as f64
             },
             alerts: Vec::new(),
+            spend: self.router.spend.snapshot(),
         }
     }
 
@@ -228,6 +236,11 @@ impl Engine {
             .supervisor
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
+        // Spend totals are saved one last time.
+        let ledger = self.ledger.lock().ok().and_then(|mut l| l.take());
+        if let Some(mut l) = ledger {
+            let _ = tokio::task::spawn_blocking(move || l.close()).await;
+        }
     }
 }
 

@@ -67,7 +67,7 @@ impl Drop for Serve {
 
 fn config_text(nats: &NatsServer, fake: &FakeProvider) -> String {
     format!(
-        "[nats]\nurl = \"{}\"\n[tasks]\nchat = \"main\"\n{}",
+        "[nats]\nurl = \"{}\"\n[storage]\npath = \":memory:\"\n[tasks]\nchat = \"main\"\n{}",
         nats.url(),
         openai_deployment("primary", "main", &fake.base_url(), "")
             .replace("TEST_KEY_ENV", "SECRET_KEY")

@@ -35,7 +35,33 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[[classify.rules]]`, in order.
     pub classify_rules: Vec<ClassifyRule>,
+    /// `[[budgets.caps]]`.
+    pub budgets: Vec<BudgetCap>,
     pub deployments: Vec<DeploymentConfig>,
+}
+
+/// What a daily budget cap applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapScope {
+    All,
+    Task(String),
+    Group(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapAction {
+    /// Refuse with `budget_exceeded`.
+    Reject,
+    /// Route to this group instead.
+    Downgrade(String),
+}
+
+/// A daily spending cap (UTC day) and what happens once it is reached.
+#[derive(Debug, Clone)]
+pub struct BudgetCap {
+    pub scope: CapScope,
+    pub daily_usd: f64,
+    pub action: CapAction,
 }
 
 /// One classification rule: every condition given must hold.
@@ -356,6 +382,64 @@ fn validate(
         })
         .collect();
 
+    let budgets = raw
+        .budgets
+        .caps
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = format!("budgets.caps[{i}]");
+            let scope = match (c.task, c.group) {
+                (None, None) => CapScope::All,
+                (Some(t), None) => CapScope::Task(t),
+                (None, Some(g)) => {
+                    known(v, &format!("{key}.group"), &g);
+                    CapScope::Group(g)
+                }
+                (Some(t), Some(_)) => {
+                    v.problem(&key, "a cap is on a task or on a group, not both");
+                    CapScope::Task(t)
+                }
+            };
+            if !(c.daily_usd.is_finite() && c.daily_usd >= 0.0) {
+                v.problem(format!("{key}.daily_usd"), "must be a number >= 0");
+            }
+            let action = match (c.action.as_deref().unwrap_or("reject"), c.downgrade_to) {
+                ("reject", None) => CapAction::Reject,
+                ("downgrade", Some(g)) => {
+                    known(v, &format!("{key}.downgrade_to"), &g);
+                    CapAction::Downgrade(g)
+                }
+                ("downgrade", None) => {
+                    v.problem(
+                        format!("{key}.downgrade_to"),
+                        "`downgrade` needs the group to downgrade to",
+                    );
+                    CapAction::Reject
+                }
+                ("reject", Some(_)) => {
+                    v.problem(
+                        format!("{key}.downgrade_to"),
+                        "only with action = \"downgrade\"",
+                    );
+                    CapAction::Reject
+                }
+                (other, _) => {
+                    v.problem(
+                        format!("{key}.action"),
+                        format!("`{other}` is not reject | downgrade"),
+                    );
+                    CapAction::Reject
+                }
+            };
+            BudgetCap {
+                scope,
+                daily_usd: c.daily_usd,
+                action,
+            }
+        })
+        .collect();
+
     let b = raw.breaker;
     if b.failure_threshold == 0 {
         v.problem("breaker.failure_threshold", "must be > 0");
@@ -427,6 +511,7 @@ fn validate(
             classify: raw.routing.classify,
         },
         classify_rules,
+        budgets,
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {
@@ -472,7 +557,10 @@ mod tests {
         assert_eq!(c.nats.prefix, "llm");
         let d = &c.deployments[0];
         assert_eq!(d.timeout, Duration::from_secs(60));
-        assert_eq!(d.price.input_per_mtok, 0.15, "gpt-4o-mini's built-in list price");
+        assert_eq!(
+            d.price.input_per_mtok, 0.15,
+            "gpt-4o-mini's built-in list price"
+        );
         assert_eq!(d.api_key.as_ref().unwrap().expose(), "sk-123");
     }
 

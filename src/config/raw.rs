@@ -26,7 +26,30 @@ pub struct RawConfig {
     #[serde(default)]
     pub classify: RawClassify,
     #[serde(default)]
+    pub budgets: RawBudgets,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+}
+
+/// `[budgets]`: daily spending caps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    #[serde(default)]
+    pub caps: Vec<RawCap>,
+}
+
+/// One cap: on a task, a group, or (neither) all traffic; per UTC day.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCap {
+    pub task: Option<String>,
+    pub group: Option<String>,
+    pub daily_usd: f64,
+    /// `reject` (default) or `downgrade`.
+    pub action: Option<String>,
+    /// The group to route to instead, for `downgrade`.
+    pub downgrade_to: Option<String>,
 }
 
 /// `[[classify.rules]]`: for task `auto` (and unknown tasks with `routing.classify = true`).

@@ -44,4 +44,7 @@ pub struct StatusSnapshot {
     pub fallbacks: u64,
     pub fallback_ratio: f64,
     pub alerts: Vec<serde_json::Value>,
+    /// Today's cost, tokens and requests by task, group and deployment (UTC day).
+    #[serde(default)]
+    pub spend: super::spend::SpendSnapshot,
 }

@@ -154,6 +154,10 @@ impl RouteTable {
         )
     }
 
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.group_by_name.get(name).copied()
+    }
+
     /// The groups a request walks, in order: the group, then its fallbacks (each once).
     pub fn chain(&self, group: usize) -> impl Iterator<Item = usize> + '_ {
         std::iter::once(group).chain(

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::Router;
+use super::budget::Verdict;
 use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::ProviderKind;
@@ -35,6 +36,8 @@ pub struct Ask<'a> {
 #[derive(Debug)]
 pub struct Served {
     pub reply: ProviderReply,
+    /// The deployment's position in the config.
+    pub index: usize,
     pub deployment: Arc<str>,
     pub provider: &'static str,
     /// Provider calls made, this one included.
@@ -143,12 +146,36 @@ impl Router {
     /// Routes one request to completion. `strategy` overrides the groups' own (`Llm-Strategy`).
     pub async fn route(&self, ask: Ask<'_>) -> Result<Served, Failed> {
         self.requests.fetch_add(1, Relaxed);
-        let route = self.table.resolve(ask.task, &ask.req);
+        let task = self.spend.task_key(ask.task);
+        let mut route = self.table.resolve(ask.task, &ask.req);
+        if !self.budgets.is_empty() {
+            // A downgrade is checked once more: the cheaper group may have a cap of its own.
+            for _ in 0..2 {
+                match self.budgets.check(&self.spend, task, route.target) {
+                    Verdict::Go => break,
+                    Verdict::Downgrade(g, reason) => {
+                        route = Route {
+                            target: Target::Group(g),
+                            reason,
+                        }
+                    }
+                    Verdict::Reject(why) => {
+                        let mut f = Failed::new(ErrorKind::BudgetExceeded, why);
+                        f.route_reason = Some(route.reason);
+                        return Err(f);
+                    }
+                }
+            }
+        }
         let reason = route.reason.clone();
         let result = self.walk(ask, route).await.map_err(|mut f| {
             f.route_reason = Some(reason);
             f
         });
+        if let Ok(s) = &result {
+            self.spend
+                .record(task, s.index, s.reply.cost_usd, s.reply.usage.total_tokens);
+        }
         let fell_back = match &result {
             Ok(s) => s.fallback,
             Err(f) => f.fell_back,
@@ -298,6 +325,7 @@ impl Router {
                         w.calls += 1;
                         return Ok(Served {
                             reply,
+                            index,
                             deployment: slot.name.clone(),
                             provider: c.provider.as_str(),
                             attempts: w.calls,

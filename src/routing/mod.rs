@@ -2,6 +2,7 @@
 //! model) to a group, `strategy` orders the group's deployments, `fallback` walks the chain, and
 //! `supervisor` keeps one actor per deployment alive behind the routing `Slot`s.
 
+pub mod budget;
 pub mod classify;
 pub mod fallback;
 pub mod strategy;
@@ -15,6 +16,8 @@ use ractor::ActorRef;
 
 use crate::config::{Config, DeploymentConfig};
 use crate::deployment::{self, Shared};
+use crate::observe::spend::Spend;
+use budget::Budgets;
 use classify::RouteTable;
 use strategy::Strategy;
 
@@ -43,11 +46,15 @@ pub struct Router {
     strategies: Vec<Strategy>,
     pub requests: AtomicU64,
     pub fallbacks: AtomicU64,
+    /// Today's spend, for budgets and status.
+    pub spend: Arc<Spend>,
+    budgets: Budgets,
 }
 
 impl Router {
-    pub fn new(config: &Config, slots: Arc<[Slot]>) -> Self {
+    pub fn new(config: &Config, slots: Arc<[Slot]>, spend: Arc<Spend>) -> Self {
         let table = RouteTable::new(config);
+        let budgets = Budgets::new(config, &table, &spend);
         let strategies = table
             .groups
             .iter()
@@ -59,6 +66,8 @@ impl Router {
             strategies,
             requests: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            spend,
+            budgets,
         }
     }
 }

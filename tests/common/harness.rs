@@ -19,7 +19,14 @@ pub const TEST_KEY: &str = "sk-test-0123456789abcdef";
 /// Config text for tests: `deployments` is the `[[deployments]]` part, `rest` the other sections.
 /// Keys are read from a fake environment where `TEST_KEY_ENV` holds `TEST_KEY`.
 pub fn config(nats_url: &str, rest: &str, deployments: &str) -> Config {
-    let text = format!("[nats]\nurl = \"{nats_url}\"\n{rest}\n{deployments}");
+    // Each engine its own spend ledger, so that tests running side by side do not share totals.
+    let storage = if rest.contains("[storage]") {
+        String::new()
+    } else {
+        let db = std::env::temp_dir().join(format!("switchyard-test-{}.db", uuid::Uuid::new_v4()));
+        format!("[storage]\npath = {:?}\n", db.display().to_string())
+    };
+    let text = format!("[nats]\nurl = \"{nats_url}\"\n{storage}{rest}\n{deployments}");
     Config::parse(&text, "test.toml", &|name| {
         (name == "TEST_KEY_ENV").then(|| TEST_KEY.to_string())
     })
