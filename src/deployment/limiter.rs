@@ -91,7 +91,8 @@ impl WindowBudget {
         if amount > self.limit {
             return self.window;
         }
-        let mut freed = self.limit - self.used;
+        // Real usage can exceed what was reserved, so `used` may stand above the limit.
+        let mut freed = self.limit.saturating_sub(self.used);
         for &(at, _, a) in &self.entries {
             freed += a;
             if freed >= amount {

@@ -35,6 +35,10 @@ use crate::providers::{
     Adapter, CallContext, Decision, Failure, ProviderReply, classify, simulated,
 };
 
+/// How long a latency average is trusted without new samples: after that, routing reads it as
+/// unknown (and probes the deployment), and the next sample starts it afresh.
+pub const LATENCY_FRESH: Duration = Duration::from_secs(2);
+
 /// What the actor publishes for lock-free reads on the request path.
 #[derive(Debug)]
 pub struct Shared {
@@ -42,6 +46,8 @@ pub struct Shared {
     circuit: AtomicU8,
     in_flight: AtomicU32,
     ewma_us: AtomicU64,
+    /// Milliseconds since `epoch` of the last successful call (what `ewma_us` last learned from).
+    ewma_at_ms: AtomicU64,
     /// Milliseconds since `epoch` until which the deployment cools down; 0 for none.
     cool_until_ms: AtomicU64,
     rpm_used: AtomicU64,
@@ -55,6 +61,7 @@ impl Shared {
             circuit: AtomicU8::new(CircuitState::Closed.to_u8()),
             in_flight: AtomicU32::new(0),
             ewma_us: AtomicU64::new(0),
+            ewma_at_ms: AtomicU64::new(0),
             cool_until_ms: AtomicU64::new(0),
             rpm_used: AtomicU64::new(0),
             tpm_used: AtomicU64::new(0),
@@ -75,6 +82,17 @@ impl Shared {
             0 => None,
             us => Some(us as f64 / 1000.0),
         }
+    }
+
+    /// The latency EWMA if it was learned within `fresh` of `now`. A deployment that has not
+    /// served for a while (new, recovered, or avoided for being slow) reads as unknown, so that
+    /// latency-based routing probes it again instead of trusting an old figure forever.
+    pub fn recent_ewma_ms(&self, now: Instant, fresh: Duration) -> Option<f64> {
+        let at = self.ewma_at_ms.load(Relaxed);
+        let age = (now.saturating_duration_since(self.epoch).as_millis() as u64).saturating_sub(at);
+        (age <= fresh.as_millis() as u64)
+            .then(|| self.ewma_ms())
+            .flatten()
     }
 
     pub fn cooling_down(&self, now: Instant) -> bool {
@@ -321,7 +339,19 @@ impl State {
                 if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
                     b.correct(t, prompt_tokens + completion_tokens);
                 }
+                let since = now.saturating_duration_since(self.args.shared.epoch);
+                let last = self.args.shared.ewma_at_ms.load(Relaxed);
+                if (since.as_millis() as u64).saturating_sub(last)
+                    > LATENCY_FRESH.as_millis() as u64
+                {
+                    // An old figure says nothing about now: start the average afresh.
+                    self.stats.restart_ewma();
+                }
                 self.stats.record(f.latency, Sample::Ok);
+                self.args
+                    .shared
+                    .ewma_at_ms
+                    .store(since.as_millis() as u64, Relaxed);
                 self.stats.cost_usd += cost_usd;
                 self.stats.prompt_tokens += prompt_tokens;
                 self.stats.completion_tokens += completion_tokens;

@@ -58,6 +58,11 @@ impl Stats {
         self.recent.push_back((us, sample));
     }
 
+    /// Forgets the latency average; the next success starts it.
+    pub fn restart_ewma(&mut self) {
+        self.ewma_ms = None;
+    }
+
     pub fn ewma_ms(&self) -> Option<f64> {
         self.ewma_ms
     }

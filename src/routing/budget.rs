@@ -82,12 +82,14 @@ impl Budgets {
                 "daily budget of {} reached: ${spent:.6} of ${}",
                 cap.label, cap.daily_usd
             );
-            return match cap.downgrade_to {
-                Some(g) if target != Target::Group(g) => {
-                    Verdict::Downgrade(g, format!("budget: {why}, downgraded").into())
+            match cap.downgrade_to {
+                // Already downgraded: this cap is met.
+                Some(g) if target == Target::Group(g) => continue,
+                Some(g) => {
+                    return Verdict::Downgrade(g, format!("budget: {why}, downgraded").into());
                 }
-                _ => Verdict::Reject(why),
-            };
+                None => return Verdict::Reject(why),
+            }
         }
         Verdict::Go
     }

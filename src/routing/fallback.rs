@@ -15,7 +15,7 @@ use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::ProviderKind;
 use crate::deployment::breaker::CircuitState;
-use crate::deployment::{self, Attempt, CallArgs, Skip, StreamAttempt};
+use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip, StreamAttempt};
 use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions, Usage};
 use crate::providers::{Failure, ProviderReply};
 
@@ -412,7 +412,7 @@ impl Router {
                         headroom(s.shared.rpm_used(), c.rpm.map(|n| u64::from(n.get())))
                             .min(headroom(s.shared.tpm_used(), c.tpm.map(|n| n.get())))
                     },
-                    ewma_ms: s.shared.ewma_ms(),
+                    ewma_ms: s.shared.recent_ewma_ms(now, LATENCY_FRESH),
                     estimated_cost: estimated_cost(s, req),
                 }
             })

@@ -56,6 +56,11 @@ impl FromStr for Strategy {
     }
 }
 
+/// Latency-based: within this share of the fastest counts as equally fast...
+const LATENCY_BUFFER: f64 = 0.5;
+/// ... plus this many milliseconds, so that sub-millisecond noise does not split hairs.
+const LATENCY_SLACK_MS: f64 = 2.0;
+
 /// What a strategy knows of one candidate.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate {
@@ -87,16 +92,28 @@ impl Strategy {
                 c.sort_by(|a, b| a.estimated_cost.total_cmp(&b.estimated_cost));
             }
             Self::LatencyBased => {
-                let key = |x: &Candidate| x.ewma_ms.unwrap_or(0.0);
+                // Deployments within a buffer of the fastest count as equally fast and share the
+                // traffic by weight, so one fast deployment is not flooded and a recovered one
+                // wins its share back; unmeasured ones (new, or idle long enough for their figure
+                // to go stale) come first so that they get measured. The rest follow by latency.
+                let best = c
+                    .iter()
+                    .filter_map(|x| x.ewma_ms)
+                    .min_by(f64::total_cmp)
+                    .unwrap_or(0.0);
+                let limit = best * (1.0 + LATENCY_BUFFER) + LATENCY_SLACK_MS;
+                let tier = |x: &Candidate| match x.ewma_ms {
+                    None => (0, 0.0),
+                    Some(ms) if ms <= limit => (1, 0.0),
+                    Some(ms) => (2, ms),
+                };
                 weighted_shuffle(c, rng);
-                // Power of two choices: the first pick is the faster of two random candidates,
-                // so the single fastest deployment is not flooded; the rest follow by latency.
-                if c.len() >= 2 && key(&c[1]) < key(&c[0]) {
-                    c.swap(0, 1);
-                }
-                if c.len() > 2 {
-                    c[1..].sort_by(|a, b| key(a).partial_cmp(&key(b)).unwrap_or(Ordering::Equal));
-                }
+                c.sort_by(|a, b| {
+                    let (ta, ma) = tier(a);
+                    let (tb, mb) = tier(b);
+                    ta.cmp(&tb)
+                        .then(ma.partial_cmp(&mb).unwrap_or(Ordering::Equal))
+                });
             }
         }
     }
@@ -191,6 +208,32 @@ mod tests {
         c[0].headroom = 0.1;
         Strategy::UsageBased.order(&mut c, &mut rng);
         assert_eq!(c[0].index, 1);
+    }
+
+    #[test]
+    fn latency_based_shares_among_the_fast_and_probes_the_unmeasured() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut firsts = [0usize; 4];
+        for _ in 0..4_000 {
+            let mut c = [cand(0, 1), cand(1, 1), cand(2, 1), cand(3, 1)];
+            c[0].ewma_ms = Some(100.0);
+            c[1].ewma_ms = Some(10.0);
+            c[2].ewma_ms = Some(12.0);
+            c[3].ewma_ms = Some(40.0);
+            Strategy::LatencyBased.order(&mut c, &mut rng);
+            firsts[c[0].index] += 1;
+            assert_eq!(
+                c[2].index, 3,
+                "the slower ones after the fast set, by latency"
+            );
+            assert_eq!(c[3].index, 0);
+        }
+        assert_eq!(firsts[0] + firsts[3], 0);
+        assert!(firsts[1] > 1_700 && firsts[2] > 1_700, "{firsts:?}");
+        let mut c = [cand(0, 1), cand(1, 1)];
+        c[0].ewma_ms = Some(5.0);
+        Strategy::LatencyBased.order(&mut c, &mut rng);
+        assert_eq!(c[0].index, 1, "the unmeasured one is probed first");
     }
 
     #[test]

@@ -38,10 +38,16 @@ pub fn openai_deployment(name: &str, group: &str, base_url: &str, extra: &str) -
     deployment("openai", name, group, base_url, extra)
 }
 
-/// One deployment entry of any provider, keyed with `TEST_KEY`, priced 1 / 2 USD per Mtok.
+/// One deployment entry of any provider, keyed with `TEST_KEY`, priced 1 / 2 USD per Mtok
+/// unless `extra` sets a `price`.
 pub fn deployment(provider: &str, name: &str, group: &str, base_url: &str, extra: &str) -> String {
+    let price = if extra.contains("price") {
+        ""
+    } else {
+        "price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }\n"
+    };
     format!(
-        "[[deployments]]\nname = \"{name}\"\ngroup = \"{group}\"\nprovider = \"{provider}\"\nmodel = \"{name}-model\"\napi_base = \"{base_url}\"\napi_key_env = \"TEST_KEY_ENV\"\nprice = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}\n{extra}\n"
+        "[[deployments]]\nname = \"{name}\"\ngroup = \"{group}\"\nprovider = \"{provider}\"\nmodel = \"{name}-model\"\napi_base = \"{base_url}\"\napi_key_env = \"TEST_KEY_ENV\"\n{price}{extra}\n"
     )
 }
 
