@@ -14,6 +14,7 @@ use switchyard::config::Config;
 use switchyard::engine::ChatOutcome;
 use switchyard::protocol::ChatRequest;
 use switchyard::providers::{ProviderReply, openai};
+use switchyard::routing::classify::RouteTable;
 use switchyard::routing::fallback::Served;
 use switchyard::routing::strategy::{Candidate, Strategy};
 
@@ -53,6 +54,22 @@ fn bench(c: &mut Criterion) {
         }
     }
 
+    // Classification (task `auto`, four rules) then the strategy, as a request meets them.
+    for n in [3usize, 30, 300] {
+        let config = classified_config(n);
+        let table = RouteTable::new(&config);
+        let req = ChatRequest::parse(REQUEST).unwrap();
+        let base = candidates(n);
+        c.bench_function(&format!("classify + route decision over {n}"), |b| {
+            b.iter(|| {
+                let route = table.resolve(black_box("auto"), &req);
+                let mut c = base.clone();
+                Strategy::CostBased.order(&mut c, &mut rng);
+                black_box((route.target, c[0].index))
+            })
+        });
+    }
+
     let deployment = Config::demo().deployments.remove(0);
     let req = ChatRequest::parse(REQUEST).unwrap();
     c.bench_function("openai body build", |b| {
@@ -85,6 +102,24 @@ fn bench(c: &mut Criterion) {
             black_box(outcome.into_reply())
         })
     });
+}
+
+/// `n` simulated deployments in one group, with four classification rules; the request matches
+/// the last one (keywords), so every rule is evaluated.
+fn classified_config(n: usize) -> Config {
+    let mut text = String::from(
+        "[routing]\ndefault_group = \"g\"\n\
+         [[classify.rules]]\ngroup = \"g\"\nhas_tools = true\n\
+         [[classify.rules]]\ngroup = \"g\"\njson_output = true\n\
+         [[classify.rules]]\ngroup = \"g\"\nmin_prompt_tokens = 4000\n\
+         [[classify.rules]]\ngroup = \"g\"\nkeywords = [\"refund\", \"itinerary\"]\n",
+    );
+    for i in 0..n {
+        text += &format!(
+            "[[deployments]]\nname = \"d{i}\"\ngroup = \"g\"\nprovider = \"simulated\"\nmodel = \"m\"\n"
+        );
+    }
+    Config::parse(&text, "bench.toml", &|_| None).unwrap()
 }
 
 criterion_group!(benches, bench);

@@ -44,6 +44,9 @@ pub enum Command {
         /// Time between two requests being sent.
         #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// Route every request with this strategy (sent as `Llm-Strategy`).
+        #[arg(long)]
+        strategy: Option<String>,
     },
     /// Send one chat request on `llm.chat.<TASK>` and print the reply (headers on stderr).
     Request {

@@ -54,12 +54,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             requests,
             interval,
+            strategy,
         } => {
             let config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::demo(),
             };
-            demo::run(&config, requests, interval).await
+            demo::run(&config, requests, interval, strategy).await
         }
         Command::Status {
             config,

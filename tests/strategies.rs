@@ -314,3 +314,24 @@ async fn budgets_downgrade_then_reject_and_survive_a_restart() {
     assert!((total_again - total).abs() < 1e-9);
     again.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_cost_skips_deployments_estimated_above_it() {
+    let cheap = "price = { input_per_mtok = 0.1, output_per_mtok = 0.1 }";
+    let dear = "price = { input_per_mtok = 100.0, output_per_mtok = 100.0 }\nweight = 100";
+    let g = group("simple-shuffle", &[cheap, dear], "").await;
+    // HELLO: ~11 prompt tokens + 20 max_tokens ≈ 31 tokens: $0.0031 at d1, $0.0000031 at d0.
+    for _ in 0..5 {
+        let r =
+            g.sy.ask("chat", HELLO, &[("Llm-Max-Cost-Usd", "0.001")])
+                .await;
+        assert_eq!(r.served_by(), "d0");
+    }
+    assert_eq!(g.fakes[1].calls(), 0);
+    let r =
+        g.sy.ask("chat", HELLO, &[("Llm-Max-Cost-Usd", "0.000000001")])
+            .await;
+    assert_eq!(r.error_kind(), "budget_exceeded");
+    assert_eq!(calls(&g), [5, 0]);
+    g.sy.shutdown().await;
+}

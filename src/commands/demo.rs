@@ -26,7 +26,12 @@ const PROMPTS: [(&str, &str); 4] = [
     ),
 ];
 
-pub async fn run(config: &Config, requests: usize, interval: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    requests: usize,
+    interval: Duration,
+    strategy: Option<String>,
+) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::start(config, "demo").await?);
     let mut events = engine.events();
     let started = Instant::now();
@@ -47,16 +52,21 @@ pub async fn run(config: &Config, requests: usize, interval: Duration) -> anyhow
         }
     });
     println!(
-        "switchyard demo: {requests} requests, one every {} ms, config {}\n",
+        "switchyard demo: {requests} requests, one every {} ms, config {}, strategy {}\n",
         interval.as_millis(),
-        config.source
+        config.source,
+        strategy.as_deref().unwrap_or("as configured")
     );
+    let options = RequestOptions {
+        strategy,
+        ..RequestOptions::default()
+    };
     let mut tasks = JoinSet::new();
     let mut tick = tokio::time::interval(interval);
     for i in 0..requests {
         tick.tick().await;
         let (task, prompt) = PROMPTS[i % PROMPTS.len()];
-        let engine = engine.clone();
+        let (engine, options) = (engine.clone(), options.clone());
         tasks.spawn(async move {
             let body = serde_json::json!({
                 "messages": [{"role": "user", "content": prompt}],
@@ -64,7 +74,7 @@ pub async fn run(config: &Config, requests: usize, interval: Duration) -> anyhow
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let outcome = engine
-                .chat(task, Ok(RequestOptions::default()), &body, None)
+                .chat(task, Ok(options), &body, None)
                 .await;
             let at = started.elapsed().as_secs_f64();
             match &outcome.result {
@@ -110,19 +120,20 @@ pub async fn run(config: &Config, requests: usize, interval: Duration) -> anyhow
         started.elapsed().as_secs_f64()
     );
     println!(
-        "\n{:<16} {:<17} {:>6} {:>7} {:>9} {:>9}",
-        "DEPLOYMENT", "GROUP", "SERVED", "CIRCUIT", "P50 ms", "ERRORS"
+        "\n{:<16} {:<17} {:>6} {:>7} {:>9} {:>9} {:>10}",
+        "DEPLOYMENT", "GROUP", "SERVED", "CIRCUIT", "P50 ms", "ERRORS", "COST $"
     );
     for d in &status.deployments {
         println!(
-            "{:<16} {:<17} {:>6} {:>7} {:>9.1} {:>5}/{:<3}",
+            "{:<16} {:<17} {:>6} {:>7} {:>9.1} {:>5}/{:<3} {:>10.6}",
             d.name,
             d.group,
             served.get(&d.name).copied().unwrap_or(0),
             d.circuit,
             d.latency_ms.p50,
             d.failures,
-            d.requests
+            d.requests,
+            d.cost_usd
         );
     }
     Ok(())

@@ -259,6 +259,13 @@ impl Router {
                     continue;
                 };
                 let include_request_extra = *first_provider.get_or_insert(c.provider) == c.provider;
+                if !include_request_extra && req.extra_body().is_some() {
+                    tracing::debug!(
+                        request_id = %request_id,
+                        deployment = %c.name,
+                        "extra_body dropped: it was meant for another provider"
+                    );
+                }
                 let call = CallArgs {
                     req: req.clone(),
                     deadline: w.deadline,
