@@ -70,6 +70,8 @@ pub struct SimulatedSpec {
     pub rate_limit_rate: f64,
     pub outages: Vec<Outage>,
     pub seed: u64,
+    /// Canned answers; empty: echo the prompt.
+    pub answers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +214,7 @@ pub(super) fn validate(
         || d.error_rate.is_some()
         || d.rate_limit_rate.is_some()
         || !d.outages.is_empty()
+        || !d.answers.is_empty()
         || d.seed.is_some();
     let simulated = if provider == ProviderKind::Simulated {
         let mut rate = |field: &str, value: Option<f64>| {
@@ -239,12 +242,13 @@ pub(super) fn validate(
             seed: d
                 .seed
                 .unwrap_or_else(|| super::stable_hash(d.name.as_bytes())),
+            answers: d.answers.clone(),
         })
     } else {
         if sim_fields {
             v.problem(
                 key("provider"),
-                "latency, latency_jitter, error_rate, rate_limit_rate, outages and seed are for `simulated` deployments only",
+                "latency, latency_jitter, error_rate, rate_limit_rate, outages, answers and seed are for `simulated` deployments only",
             );
         }
         None

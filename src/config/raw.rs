@@ -235,6 +235,9 @@ pub struct RawDeployment {
     #[serde(default)]
     pub outages: Vec<RawOutage>,
     pub seed: Option<u64>,
+    /// Canned answers, one picked per prompt (stable for a prompt and deployment).
+    #[serde(default)]
+    pub answers: Vec<String>,
 }
 
 fn default_weight() -> u32 {

@@ -29,6 +29,9 @@ pub struct RequestOptions {
     pub affinity: Option<String>,
     pub strategy: Option<String>,
     pub max_cost_usd: Option<f64>,
+    /// Deployments not to use for this request (not a header: the batch runner retries an
+    /// output that failed its rule on another candidate).
+    pub exclude: Vec<String>,
 }
 
 impl RequestOptions {
@@ -62,6 +65,7 @@ impl RequestOptions {
             affinity: get(AFFINITY).map(str::to_string),
             strategy: get(STRATEGY).map(|s| s.trim().to_string()),
             max_cost_usd,
+            exclude: Vec::new(),
         })
     }
 }

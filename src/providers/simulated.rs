@@ -153,8 +153,20 @@ fn reply(d: &DeploymentConfig, req: &ChatRequest) -> ChatCompletion {
         .and_then(|m| m.get("content"))
         .and_then(|c| c.as_str())
         .unwrap_or("");
-    let preview: String = last_user.chars().take(60).collect();
-    let text = format!("[{}] simulated answer to: {preview}", d.model);
+    let answers = d
+        .simulated
+        .as_ref()
+        .map(|s| s.answers.as_slice())
+        .unwrap_or_default();
+    let text = if answers.is_empty() {
+        let preview: String = last_user.chars().take(60).collect();
+        format!("[{}] simulated answer to: {preview}", d.model)
+    } else {
+        // The same prompt gets the same answer from the same deployment, run after run.
+        let key = format!("{}\u{0}{last_user}", d.name);
+        let i = crate::config::stable_hash(key.as_bytes()) as usize % answers.len();
+        answers[i].clone()
+    };
     let completion_tokens = crate::protocol::request::estimate_tokens(text.len())
         .min(u64::from(req.max_tokens.unwrap_or(u32::MAX)));
     ChatCompletion {
@@ -198,6 +210,7 @@ mod tests {
                 duration: Duration::from_secs(5),
             }],
             seed: 7,
+            answers: Vec::new(),
         }
     }
 

@@ -227,6 +227,15 @@ impl Router {
                 if w.deadline_spent(now) {
                     return Err(w.timeout());
                 }
+                if opts.exclude.iter().any(|e| *e == c.name) {
+                    w.skip(
+                        c.name.as_str(),
+                        "skipped: excluded by the caller".into(),
+                        false,
+                        false,
+                    );
+                    continue;
+                }
                 if let Some(window) = c.context_window.filter(|w| needed_context > w.get()) {
                     w.skip(
                         c.name.as_str(),
