@@ -2,8 +2,10 @@
 //! request meets it: `ingress` (NATS subjects) → `engine` → `routing` (classify, strategy,
 //! fallback walk) → `deployment` (one actor per deployment: limits, breaker, stats) →
 //! `providers` (wire formats). `config` and `protocol` are shared vocabulary; `observe` is what
-//! the engine tells about itself.
+//! the engine tells about itself. `batch` sends the records of a file through the same engine,
+//! one chat request per record, and checks each answer against the job's output rule.
 
+pub mod batch;
 pub mod cli;
 pub mod commands;
 pub mod config;
