@@ -4,6 +4,7 @@
 //! `providers` (wire formats). `config` and `protocol` are shared vocabulary; `observe` is what
 //! the engine tells about itself.
 
+pub mod batch;
 pub mod cli;
 pub mod commands;
 pub mod config;
