@@ -3,4 +3,6 @@
 //! be; the runner sends every record of an input file through the engine, checkpointing each item
 //! so that a killed run resumes without paying for finished items again.
 
+pub mod checkpoint;
+pub mod input;
 pub mod job;
