@@ -32,9 +32,14 @@ pub enum Command {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Run a burst of requests through the engine in-process (no NATS, no API key) and show who
-    /// served each, the fallbacks and the circuit transitions.
+    /// A batch on the demo config, in-process (no NATS, no API key): the embedded ticket-triage
+    /// job over 20 tickets, in `./switchyard-demo/`. Run it twice: the second run resumes.
+    /// With `--burst`: a burst of chat requests showing who served each, the fallbacks and the
+    /// circuit transitions.
     Demo {
+        /// The burst of chat requests instead of the batch.
+        #[arg(long)]
+        burst: bool,
         /// A config file; without it, the embedded `config/demo.toml`.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -69,6 +74,11 @@ pub enum Command {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Batch jobs from files (contract section 5).
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
     /// Gather every instance's `llm.status` answer and print it as a table.
     Status {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
@@ -85,5 +95,29 @@ pub enum Command {
         /// Refresh period with --watch.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         every: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Run a job over an input file in-process (no NATS), checkpointing every item; run the same
+    /// command again after a crash and it resumes.
+    Run {
+        /// The job file (see jobs/).
+        job: PathBuf,
+        /// JSONL (one object per line) or CSV with a header.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where the results go (default: INPUT's name with `.out.jsonl`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The checkpoint database.
+        #[arg(long, default_value = "switchyard-batch.db")]
+        db: PathBuf,
+        /// Start the batch over even if its job or input changed.
+        #[arg(long)]
+        restart: bool,
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
     },
 }

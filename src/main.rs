@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use switchyard::cli::{Cli, Command, LogFormat};
+use switchyard::batch;
+use switchyard::cli::{BatchCommand, Cli, Command, LogFormat};
 use switchyard::commands::{demo, request, status};
 use switchyard::config::Config;
 use switchyard::engine::Engine;
@@ -23,7 +24,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Demo { .. } | Command::Status { .. } | Command::Request { .. } => "error",
+        Command::Demo { .. }
+        | Command::Status { .. }
+        | Command::Request { .. }
+        | Command::Batch { .. } => "error",
     };
     // Log lines are written by a background thread: a request never waits on stderr. The guard
     // flushes what is left when `main` returns.
@@ -51,6 +55,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve(config).await
         }
         Command::Demo {
+            burst,
             config,
             requests,
             interval,
@@ -60,7 +65,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(path) => Config::load(&path)?,
                 None => Config::demo(),
             };
-            demo::run(&config, requests, interval, strategy).await
+            if burst {
+                demo::run(&config, requests, interval, strategy).await
+            } else {
+                demo::batch(&config).await
+            }
         }
         Command::Status {
             config,
@@ -71,6 +80,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             status::run(&config, json, watch, gather, every).await
+        }
+        Command::Batch {
+            command:
+                BatchCommand::Run {
+                    job,
+                    input,
+                    output,
+                    db,
+                    restart,
+                    config,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let args = batch::runner::RunArgs {
+                job,
+                input,
+                output,
+                db,
+                restart,
+            };
+            batch::runner::run(&config, args).await?.print();
+            Ok(())
         }
         Command::Request {
             task,

@@ -227,7 +227,7 @@ fn bad_configs_are_refused_with_file_key_and_reason() {
 #[test]
 fn the_demo_runs_on_its_embedded_config_with_fallbacks_and_a_circuit() {
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["demo", "--requests", "70", "--interval", "50ms"])
+        .args(["demo", "--burst", "--requests", "70", "--interval", "50ms"])
         .current_dir(std::env::temp_dir())
         .output()
         .unwrap();

@@ -6,3 +6,4 @@
 pub mod checkpoint;
 pub mod input;
 pub mod job;
+pub mod runner;

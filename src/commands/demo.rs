@@ -1,6 +1,10 @@
-//! `switchyard demo`: the engine in-process on the demo config. Requests go through the real
-//! supervisor, deployment actors and fallback walk against `simulated` deployments, one of which
-//! has an outage, so the run shows fallback and a circuit opening and closing with no key.
+//! `switchyard demo`: the engine in-process on the demo config, no NATS and no key.
+//!
+//! By default a batch: the ticket-triage job (embedded) over 20 tickets, checkpointed in
+//! `./switchyard-demo/`, with a progress bar and a summary; a second run finds every item done.
+//! With `--burst`, chat requests go through the real supervisor, deployment actors and fallback
+//! walk against `simulated` deployments, one of which has an outage, so the run shows fallback
+//! and a circuit opening and closing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +29,41 @@ const PROMPTS: [(&str, &str); 4] = [
         "Extract the city from: 'Meet me in Porto on Friday'",
     ),
 ];
+
+const JOB: &str = include_str!("../../jobs/ticket-triage.toml");
+const TICKETS: &str = include_str!("../../jobs/tickets.jsonl");
+
+/// The demo batch, in `./switchyard-demo/`.
+pub async fn batch(config: &Config) -> anyhow::Result<()> {
+    let dir = std::path::PathBuf::from("switchyard-demo");
+    std::fs::create_dir_all(&dir)?;
+    let (job, input) = (dir.join("ticket-triage.toml"), dir.join("tickets.jsonl"));
+    std::fs::write(&job, JOB)?;
+    std::fs::write(&input, TICKETS)?;
+    println!(
+        "switchyard demo: job {} over {} on {}\n",
+        job.display(),
+        input.display(),
+        config.source
+    );
+    let summary = crate::batch::runner::run(
+        config,
+        crate::batch::runner::RunArgs {
+            job,
+            input,
+            output: None,
+            db: dir.join("batch.db"),
+            restart: false,
+        },
+    )
+    .await?;
+    summary.print();
+    println!("\nfirst lines of {}:", summary.output.display());
+    for line in std::fs::read_to_string(&summary.output)?.lines().take(3) {
+        println!("  {line}");
+    }
+    Ok(())
+}
 
 pub async fn run(
     config: &Config,

@@ -227,7 +227,7 @@ impl Router {
                 if w.deadline_spent(now) {
                     return Err(w.timeout());
                 }
-                if opts.exclude.iter().any(|e| *e == c.name) {
+                if opts.exclude.contains(&c.name) {
                     w.skip(
                         c.name.as_str(),
                         "skipped: excluded by the caller".into(),

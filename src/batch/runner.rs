@@ -1,0 +1,383 @@
+//! `switchyard batch run`: a job over an input file, in-process, through the same engine and
+//! deployments as live traffic. Every finished item is checkpointed in SQLite; run again with the
+//! same arguments after any crash (even `kill -9`), it skips what finished and does the rest. The
+//! output file is written at the end from the checkpoints, one line per input item, in input
+//! order.
+//!
+//! Before any call, the whole input is read once: every record must have the fields the prompt
+//! template uses (a missing one stops the run with its line and field), and the total is known for
+//! the progress bar. Malformed lines are not fatal: they end `failed` with their reason.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::checkpoint::{BatchState, Checkpoint, ItemResult, Status, output_line};
+use super::input::Input;
+use super::job::Job;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::protocol::{ErrorKind, RequestOptions};
+
+pub struct RunArgs {
+    pub job: PathBuf,
+    pub input: PathBuf,
+    pub output: Option<PathBuf>,
+    /// The checkpoint database.
+    pub db: PathBuf,
+    /// Start over even if the job or input changed under the same batch.
+    pub restart: bool,
+}
+
+/// What a run did, for the summary.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub batch_id: String,
+    pub total: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Items done by an earlier run of the same batch.
+    pub resumed: u64,
+    pub fallbacks: u64,
+    pub tokens: u64,
+    pub cost_usd: f64,
+    pub by_deployment: BTreeMap<String, u64>,
+    pub output: PathBuf,
+    pub wall: Duration,
+}
+
+/// Counters the workers update and the progress display reads.
+#[derive(Default)]
+struct Progress {
+    done: AtomicU64,
+    failed: AtomicU64,
+    fallbacks: AtomicU64,
+    /// Cost in 1e-10 USD.
+    cost: AtomicU64,
+}
+
+pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let job = Arc::new(Job::load(&args.job)?);
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&args.input));
+
+    // Pass 1: check every record before any call, and count them.
+    let mut total = 0u64;
+    let mut problems = Vec::new();
+    for record in Input::open(&args.input)? {
+        let record = record?;
+        total += 1;
+        if let Ok(fields) = &record.fields
+            && let Err(e) = job.check_record(record.line, fields)
+        {
+            problems.push(e.to_string());
+        }
+    }
+    if !problems.is_empty() {
+        let shown = problems
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        anyhow::bail!(
+            "{}: {} record(s) do not fit the prompt template; no call was made:\n{shown}",
+            args.input.display(),
+            problems.len()
+        );
+    }
+
+    let checkpoint = Checkpoint::open(&args.db)?;
+    let batch_id = Checkpoint::batch_id_for(&job.name, &args.input);
+    let resume = checkpoint.begin(
+        &batch_id,
+        &job.name,
+        &job.hash(),
+        &args.input,
+        &Input::hash(&args.input)?,
+        args.restart,
+    )?;
+    checkpoint.set_total(&batch_id, total)?;
+    let resumed = resume.done.len() as u64;
+    let writer = Arc::new(checkpoint.writer(&batch_id)?);
+
+    let engine = Arc::new(Engine::start(config, "batch").await?);
+    let progress = Arc::new(Progress::default());
+    progress.done.store(resumed, Relaxed);
+    let display = show_progress(progress.clone(), total, job.name.clone());
+
+    let limit = Arc::new(Semaphore::new(job.concurrency));
+    let mut workers = tokio::task::JoinSet::new();
+    for record in Input::open(&args.input)? {
+        let record = record?;
+        if resume.done.contains(&record.line) {
+            continue;
+        }
+        let permit = limit.clone().acquire_owned().await?;
+        let (job, engine, writer, progress) = (
+            job.clone(),
+            engine.clone(),
+            writer.clone(),
+            progress.clone(),
+        );
+        workers.spawn(async move {
+            let (result, fell_back) = match &record.fields {
+                Ok(fields) => run_item(&job, &engine, record.line, &record.id, fields).await,
+                Err(why) => (failed(record.line, &record.id, why.clone()), false),
+            };
+            progress.done.fetch_add(1, Relaxed);
+            progress.fallbacks.fetch_add(u64::from(fell_back), Relaxed);
+            if result.status != Status::Ok {
+                progress.failed.fetch_add(1, Relaxed);
+            }
+            progress
+                .cost
+                .fetch_add((result.cost_usd * 1e10) as u64, Relaxed);
+            // The checkpoint is the item's end: it is written before the next one is taken.
+            let w = writer.clone();
+            let saved = tokio::task::spawn_blocking(move || w.record(result)).await;
+            drop(permit);
+            saved
+        });
+        // Reap finished workers as we go, so the set does not grow with the file.
+        while let Some(done) = workers.try_join_next() {
+            done???;
+        }
+    }
+    while let Some(done) = workers.join_next().await {
+        done???;
+    }
+    display.abort();
+    engine.stop().await;
+    let writer =
+        Arc::try_unwrap(writer).map_err(|_| anyhow::anyhow!("checkpoint writer still in use"))?;
+    tokio::task::spawn_blocking(move || writer.close()).await??;
+
+    write_output(&checkpoint, &batch_id, &output)?;
+    checkpoint.set_state(&batch_id, BatchState::Done)?;
+    let counts = checkpoint.counts(&batch_id)?;
+    Ok(Summary {
+        batch_id,
+        total,
+        ok: counts.ok,
+        failed: counts.failed,
+        resumed,
+        fallbacks: progress.fallbacks.load(Relaxed),
+        tokens: counts.tokens,
+        cost_usd: counts.cost_usd,
+        by_deployment: counts.by_deployment,
+        output,
+        wall: started.elapsed(),
+    })
+}
+
+/// One item: a call, its output checked against the job's rule; an output that fails is retried
+/// on another candidate, up to `max_attempts` provider calls in all. Also says whether any call
+/// fell back.
+async fn run_item(
+    job: &Job,
+    engine: &Engine,
+    line: u64,
+    id: &str,
+    fields: &serde_json::Map<String, Value>,
+) -> (ItemResult, bool) {
+    let body = match job.request_body(fields) {
+        Ok(b) => b,
+        Err(e) => return (failed(line, id, e.to_string()), false),
+    };
+    let mut fell_back = false;
+    let mut options = RequestOptions {
+        request_id: Some(format!("{}-{line}", job.name)),
+        ..RequestOptions::default()
+    };
+    let (mut calls, mut tokens, mut cost) = (0u32, 0u64, 0.0);
+    let mut last_error = String::from("no attempt made");
+    let mut raw = None;
+    let mut deployment = None;
+    while calls < job.max_attempts {
+        let outcome = engine
+            .chat(&job.task, Ok(options.clone()), &body, None)
+            .await;
+        match outcome.result {
+            Ok(served) => {
+                fell_back |= served.fallback || calls > 0;
+                calls += served.attempts;
+                tokens += served.reply.usage.total_tokens;
+                cost += served.reply.cost_usd;
+                let text = completion_text(&served.reply.body);
+                deployment = Some(served.deployment.to_string());
+                match job.check_output(&text) {
+                    Ok(output) => {
+                        let item = ItemResult {
+                            line,
+                            item_id: id.to_string(),
+                            status: Status::Ok,
+                            output: Some(output),
+                            raw: Some(text),
+                            deployment,
+                            attempts: calls,
+                            tokens,
+                            cost_usd: cost,
+                            error: None,
+                        };
+                        return (item, fell_back);
+                    }
+                    Err(reason) => {
+                        last_error = format!("output from {}: {reason}", served.deployment);
+                        options.exclude.push(served.deployment.to_string());
+                        raw = Some(text);
+                    }
+                }
+            }
+            Err(f) => {
+                calls += (f.attempts.iter().filter(|a| a.latency_ms > 0).count() as u32).max(1);
+                last_error = format!("{}: {}", f.kind.as_str(), f.message);
+                match f.kind {
+                    // Retrying cannot help these.
+                    ErrorKind::InvalidRequest | ErrorKind::Auth | ErrorKind::BudgetExceeded => {
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200 * u64::from(calls))).await,
+                }
+            }
+        }
+    }
+    let item = ItemResult {
+        line,
+        item_id: id.to_string(),
+        status: Status::Failed,
+        output: None,
+        raw,
+        deployment,
+        attempts: calls,
+        tokens,
+        cost_usd: cost,
+        error: Some(last_error),
+    };
+    (item, fell_back)
+}
+
+fn failed(line: u64, id: &str, why: String) -> ItemResult {
+    ItemResult {
+        line,
+        item_id: id.to_string(),
+        status: Status::Failed,
+        output: None,
+        raw: None,
+        deployment: None,
+        attempts: 0,
+        tokens: 0,
+        cost_usd: 0.0,
+        error: Some(why),
+    }
+}
+
+/// The assistant's text in a `chat.completion`.
+fn completion_text(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+fn default_output(input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "batch".into());
+    input.with_file_name(format!("{stem}.out.jsonl"))
+}
+
+/// The output file from the checkpoints, written aside and renamed so a reader never sees half.
+fn write_output(checkpoint: &Checkpoint, batch_id: &str, path: &Path) -> anyhow::Result<()> {
+    let tmp = path.with_extension("jsonl.partial");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for row in checkpoint.items_in_order(batch_id)? {
+        serde_json::to_writer(&mut out, &output_line(&row?))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// A progress bar on a terminal; a plain line every two seconds otherwise.
+fn show_progress(p: Arc<Progress>, total: u64, name: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let cost = |p: &Progress| p.cost.load(Relaxed) as f64 / 1e10;
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(name);
+            loop {
+                bar.set_position(p.done.load(Relaxed));
+                bar.set_message(format!(
+                    "failed {} · ${:.6}",
+                    p.failed.load(Relaxed),
+                    cost(&p)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let done = p.done.load(Relaxed);
+                eprintln!(
+                    "{name}: {done}/{total} done, {} failed, ${:.6}, {:.0} items/s",
+                    p.failed.load(Relaxed),
+                    cost(&p),
+                    done as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    })
+}
+
+impl Summary {
+    pub fn print(&self) {
+        println!(
+            "\nbatch {}: {} items, {} ok, {} failed ({} done by an earlier run) in {:.1}s",
+            self.batch_id,
+            self.total,
+            self.ok,
+            self.failed,
+            self.resumed,
+            self.wall.as_secs_f64()
+        );
+        println!(
+            "{} served after a fallback or an output retry, tokens {}, cost ${:.6}, output {}",
+            self.fallbacks,
+            self.tokens,
+            self.cost_usd,
+            self.output.display()
+        );
+        println!("\n{:<24} {:>8}", "DEPLOYMENT", "ITEMS");
+        for (d, n) in &self.by_deployment {
+            println!("{d:<24} {n:>8}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `switchyard batch run` as a user runs it: the real binary on a few thousand items against a
+//! fake provider, killed with SIGKILL at random points and started again with the same command.
+//! Every input item must appear exactly once in the output, in input order, and no item that had
+//! finished (was in the checkpoint when the process died) may be sent to the provider again.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::harness::openai_deployment;
+use common::{FakeProvider, Fault};
+use serde_json::Value;
+
+const ITEMS: usize = 3000;
+
+fn setup(dir: &Path, fake: &FakeProvider) {
+    let job = r#"
+name = "triage"
+task = "classify"
+prompt = "Ticket {{id}}: {{body}}"
+max_tokens = 8
+concurrency = 16
+max_attempts = 2
+output = { labels = ["billing", "bug", "other"] }
+"#;
+    std::fs::write(dir.join("job.toml"), job).unwrap();
+    let input: String = (0..ITEMS)
+        .map(|i| format!("{{\"id\":\"t{i}\",\"body\":\"My invoice {i} is wrong\"}}\n"))
+        .collect();
+    std::fs::write(dir.join("input.jsonl"), input).unwrap();
+    let config = format!(
+        "[storage]\npath = \":memory:\"\n[tasks]\nclassify = \"main\"\n{}",
+        openai_deployment("p", "main", &fake.base_url(), "")
+    )
+    .replace("TEST_KEY_ENV", "BATCH_TEST_KEY");
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+}
+
+fn command(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    c.current_dir(dir)
+        .args(["batch", "run", "job.toml", "--input", "input.jsonl"])
+        .args([
+            "--output",
+            "out.jsonl",
+            "--db",
+            "batch.db",
+            "--config",
+            "config.toml",
+        ])
+        .env("BATCH_TEST_KEY", "sk-batch")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Lines (1-based) finished in the checkpoint now.
+fn finished(dir: &Path) -> HashSet<u64> {
+    let db = rusqlite::Connection::open(dir.join("batch.db")).unwrap();
+    let mut q = match db.prepare("SELECT line FROM items") {
+        Ok(q) => q,
+        Err(_) => return HashSet::new(),
+    };
+    q.query_map([], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .map(|l| l.unwrap() as u64)
+        .collect()
+}
+
+/// The item id a recorded provider request was for.
+fn item_of(body: &Value) -> Option<String> {
+    let text = body["messages"].as_array()?.last()?["content"].as_str()?;
+    Some(text.strip_prefix("Ticket ")?.split(':').next()?.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_points_and_resumed_every_item_exactly_once_and_never_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start_named("p").await;
+    fake.set_default(Fault::delay(
+        Duration::from_millis(4),
+        Fault::Reply {
+            text: "Billing".into(),
+            prompt_tokens: 20,
+            completion_tokens: 1,
+        },
+    ));
+    setup(dir.path(), &fake);
+
+    // (kill time, lines finished at that time)
+    let mut kills: Vec<(Instant, HashSet<u64>)> = Vec::new();
+    let mut seed = 0x9e37_79b9_u64;
+    for _ in 0..4 {
+        let mut child = command(dir.path()).spawn().unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait = 150 + (seed >> 33) % 500;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let at = Instant::now();
+        kills.push((at, finished(dir.path())));
+    }
+    let out = command(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every item exactly once, in input order, all ok.
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), ITEMS);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["id"], format!("t{i}"));
+        assert_eq!(l["status"], "ok", "{l}");
+        assert_eq!(l["output"], "billing");
+    }
+
+    // No finished item was sent again after the kill that found it finished.
+    let requests = fake.requests();
+    let mut calls: HashMap<String, usize> = HashMap::new();
+    for r in &requests {
+        *calls.entry(item_of(&r.body).unwrap()).or_default() += 1;
+    }
+    assert_eq!(calls.len(), ITEMS, "every item was called");
+    for (at, done) in &kills {
+        let done_ids: HashSet<String> = done.iter().map(|l| format!("t{}", l - 1)).collect();
+        let resent: Vec<_> = requests
+            .iter()
+            .filter(|r| r.at > *at)
+            .filter_map(|r| item_of(&r.body))
+            .filter(|id| done_ids.contains(id))
+            .collect();
+        assert!(resent.is_empty(), "finished items sent again: {resent:?}");
+    }
+    assert!(!kills.is_empty(), "the run was killed at least once");
+    let repeats = calls.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{} kills, finished at each: {:?}; {} items called more than once (in flight at a kill)",
+        kills.len(),
+        kills.iter().map(|(_, d)| d.len()).collect::<Vec<_>>(),
+        repeats
+    );
+}
