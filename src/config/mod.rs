@@ -149,7 +149,8 @@ pub enum ConfigError {
     },
 }
 
-struct Problems<'a>(&'a str, &'a [(String, String)]);
+/// A list of `file: key: reason` lines, one per problem (also used for job files).
+pub(crate) struct Problems<'a>(pub &'a str, pub &'a [(String, String)]);
 
 impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,7 +12,7 @@ mod schema;
 mod template;
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -71,7 +71,7 @@ pub enum JobError {
     /// The file is not TOML, or has an unknown key or a value of the wrong type.
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
-    #[error("{}", ProblemList(.file, .problems))]
+    #[error("{}", crate::config::Problems(.file, .problems))]
     Invalid {
         file: String,
         /// (key path, reason), in the order found.
@@ -84,19 +84,6 @@ pub enum JobError {
     MissingField { line: u64, field: String },
 }
 
-struct ProblemList<'a>(&'a str, &'a [(String, String)]);
-
-impl fmt::Display for ProblemList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (key, reason)) in self.1.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{}: {key}: {reason}", self.0)?;
-        }
-        Ok(())
-    }
-}
 
 /// Problems found while validating, each with its key path.
 #[derive(Debug, Default)]
