@@ -49,7 +49,8 @@ pub enum Command {
         /// Time between two requests being sent.
         #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
         interval: Duration,
-        /// Route every request with this strategy (sent as `Llm-Strategy`).
+        /// Route every request of the burst with this strategy (sent as `Llm-Strategy`); implies
+        /// `--burst`.
         #[arg(long)]
         strategy: Option<String>,
     },

@@ -65,7 +65,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(path) => Config::load(&path)?,
                 None => Config::demo(),
             };
-            if burst {
+            if burst || strategy.is_some() {
                 demo::run(&config, requests, interval, strategy).await
             } else {
                 demo::batch(&config).await
