@@ -39,6 +39,8 @@ pub struct RunArgs {
 /// What a run did, for the summary.
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// Stopped by `Hooks::cancel` before every item was done.
+    pub cancelled: bool,
     pub batch_id: String,
     pub total: u64,
     pub ok: u64,
@@ -63,7 +65,28 @@ struct Progress {
     cost: AtomicU64,
 }
 
+/// What a caller can plug into a run: a channel that gets every item as it is checkpointed, a
+/// token that stops new calls, and a sink for progress counts.
+#[derive(Default)]
+pub struct Hooks {
+    pub items: Option<tokio::sync::mpsc::UnboundedSender<ItemResult>>,
+    pub cancel: tokio_util::sync::CancellationToken,
+    /// (done, total, failed), sent every second.
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<(u64, u64, u64)>>,
+}
+
+/// `switchyard batch run`: its own engine on `config`, stopped at the end.
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<Summary> {
+    let engine = Arc::new(Engine::start(config, "batch").await?);
+    let summary = run_on(engine.clone(), args, Hooks::default()).await;
+    engine.stop().await;
+    summary
+}
+
+/// A run through an engine that also serves other traffic (`serve`). Cancelled through
+/// `hooks.cancel`, it stops taking items at once; items in flight finish and are checkpointed, so
+/// the batch resumes where it stopped.
+pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let job = Arc::new(Job::load(&args.job)?);
     let output = args
@@ -111,25 +134,39 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<Summary> {
     let resumed = resume.done.len() as u64;
     let writer = Arc::new(checkpoint.writer(&batch_id)?);
 
-    let engine = Arc::new(Engine::start(config, "batch").await?);
     let progress = Arc::new(Progress::default());
     progress.done.store(resumed, Relaxed);
-    let display = show_progress(progress.clone(), total, job.name.clone());
+    let display = match hooks.progress.clone() {
+        Some(tx) => report_progress(progress.clone(), total, tx),
+        None => show_progress(progress.clone(), total, job.name.clone()),
+    };
 
     let limit = Arc::new(Semaphore::new(job.concurrency));
     let mut workers = tokio::task::JoinSet::new();
+    let mut cancelled = false;
     for record in Input::open(&args.input)? {
         let record = record?;
         if resume.done.contains(&record.line) {
             continue;
         }
-        let permit = limit.clone().acquire_owned().await?;
+        if hooks.cancel.is_cancelled() {
+            cancelled = true;
+            break;
+        }
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p?,
+            _ = hooks.cancel.cancelled() => {
+                cancelled = true;
+                break;
+            }
+        };
         let (job, engine, writer, progress) = (
             job.clone(),
             engine.clone(),
             writer.clone(),
             progress.clone(),
         );
+        let items = hooks.items.clone();
         workers.spawn(async move {
             let (result, fell_back) = match &record.fields {
                 Ok(fields) => run_item(&job, &engine, record.line, &record.id, fields).await,
@@ -143,6 +180,9 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<Summary> {
             progress
                 .cost
                 .fetch_add((result.cost_usd * 1e10) as u64, Relaxed);
+            if let Some(tx) = &items {
+                let _ = tx.send(result.clone());
+            }
             // The checkpoint is the item's end: it is written before the next one is taken.
             let w = writer.clone();
             let saved = tokio::task::spawn_blocking(move || w.record(result)).await;
@@ -158,15 +198,19 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<Summary> {
         done???;
     }
     display.abort();
-    engine.stop().await;
     let writer =
         Arc::try_unwrap(writer).map_err(|_| anyhow::anyhow!("checkpoint writer still in use"))?;
     tokio::task::spawn_blocking(move || writer.close()).await??;
 
-    write_output(&checkpoint, &batch_id, &output)?;
-    checkpoint.set_state(&batch_id, BatchState::Done)?;
+    if cancelled {
+        checkpoint.set_state(&batch_id, BatchState::Cancelled)?;
+    } else {
+        write_output(&checkpoint, &batch_id, &output)?;
+        checkpoint.set_state(&batch_id, BatchState::Done)?;
+    }
     let counts = checkpoint.counts(&batch_id)?;
     Ok(Summary {
+        cancelled,
         batch_id,
         total,
         ok: counts.ok,
@@ -316,6 +360,23 @@ fn write_output(checkpoint: &Checkpoint, batch_id: &str, path: &Path) -> anyhow:
     drop(out);
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// (done, total, failed) to a channel every second, for `llm.batch.<id>.progress`.
+fn report_progress(
+    p: Arc<Progress>,
+    total: u64,
+    tx: tokio::sync::mpsc::UnboundedSender<(u64, u64, u64)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = (p.done.load(Relaxed), total, p.failed.load(Relaxed));
+            if tx.send(now).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// A progress bar on a terminal; a plain line every two seconds otherwise.

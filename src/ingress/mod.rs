@@ -3,6 +3,7 @@
 //! a shutdown future, so tests run it in-process; on shutdown it stops taking requests, finishes
 //! the ones in flight, flushes, and returns.
 
+pub mod batch;
 pub mod chat;
 pub mod status;
 
@@ -110,6 +111,9 @@ pub async fn run(
         engine.clone(),
         stop.clone(),
     ));
+    let batches = batch::BatchService::new(client.clone(), engine.clone(), config, tracker.clone())
+        .serve(stop.clone(), config.nats.queue_group.clone());
+    let batch_loop = tokio::spawn(batches);
     info!(
         subject = %subjects.chat_wildcard(),
         queue_group = %config.nats.queue_group,
@@ -124,6 +128,8 @@ pub async fn run(
     );
     stop.cancel();
     let _ = chat_loop.await;
+    // The batch service cancels its batches once `stop` is cancelled; their tasks are tracked.
+    let _ = batch_loop.await;
     tracker.close();
     tracker.wait().await;
     let _ = status_loop.await;

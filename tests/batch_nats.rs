@@ -1,0 +1,215 @@
+//! Batches over NATS inside `serve`: submit, per-item results to a subscriber, status, cancel, and
+//! a restarted `serve` finishing a batch it had left running.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::harness::{Running, config, openai_deployment};
+use common::{FakeProvider, Fault, NatsServer};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const JOB: &str = r#"
+name = "triage"
+task = "classify"
+prompt = "Ticket {{id}}: {{body}}"
+concurrency = 4
+output = { labels = ["billing", "bug", "other"] }
+"#;
+
+fn items(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"id": format!("t{i}"), "body": format!("invoice {i} is wrong")}))
+        .collect()
+}
+
+async fn setup(db: &std::path::Path) -> (NatsServer, FakeProvider, switchyard::config::Config) {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    fake.set_default(Fault::delay(
+        Duration::from_millis(10),
+        Fault::Reply {
+            text: "billing".into(),
+            prompt_tokens: 12,
+            completion_tokens: 1,
+        },
+    ));
+    let rest = format!(
+        "[storage]\npath = {:?}\n[tasks]\nclassify = \"main\"\n",
+        db.display().to_string()
+    );
+    let cfg = config(
+        &nats.url(),
+        &rest,
+        &openai_deployment("p", "main", &fake.base_url(), ""),
+    );
+    (nats, fake, cfg)
+}
+
+async fn request(client: &async_nats::Client, subject: String, body: Value) -> Value {
+    let m = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subject, body.to_string().into()),
+    )
+    .await
+    .expect("an answer")
+    .expect("a reply");
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_batch_streams_every_result_and_answers_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, fake, cfg) = setup(&dir.path().join("sy.db")).await;
+    let sy = Running::start(&nats, cfg).await;
+    let mut results = sy.client.subscribe("llm.batch.*.results").await.unwrap();
+    let mut progress = sy.client.subscribe("llm.batch.*.progress").await.unwrap();
+    sy.client.flush().await.unwrap();
+
+    let bad = request(
+        &sy.client,
+        "llm.batch.submit".into(),
+        json!({"job": "name = 1"}),
+    )
+    .await;
+    assert_eq!(bad["error"]["kind"], "invalid_request");
+
+    let r = request(
+        &sy.client,
+        "llm.batch.submit".into(),
+        json!({"job": JOB, "items": items(50)}),
+    )
+    .await;
+    let id = r["batch_id"].as_str().unwrap().to_string();
+    let mut seen = HashSet::new();
+    while seen.len() < 50 {
+        let m = tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.subject.as_str(), format!("llm.batch.{id}.results"));
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["status"], "ok", "{v}");
+        assert_eq!(v["output"], "billing");
+        assert!(
+            seen.insert(v["id"].as_str().unwrap().to_string()),
+            "each item once"
+        );
+    }
+    // The last progress message says the batch is done.
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), progress.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        if v["state"] == "done" {
+            assert_eq!(v["ok"], 50);
+            break;
+        }
+    }
+    let s = request(&sy.client, format!("llm.batch.{id}.status"), json!({})).await;
+    assert_eq!(s["state"], "done");
+    assert_eq!(s["ok"], 50);
+    assert_eq!(s["failed"], 0);
+    assert_eq!(fake.calls(), 50);
+    sy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_new_calls_and_leaves_a_consistent_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, fake, cfg) = setup(&dir.path().join("sy.db")).await;
+    let sy = Running::start(&nats, cfg).await;
+    let mut results = sy.client.subscribe("llm.batch.*.results").await.unwrap();
+    sy.client.flush().await.unwrap();
+    let r = request(
+        &sy.client,
+        "llm.batch.submit".into(),
+        json!({"job": JOB, "items": items(400)}),
+    )
+    .await;
+    let id = r["batch_id"].as_str().unwrap().to_string();
+    for _ in 0..20 {
+        tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let c = request(&sy.client, format!("llm.batch.{id}.cancel"), json!({})).await;
+    assert_eq!(c["cancelled"], true);
+    // Once cancelled, the state settles and no more calls go out.
+    let mut status;
+    loop {
+        status = request(&sy.client, format!("llm.batch.{id}.status"), json!({})).await;
+        if status["state"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = fake.calls();
+    let done = status["done"].as_u64().unwrap();
+    assert!(done < 400, "cancelled before the end: {done}");
+    assert_eq!(
+        calls as u64, done,
+        "every call made is checkpointed, no more"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.calls(), calls, "no call after the cancel settled");
+    sy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_serve_finishes_a_batch_it_left_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, fake, cfg) = setup(&dir.path().join("sy.db")).await;
+    let first = Running::start(&nats, cfg.clone()).await;
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut results = watcher.subscribe("llm.batch.*.results").await.unwrap();
+    watcher.flush().await.unwrap();
+    let r = request(
+        &first.client,
+        "llm.batch.submit".into(),
+        json!({"job": JOB, "items": items(300)}),
+    )
+    .await;
+    let id = r["batch_id"].as_str().unwrap().to_string();
+    let mut seen = HashSet::new();
+    while seen.len() < 30 {
+        let m = tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        seen.insert(v["id"].as_str().unwrap().to_string());
+    }
+    first.shutdown().await;
+    let after_first = fake.calls();
+    assert!(after_first < 300, "stopped mid-batch: {after_first}");
+
+    let second = Running::start(&nats, cfg).await;
+    while seen.len() < 300 {
+        let m = tokio::time::timeout(Duration::from_secs(20), results.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        seen.insert(v["id"].as_str().unwrap().to_string());
+    }
+    let s = loop {
+        let s = request(&second.client, format!("llm.batch.{id}.status"), json!({})).await;
+        if s["state"] == "done" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(s["ok"], 300);
+    assert_eq!(
+        fake.calls(),
+        300,
+        "no item was sent twice across the restart"
+    );
+    second.shutdown().await;
+}
