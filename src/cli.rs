@@ -121,4 +121,34 @@ pub enum BatchCommand {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Start a batch inside a running `serve` (over NATS); prints its id.
+    Submit {
+        job: PathBuf,
+        /// The input file, as a path the serving machine can read.
+        #[arg(long)]
+        input: PathBuf,
+        /// Stay and print each result as it comes, until the batch ends.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Counts of a batch run by `serve`.
+    Status {
+        id: String,
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print a batch's results as they come (one JSON line each) until it ends.
+    Results {
+        id: String,
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Stop a batch: no new calls; what finished stays checkpointed; submit it again to resume.
+    Cancel {
+        id: String,
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use switchyard::batch;
 use switchyard::cli::{BatchCommand, Cli, Command, LogFormat};
-use switchyard::commands::{demo, request, status};
+use switchyard::commands::{batch_client, demo, request, status};
 use switchyard::config::Config;
 use switchyard::engine::Engine;
 use switchyard::ingress;
@@ -103,6 +103,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             batch::runner::run(&config, args).await?.print();
             Ok(())
         }
+        Command::Batch { command } => batch_client::run(command).await,
         Command::Request {
             task,
             prompt,
