@@ -82,6 +82,7 @@ impl Engine {
                         events: events.clone(),
                         instance: instance.clone(),
                         name: name.clone(),
+                        batch_share: 1.0 - config.batch_live_reserve,
                     },
                     name,
                     shared,

@@ -213,3 +213,103 @@ async fn a_restarted_serve_finishes_a_batch_it_left_running() {
     );
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_takes_only_its_share_of_the_limits_and_live_requests_keep_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    fake.set_default(Fault::Reply {
+        text: "billing".into(),
+        prompt_tokens: 12,
+        completion_tokens: 1,
+    });
+    let rest = format!(
+        "[storage]\npath = {:?}\n[tasks]\nclassify = \"main\"\n[batch]\nlive_reserve = 0.5\n",
+        dir.path().join("sy.db").display().to_string()
+    );
+    let cfg = config(
+        &nats.url(),
+        &rest,
+        &openai_deployment("p", "main", &fake.base_url(), "rpm = 10"),
+    );
+    let sy = Running::start(&nats, cfg).await;
+    let mut results = sy.client.subscribe("llm.batch.*.results").await.unwrap();
+    sy.client.flush().await.unwrap();
+    let r = request(
+        &sy.client,
+        "llm.batch.submit".into(),
+        json!({"job": JOB, "items": items(20)}),
+    )
+    .await;
+    let id = r["batch_id"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // The batch has spent its half of rpm = 10 and waits; live traffic still gets through.
+    let extra = tokio::time::timeout(Duration::from_millis(700), results.next()).await;
+    assert!(extra.is_err(), "the batch went past its share");
+    for _ in 0..5 {
+        let live = common::harness::ask(&sy.client, "classify", common::harness::HELLO, &[]).await;
+        assert_eq!(live.served_by(), "p", "{}", live.body);
+    }
+    assert_eq!(fake.calls(), 10);
+    let c = request(&sy.client, format!("llm.batch.{id}.cancel"), json!({})).await;
+    assert_eq!(c["cancelled"], true);
+    sy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_resumes_when_submitted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats, fake, cfg) = setup(&dir.path().join("sy.db")).await;
+    let input = dir.path().join("tickets.jsonl");
+    let lines: String = items(100).iter().map(|i| format!("{i}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    let submit = json!({"job": JOB, "input_path": input.display().to_string()});
+    let sy = Running::start(&nats, cfg).await;
+    let mut results = sy.client.subscribe("llm.batch.*.results").await.unwrap();
+    sy.client.flush().await.unwrap();
+
+    let id = request(&sy.client, "llm.batch.submit".into(), submit.clone()).await["batch_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..20 {
+        tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    request(&sy.client, format!("llm.batch.{id}.cancel"), json!({})).await;
+    loop {
+        let s = request(&sy.client, format!("llm.batch.{id}.status"), json!({})).await;
+        if s["state"] == "cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = request(&sy.client, "llm.batch.submit".into(), submit).await;
+    assert_eq!(
+        again["batch_id"],
+        id.as_str(),
+        "the same job and input are the same batch"
+    );
+    let s = loop {
+        let s = request(&sy.client, format!("llm.batch.{id}.status"), json!({})).await;
+        if s["state"] == "done" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(s["ok"], 100);
+    assert_eq!(
+        fake.calls(),
+        100,
+        "nothing finished before the cancel was sent again"
+    );
+    sy.shutdown().await;
+}

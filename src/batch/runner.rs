@@ -51,6 +51,8 @@ pub struct Summary {
     pub tokens: u64,
     pub cost_usd: f64,
     pub by_deployment: BTreeMap<String, u64>,
+    /// (id, why) of the first failed items, for the summary.
+    pub failures: Vec<(String, String)>,
     pub output: PathBuf,
     pub wall: Duration,
 }
@@ -167,9 +169,20 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
             progress.clone(),
         );
         let items = hooks.items.clone();
+        let cancel = hooks.cancel.clone();
         workers.spawn(async move {
             let (result, fell_back) = match &record.fields {
-                Ok(fields) => run_item(&job, &engine, record.line, &record.id, fields).await,
+                Ok(fields) => {
+                    match run_item(&job, &engine, record.line, &record.id, fields, &cancel).await {
+                        Some(done) => done,
+                        // Cancelled while waiting for room: not finished, so not recorded; a
+                        // resumed run does it.
+                        None => {
+                            drop(permit);
+                            return Ok(Ok(()));
+                        }
+                    }
+                }
                 Err(why) => (failed(record.line, &record.id, why.clone()), false),
             };
             progress.done.fetch_add(1, Relaxed);
@@ -209,6 +222,18 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         checkpoint.set_state(&batch_id, BatchState::Done)?;
     }
     let counts = checkpoint.counts(&batch_id)?;
+    let mut failures = Vec::new();
+    if counts.failed > 0 {
+        for row in checkpoint.items_in_order(&batch_id)? {
+            let row = row?;
+            if row.status == Status::Failed {
+                failures.push((row.item_id, row.error.unwrap_or_default()));
+                if failures.len() == 10 {
+                    break;
+                }
+            }
+        }
+    }
     Ok(Summary {
         cancelled,
         batch_id,
@@ -220,6 +245,7 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         tokens: counts.tokens,
         cost_usd: counts.cost_usd,
         by_deployment: counts.by_deployment,
+        failures,
         output,
         wall: started.elapsed(),
     })
@@ -234,14 +260,16 @@ async fn run_item(
     line: u64,
     id: &str,
     fields: &serde_json::Map<String, Value>,
-) -> (ItemResult, bool) {
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<(ItemResult, bool)> {
     let body = match job.request_body(fields) {
         Ok(b) => b,
-        Err(e) => return (failed(line, id, e.to_string()), false),
+        Err(e) => return Some((failed(line, id, e.to_string()), false)),
     };
     let mut fell_back = false;
     let mut options = RequestOptions {
         request_id: Some(format!("{}-{line}", job.name)),
+        batch: true,
         ..RequestOptions::default()
     };
     let (mut calls, mut tokens, mut cost) = (0u32, 0u64, 0.0);
@@ -274,7 +302,7 @@ async fn run_item(
                             cost_usd: cost,
                             error: None,
                         };
-                        return (item, fell_back);
+                        return Some((item, fell_back));
                     }
                     Err(reason) => {
                         last_error = format!("output from {}: {reason}", served.deployment);
@@ -284,14 +312,26 @@ async fn run_item(
                 }
             }
             Err(f) => {
-                calls += (f.attempts.iter().filter(|a| a.latency_ms > 0).count() as u32).max(1);
+                let made = f.attempts.iter().filter(|a| a.latency_ms > 0).count() as u32;
                 last_error = format!("{}: {}", f.kind.as_str(), f.message);
                 match f.kind {
                     // Retrying cannot help these.
                     ErrorKind::InvalidRequest | ErrorKind::Auth | ErrorKind::BudgetExceeded => {
+                        calls += made.max(1);
                         break;
                     }
-                    _ => tokio::time::sleep(Duration::from_millis(200 * u64::from(calls))).await,
+                    // Every deployment is at the batch share of its limits (or cooling down):
+                    // wait for room without spending an attempt, as no call was made.
+                    ErrorKind::RateLimited if made == 0 => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = cancel.cancelled() => return None,
+                        }
+                    }
+                    _ => {
+                        calls += made.max(1);
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(calls))).await;
+                    }
                 }
             }
         }
@@ -308,7 +348,7 @@ async fn run_item(
         cost_usd: cost,
         error: Some(last_error),
     };
-    (item, fell_back)
+    Some((item, fell_back))
 }
 
 fn failed(line: u64, id: &str, why: String) -> ItemResult {
@@ -439,6 +479,15 @@ impl Summary {
         println!("\n{:<24} {:>8}", "DEPLOYMENT", "ITEMS");
         for (d, n) in &self.by_deployment {
             println!("{d:<24} {n:>8}");
+        }
+        if !self.failures.is_empty() {
+            println!(
+                "\nfailed items (first {}; every one is in the output with its error):",
+                self.failures.len()
+            );
+            for (id, why) in &self.failures {
+                println!("  {id}: {why}");
+            }
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Config {
     pub classify_rules: Vec<ClassifyRule>,
     /// `[[budgets.caps]]`.
     pub budgets: Vec<BudgetCap>,
+    /// Share of each deployment's `rpm`/`tpm` kept for live requests when batches run
+    /// (`[batch] live_reserve`, default 0.2).
+    pub batch_live_reserve: f64,
     pub deployments: Vec<DeploymentConfig>,
 }
 
@@ -441,6 +444,11 @@ fn validate(
         })
         .collect();
 
+    let batch_live_reserve = raw.batch.live_reserve.unwrap_or(0.2);
+    if !(0.0..1.0).contains(&batch_live_reserve) {
+        v.problem("batch.live_reserve", "must be at least 0 and below 1");
+    }
+
     let b = raw.breaker;
     if b.failure_threshold == 0 {
         v.problem("breaker.failure_threshold", "must be > 0");
@@ -513,6 +521,7 @@ fn validate(
         },
         classify_rules,
         budgets,
+        batch_live_reserve,
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {

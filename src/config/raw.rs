@@ -28,7 +28,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub budgets: RawBudgets,
     #[serde(default)]
+    pub batch: RawBatch,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+}
+
+/// `[batch]`: how batches share deployments with live traffic.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// Share of every deployment's `rpm`/`tpm` that batch work leaves to live requests.
+    pub live_reserve: Option<f64>,
 }
 
 /// `[budgets]`: daily spending caps.

@@ -61,8 +61,19 @@ impl WindowBudget {
 
     /// Takes `amount` if it fits in the window; else says how long until it could.
     pub fn try_take(&mut self, now: Instant, amount: u64) -> Result<Ticket, Duration> {
+        self.try_take_under(now, amount, self.limit)
+    }
+
+    /// As `try_take`, but only up to `cap` (≤ the limit): lower-priority work (batches) leaves
+    /// the rest of the window to live traffic.
+    pub fn try_take_under(
+        &mut self,
+        now: Instant,
+        amount: u64,
+        cap: u64,
+    ) -> Result<Ticket, Duration> {
         self.expire(now);
-        if self.used + amount > self.limit {
+        if self.used + amount > cap.min(self.limit) {
             return Err(self.wait_for(now, amount));
         }
         let ticket = self.next_ticket;

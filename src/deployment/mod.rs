@@ -119,6 +119,8 @@ pub struct Args {
     pub events: EventBus,
     pub instance: Arc<str>,
     pub name: Arc<str>,
+    /// Share of `rpm`/`tpm` that batch work may use (`1 - batch.live_reserve`).
+    pub batch_share: f64,
 }
 
 /// One try of one request at this deployment.
@@ -129,6 +131,8 @@ pub struct CallArgs {
     pub request_id: Arc<str>,
     /// 1-based number of this call within the request.
     pub attempt: u32,
+    /// Batch work, which only takes the batch share of the limits.
+    pub batch: bool,
 }
 
 /// Why the actor did not call its provider.
@@ -180,6 +184,8 @@ pub enum Msg {
     /// May a call go out now? `estimate` is the tokens to reserve against `tpm`.
     Admit {
         estimate: u64,
+        /// Batch work: admitted only within the batch share of `rpm`/`tpm`.
+        batch: bool,
         reply: RpcReplyPort<Result<Permit, Skip>>,
     },
     Finished(Box<Finished>),
@@ -253,8 +259,12 @@ impl Actor for DeploymentActor {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            Msg::Admit { estimate, reply } => {
-                let _ = reply.send(state.admit(estimate));
+            Msg::Admit {
+                estimate,
+                batch,
+                reply,
+            } => {
+                let _ = reply.send(state.admit(estimate, batch));
             }
             Msg::Finished(f) => state.finished(&me, *f),
             Msg::Tick => {
@@ -271,7 +281,15 @@ impl Actor for DeploymentActor {
 }
 
 impl State {
-    fn admit(&mut self, estimate: u64) -> Result<Permit, Skip> {
+    fn admit(&mut self, estimate: u64, batch: bool) -> Result<Permit, Skip> {
+        let share = self.args.batch_share;
+        let cap = |limit: u64| {
+            if batch {
+                (limit as f64 * share).floor() as u64
+            } else {
+                limit
+            }
+        };
         let now = Instant::now();
         if let Some(until) = self.cool_until {
             if now < until {
@@ -287,7 +305,11 @@ impl State {
         if admission == Admission::Rejected {
             return Err(Skip::CircuitOpen);
         }
-        let rpm_ticket = match self.rpm.as_mut().map(|b| b.try_take(now, 1)) {
+        let rpm_ticket = match self
+            .rpm
+            .as_mut()
+            .map(|b| b.try_take_under(now, 1, cap(b.limit())))
+        {
             Some(Err(retry_in)) => {
                 return Err(Skip::AtLimit {
                     limit: "rpm",
@@ -297,7 +319,11 @@ impl State {
             Some(Ok(t)) => Some(t),
             None => None,
         };
-        let tpm_ticket = match self.tpm.as_mut().map(|b| b.try_take(now, estimate)) {
+        let tpm_ticket = match self
+            .tpm
+            .as_mut()
+            .map(|b| b.try_take_under(now, estimate, cap(b.limit())))
+        {
             Some(Err(retry_in)) => {
                 if let (Some(b), Some(t)) = (self.rpm.as_mut(), rpm_ticket) {
                     b.correct(t, 0);
@@ -469,6 +495,7 @@ async fn admit<'a>(
     actor
         .send_message(Msg::Admit {
             estimate,
+            batch: call.batch,
             reply: tx.into(),
         })
         .map_err(|_| Skip::Unreachable)?;

@@ -32,6 +32,9 @@ pub struct RequestOptions {
     /// Deployments not to use for this request (not a header: the batch runner retries an
     /// output that failed its rule on another candidate).
     pub exclude: Vec<String>,
+    /// Batch work (not a header): admitted only within the batch share of each deployment's
+    /// limits, so that live requests keep their headroom.
+    pub batch: bool,
 }
 
 impl RequestOptions {
@@ -66,6 +69,7 @@ impl RequestOptions {
             strategy: get(STRATEGY).map(|s| s.trim().to_string()),
             max_cost_usd,
             exclude: Vec::new(),
+            batch: false,
         })
     }
 }

@@ -281,6 +281,7 @@ impl Router {
                     include_request_extra,
                     request_id: request_id.clone(),
                     attempt: w.calls + 1,
+                    batch: opts.batch,
                 };
                 let attempt = match sink {
                     Some(sink) if req.stream => {
