@@ -84,7 +84,6 @@ pub enum JobError {
     MissingField { line: u64, field: String },
 }
 
-
 /// Problems found while validating, each with its key path.
 #[derive(Debug, Default)]
 struct Problems(Vec<(String, String)>);
