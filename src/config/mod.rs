@@ -40,6 +40,8 @@ pub struct Config {
     /// Share of each deployment's `rpm`/`tpm` kept for live requests when batches run
     /// (`[batch] live_reserve`, default 0.2).
     pub batch_live_reserve: f64,
+    /// `[metrics] listen`: where `serve` offers Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub deployments: Vec<DeploymentConfig>,
 }
 
@@ -449,6 +451,17 @@ fn validate(
         v.problem("batch.live_reserve", "must be at least 0 and below 1");
     }
 
+    let metrics_listen = raw.metrics.listen.as_deref().and_then(|l| {
+        l.parse()
+            .map_err(|_| {
+                v.problem(
+                    "metrics.listen",
+                    format!("`{l}` is not an address like 127.0.0.1:9464"),
+                )
+            })
+            .ok()
+    });
+
     let b = raw.breaker;
     if b.failure_threshold == 0 {
         v.problem("breaker.failure_threshold", "must be > 0");
@@ -522,6 +535,7 @@ fn validate(
         classify_rules,
         budgets,
         batch_live_reserve,
+        metrics_listen,
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {

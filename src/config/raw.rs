@@ -30,7 +30,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub batch: RawBatch,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
+}
+
+/// `[metrics]`: an optional Prometheus listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 /// `[batch]`: how batches share deployments with live traffic.

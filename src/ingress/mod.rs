@@ -30,6 +30,11 @@ pub enum IngressError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {
         subject: String,
@@ -89,6 +94,19 @@ pub async fn run(
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = crate::observe::metrics::bind(addr)
+                .await
+                .map_err(|source| IngressError::Metrics { addr, source })?;
+            Some(tokio::spawn(crate::observe::metrics::serve(
+                listener,
+                engine.clone(),
+                stop.clone(),
+            )))
+        }
+        None => None,
+    };
     let chat = chat::subscribe(&client, &subjects, &config.nats.queue_group).await?;
     let status = status::subscribe(&client, &subjects).await?;
     let events = tokio::spawn(status::publish_events(
@@ -133,6 +151,9 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     let _ = status_loop.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     let _ = events.await;
     let _ = client.flush().await;
     info!("drained");

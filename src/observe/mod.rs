@@ -1,6 +1,7 @@
 //! What the engine tells about itself: the status snapshot and the event stream.
 
 pub mod events;
+pub mod metrics;
 pub mod spend;
 pub mod status;
 
