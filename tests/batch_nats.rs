@@ -48,6 +48,22 @@ async fn setup(db: &std::path::Path) -> (NatsServer, FakeProvider, switchyard::c
     (nats, fake, cfg)
 }
 
+/// Asks `llm.batch.<id>.status` until the batch is in `state` (within 10 s).
+async fn wait_for_state(client: &async_nats::Client, id: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = request(client, format!("llm.batch.{id}.status"), json!({})).await;
+        if s["state"] == state {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached {state}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn request(client: &async_nats::Client, subject: String, body: Value) -> Value {
     let m = tokio::time::timeout(
         Duration::from_secs(10),
@@ -141,14 +157,7 @@ async fn cancel_stops_new_calls_and_leaves_a_consistent_checkpoint() {
     let c = request(&sy.client, format!("llm.batch.{id}.cancel"), json!({})).await;
     assert_eq!(c["cancelled"], true);
     // Once cancelled, the state settles and no more calls go out.
-    let mut status;
-    loop {
-        status = request(&sy.client, format!("llm.batch.{id}.status"), json!({})).await;
-        if status["state"] == "cancelled" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = wait_for_state(&sy.client, &id, "cancelled").await;
     let calls = fake.calls();
     let done = status["done"].as_u64().unwrap();
     assert!(done < 400, "cancelled before the end: {done}");
@@ -198,13 +207,7 @@ async fn a_restarted_serve_finishes_a_batch_it_left_running() {
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
         seen.insert(v["id"].as_str().unwrap().to_string());
     }
-    let s = loop {
-        let s = request(&second.client, format!("llm.batch.{id}.status"), json!({})).await;
-        if s["state"] == "done" {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let s = wait_for_state(&second.client, &id, "done").await;
     assert_eq!(s["ok"], 300);
     assert_eq!(
         fake.calls(),
@@ -285,26 +288,14 @@ async fn a_cancelled_batch_resumes_when_submitted_again() {
             .unwrap();
     }
     request(&sy.client, format!("llm.batch.{id}.cancel"), json!({})).await;
-    loop {
-        let s = request(&sy.client, format!("llm.batch.{id}.status"), json!({})).await;
-        if s["state"] == "cancelled" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_state(&sy.client, &id, "cancelled").await;
     let again = request(&sy.client, "llm.batch.submit".into(), submit).await;
     assert_eq!(
         again["batch_id"],
         id.as_str(),
         "the same job and input are the same batch"
     );
-    let s = loop {
-        let s = request(&sy.client, format!("llm.batch.{id}.status"), json!({})).await;
-        if s["state"] == "done" {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let s = wait_for_state(&sy.client, &id, "done").await;
     assert_eq!(s["ok"], 100);
     assert_eq!(
         fake.calls(),
