@@ -48,6 +48,30 @@ async fn setup(db: &std::path::Path) -> (NatsServer, FakeProvider, switchyard::c
     (nats, fake, cfg)
 }
 
+/// Submits `n` generated items with `JOB`; returns the batch id.
+async fn submit(client: &async_nats::Client, n: usize) -> String {
+    let r = request(
+        client,
+        "llm.batch.submit".into(),
+        json!({"job": JOB, "items": items(n)}),
+    )
+    .await;
+    r["batch_id"].as_str().expect("a batch id").to_string()
+}
+
+/// The next `n` result messages (each within 10 s).
+async fn next_results(results: &mut async_nats::Subscriber, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(10), results.next())
+            .await
+            .expect("a result within 10 s")
+            .expect("subscription open");
+        out.push(serde_json::from_slice(&m.payload).expect("a result is JSON"));
+    }
+    out
+}
+
 /// Asks `llm.batch.<id>.status` until the batch is in `state` (within 10 s).
 async fn wait_for_state(client: &async_nats::Client, id: &str, state: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -141,19 +165,8 @@ async fn cancel_stops_new_calls_and_leaves_a_consistent_checkpoint() {
     let sy = Running::start(&nats, cfg).await;
     let mut results = sy.client.subscribe("llm.batch.*.results").await.unwrap();
     sy.client.flush().await.unwrap();
-    let r = request(
-        &sy.client,
-        "llm.batch.submit".into(),
-        json!({"job": JOB, "items": items(400)}),
-    )
-    .await;
-    let id = r["batch_id"].as_str().unwrap().to_string();
-    for _ in 0..20 {
-        tokio::time::timeout(Duration::from_secs(10), results.next())
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    let id = submit(&sy.client, 400).await;
+    next_results(&mut results, 20).await;
     let c = request(&sy.client, format!("llm.batch.{id}.cancel"), json!({})).await;
     assert_eq!(c["cancelled"], true);
     // Once cancelled, the state settles and no more calls go out.
@@ -239,19 +252,8 @@ async fn a_batch_takes_only_its_share_of_the_limits_and_live_requests_keep_their
     let sy = Running::start(&nats, cfg).await;
     let mut results = sy.client.subscribe("llm.batch.*.results").await.unwrap();
     sy.client.flush().await.unwrap();
-    let r = request(
-        &sy.client,
-        "llm.batch.submit".into(),
-        json!({"job": JOB, "items": items(20)}),
-    )
-    .await;
-    let id = r["batch_id"].as_str().unwrap().to_string();
-    for _ in 0..5 {
-        tokio::time::timeout(Duration::from_secs(10), results.next())
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    let id = submit(&sy.client, 20).await;
+    next_results(&mut results, 5).await;
     // The batch has spent its half of rpm = 10 and waits; live traffic still gets through.
     let extra = tokio::time::timeout(Duration::from_millis(700), results.next()).await;
     assert!(extra.is_err(), "the batch went past its share");
