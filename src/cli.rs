@@ -1,4 +1,4 @@
-//! The command line: `switchyard serve | demo | status`.
+//! The command line: `switchyard serve | demo | request | submit | batch | status`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +72,29 @@ pub enum Command {
         /// Stream the reply (with a prompt: sets `"stream": true`).
         #[arg(long)]
         stream: bool,
+        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Submit one durable async job on `llm.submit.<TASK>` (JetStream) and print its id; with
+    /// --wait, also its result (headers on stderr), read from the results stream.
+    Submit {
+        /// The task token of the subject.
+        task: String,
+        /// A file with the whole OpenAI-shaped request body; `-` reads stdin.
+        #[arg(long)]
+        file: PathBuf,
+        /// Wait for the result and print it; exit non-zero if it is an error.
+        #[arg(long)]
+        wait: bool,
+        /// The job id (sent as `Nats-Msg-Id`); a new UUID v7 when absent.
+        #[arg(long)]
+        job_id: Option<String>,
+        /// A job header, `Llm-Deadline: 20s`; repeatable.
+        #[arg(long = "header", short = 'H', value_parser = crate::commands::request::parse_header)]
+        headers: Vec<(String, String)>,
+        /// How long to wait for the server to store the job, and with --wait for the result.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
         config: PathBuf,
     },

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use switchyard::batch;
 use switchyard::cli::{BatchCommand, Cli, Command, LogFormat};
-use switchyard::commands::{batch_client, demo, request, status};
+use switchyard::commands::{batch_client, demo, request, status, submit};
 use switchyard::config::Config;
 use switchyard::engine::Engine;
 use switchyard::ingress;
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Demo { .. }
         | Command::Status { .. }
         | Command::Request { .. }
+        | Command::Submit { .. }
         | Command::Batch { .. } => "error",
     };
     // Log lines are written by a background thread: a request never waits on stderr. The guard
@@ -126,6 +127,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Ok(())
             } else {
                 anyhow::bail!("the request failed (see Llm-Error above)")
+            }
+        }
+        Command::Submit {
+            task,
+            file,
+            wait,
+            job_id,
+            headers,
+            timeout,
+            config,
+        } => {
+            let config = Config::load(&config)?;
+            let s = submit::Submit {
+                task,
+                file,
+                wait,
+                job_id,
+                headers,
+                timeout,
+            };
+            if submit::run(&config, s).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the job failed (see Llm-Error above)")
             }
         }
     }

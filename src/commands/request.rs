@@ -93,7 +93,7 @@ async fn stream(
     }
 }
 
-fn print_headers(headers: Option<&HeaderMap>) {
+pub(crate) fn print_headers(headers: Option<&HeaderMap>) {
     let Some(h) = headers else { return };
     let mut names: Vec<_> = h.iter().collect();
     names.sort_by(|a, b| AsRef::<str>::as_ref(a.0).cmp(AsRef::<str>::as_ref(b.0)));
@@ -104,7 +104,7 @@ fn print_headers(headers: Option<&HeaderMap>) {
     }
 }
 
-fn print_body(payload: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn print_body(payload: &[u8]) -> anyhow::Result<()> {
     match serde_json::from_slice::<serde_json::Value>(payload) {
         Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
         Err(_) => println!("{}", String::from_utf8_lossy(payload)),
@@ -112,7 +112,7 @@ fn print_body(payload: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_success(headers: Option<&HeaderMap>) -> bool {
+pub(crate) fn is_success(headers: Option<&HeaderMap>) -> bool {
     headers.is_none_or(|h| h.get(ERROR).is_none())
 }
 

@@ -3,6 +3,7 @@
 //! (`deployments[2].rpm: must be > 0`), all of them at once, before anything starts.
 
 mod deployment;
+mod jobs;
 pub mod prices;
 mod raw;
 mod secret;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
+pub use jobs::JobsConfig;
 pub use secret::Secret;
 
 use crate::routing::strategy::Strategy;
@@ -42,6 +44,8 @@ pub struct Config {
     pub batch_live_reserve: f64,
     /// `[metrics] listen`: where `serve` offers Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[jobs]`: durable async jobs over JetStream.
+    pub jobs: JobsConfig,
     pub deployments: Vec<DeploymentConfig>,
 }
 
@@ -536,6 +540,7 @@ fn validate(
         budgets,
         batch_live_reserve,
         metrics_listen,
+        jobs: jobs::validate(raw.jobs, v),
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {

@@ -1,10 +1,12 @@
 //! NATS in front of the engine: `llm.chat.>` (queue group, shared by every `serve` instance),
-//! `llm.status` (every instance answers) and `llm.status.events`. `run` takes the connection and
+//! `llm.status` (every instance answers), `llm.status.events` and the async jobs of
+//! `llm.submit.>` (a JetStream consumer shared by every instance). `run` takes the connection and
 //! a shutdown future, so tests run it in-process; on shutdown it stops taking requests, finishes
 //! the ones in flight, flushes, and returns.
 
 pub mod batch;
 pub mod chat;
+pub mod jobs;
 pub mod status;
 
 use std::future::Future;
@@ -132,6 +134,15 @@ pub async fn run(
     let batches = batch::BatchService::new(client.clone(), engine.clone(), config, tracker.clone())
         .serve(stop.clone(), config.nats.queue_group.clone());
     let batch_loop = tokio::spawn(batches);
+    let jobs_loop = config.jobs.enabled.then(|| {
+        tokio::spawn(jobs::serve(
+            client.clone(),
+            engine.clone(),
+            config,
+            tracker.clone(),
+            stop.clone(),
+        ))
+    });
     info!(
         subject = %subjects.chat_wildcard(),
         queue_group = %config.nats.queue_group,
@@ -148,6 +159,10 @@ pub async fn run(
     let _ = chat_loop.await;
     // The batch service cancels its batches once `stop` is cancelled; their tasks are tracked.
     let _ = batch_loop.await;
+    // The jobs loop lets its last pull end; the jobs it brought are tracked.
+    if let Some(j) = jobs_loop {
+        let _ = j.await;
+    }
     tracker.close();
     tracker.wait().await;
     let _ = status_loop.await;

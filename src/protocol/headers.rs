@@ -19,6 +19,9 @@ pub const ROUTE_REASON: &str = "Llm-Route-Reason";
 pub const ERROR: &str = "Llm-Error";
 /// On the last message of a streamed reply: `end` or `error`.
 pub const STREAM: &str = "Llm-Stream";
+/// Async jobs (contract section 1b): where the result goes, and which job a result answers.
+pub const RESULT_SUBJECT: &str = "Llm-Result-Subject";
+pub const JOB_ID: &str = "Llm-Job-Id";
 
 /// Per-request options from the headers. Parsing never fails as a whole: a bad value is reported
 /// as an `invalid_request` by `RequestOptions::from_lookup`.

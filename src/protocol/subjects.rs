@@ -30,6 +30,41 @@ impl Subjects {
         Some(rest.split('.').next().unwrap_or(rest))
     }
 
+    /// `llm.submit.>`: every async job (contract section 1b).
+    pub fn submit_wildcard(&self) -> String {
+        format!("{}.submit.>", self.prefix)
+    }
+
+    pub fn submit(&self, task: &str) -> String {
+        format!("{}.submit.{task}", self.prefix)
+    }
+
+    /// The `<task>` token of a submit subject, like `task_of` for chat subjects.
+    pub fn submit_task_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".submit.")?;
+        Some(rest.split('.').next().unwrap_or(rest))
+    }
+
+    /// `llm.result.>`: every job result.
+    pub fn result_wildcard(&self) -> String {
+        format!("{}.result.>", self.prefix)
+    }
+
+    /// `llm.result.<job_id>`: where a job's result goes unless it names another subject.
+    pub fn result(&self, job_id: &str) -> String {
+        format!("{}.result.{job_id}", self.prefix)
+    }
+
+    /// Whether `subject` is a concrete subject under `llm.result.` (what the results stream holds).
+    pub fn is_result(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".result."))
+            .is_some_and(|rest| rest.split('.').all(crate::config::is_token))
+    }
+
     pub fn status(&self) -> String {
         format!("{}.status", self.prefix)
     }
@@ -54,5 +89,20 @@ mod tests {
             Subjects::new("acme.llm").task_of("acme.llm.chat.x"),
             Some("x")
         );
+    }
+
+    #[test]
+    fn submit_and_result_subjects() {
+        let s = Subjects::new("llm");
+        assert_eq!(s.submit_wildcard(), "llm.submit.>");
+        assert_eq!(s.submit_task_of("llm.submit.extract"), Some("extract"));
+        assert_eq!(s.submit_task_of("llm.chat.extract"), None);
+        assert_eq!(s.result("j1"), "llm.result.j1");
+        assert!(s.is_result("llm.result.j1"));
+        assert!(s.is_result("llm.result.app.j1"));
+        assert!(!s.is_result("llm.result."));
+        assert!(!s.is_result("llm.result.*"));
+        assert!(!s.is_result("llm.results.j1"));
+        assert!(!s.is_result("other.result.j1"));
     }
 }
