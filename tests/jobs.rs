@@ -1,0 +1,422 @@
+//! Durable async jobs (contract section 1b) against a real nats-server with JetStream: a `serve`
+//! killed with SIGKILL mid-run and started again, a NATS server restarted under load, duplicate
+//! job ids, late readers, bad jobs, `switchyard submit --wait`, and the throughput of one instance.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::harness::{HELLO, Running, ask, config, openai_deployment};
+use common::jobs::*;
+use common::{FakeProvider, Fault, NatsServer};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Deliveries beyond the first of each job: the consumer numbers every delivery, the stream
+/// every job (all delivered, from sequence 1).
+async fn redeliveries(js: &jetstream::Context) -> u64 {
+    let d = consumer_info(js).await.delivered;
+    d.consumer_sequence - d.stream_sequence
+}
+
+/// The engine and ingress in-process, with `[jobs]` set by `jobs`.
+async fn in_process(nats: &NatsServer, fake: &FakeProvider, jobs: &str) -> Running {
+    let rest = format!("[tasks]\nchat = \"main\"\n[jobs]\n{jobs}\n");
+    let cfg = config(
+        &nats.url(),
+        &rest,
+        &openai_deployment("p", "main", &fake.base_url(), ""),
+    );
+    Running::start(nats, cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_killed_mid_run_loses_no_job_and_never_calls_twice_for_a_stored_result() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    // Slow enough that work is in flight when the kill comes.
+    fake.set_default(Fault::delay(Duration::from_millis(100), Fault::Ok));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serve_config(dir.path(), &nats.url(), &fake, "ack_wait = \"5s\"");
+    let mut first = ServeProcess::start(&cfg, "first");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    wait_jobs_ready(&js).await;
+
+    let all = ids("kill", 1000);
+    submit_all(&js, &all).await;
+    wait_until("some results stored", LONG, || async {
+        results_total(&js).await >= 300
+    })
+    .await;
+    first.kill();
+
+    let stored_before: HashSet<String> = result_counts(&js)
+        .await
+        .into_keys()
+        .map(|s| s.trim_start_matches("llm.result.").to_string())
+        .collect();
+    let calls_before = calls_per_job(&fake);
+    let in_flight = calls_before
+        .keys()
+        .filter(|id| !stored_before.contains(*id))
+        .count();
+    assert!(
+        stored_before.len() < all.len(),
+        "the kill came after every job was done: nothing was tested"
+    );
+
+    let mut second = ServeProcess::start(&cfg, "second");
+    wait_until("every job's result", LONG, || async {
+        results_total(&js).await >= all.len() as u64
+    })
+    .await;
+    wait_drained(&js, all.len() as u64).await;
+
+    let counts = result_counts(&js).await;
+    for id in &all {
+        assert_eq!(
+            counts.get(&format!("llm.result.{id}")),
+            Some(&1),
+            "job {id}: exactly one result; logs:\n{}",
+            second.logs()
+        );
+    }
+    assert_eq!(counts.len(), all.len(), "no result on any other subject");
+    let calls = calls_per_job(&fake);
+    for id in &stored_before {
+        assert_eq!(
+            calls.get(id),
+            Some(&1),
+            "job {id} had its result stored before the kill: one call only"
+        );
+    }
+    let recalled = calls.values().filter(|&&n| n > 1).count();
+    let redelivered = redeliveries(&js).await;
+    println!(
+        "kill/restart: {} jobs, {} results stored before the kill, {} calls in flight at the kill, \
+         {} redeliveries, {} jobs called twice, {} results in all",
+        all.len(),
+        stored_before.len(),
+        in_flight,
+        redelivered,
+        recalled,
+        counts.values().sum::<usize>()
+    );
+    assert!(
+        recalled <= in_flight,
+        "only jobs in flight at the kill may be called again"
+    );
+    assert!(second.terminate(), "logs:\n{}", second.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reader_gets_a_result_stored_before_it_came() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    let running = in_process(&nats, &fake, "").await;
+    let js = jetstream::new(running.client.clone());
+    wait_jobs_ready(&js).await;
+
+    let ack = submit(&js, "chat", Some("late-1"), &job_body("late-1"), &[])
+        .await
+        .await
+        .unwrap();
+    assert!(!ack.duplicate);
+    wait_until("the result stored", LONG, || async {
+        result_counts(&js).await.contains_key("llm.result.late-1")
+    })
+    .await;
+
+    // Connects only now.
+    let late = async_nats::connect(nats.url()).await.unwrap();
+    let m = read_result(&jetstream::new(late), "llm.result.late-1", LONG).await;
+    assert_eq!(header(&m, "Llm-Job-Id"), Some("late-1"));
+    assert_eq!(header(&m, "Llm-Deployment"), Some("p"));
+    assert_eq!(header(&m, "Llm-Attempts"), Some("1"));
+    assert_eq!(header(&m, "Llm-Fallback"), Some("false"));
+    assert_eq!(header(&m, "Llm-Request-Id"), Some("late-1"));
+    let b = body(&m);
+    assert_eq!(b["object"], "chat.completion");
+    assert_eq!(b["choices"][0]["message"]["content"], "fake reply from p");
+    assert_eq!(fake.calls(), 1);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_job_id_is_served_once_even_when_submitted_again_later() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    // A short dedupe window, so the second half can resubmit past it.
+    let running = in_process(&nats, &fake, "duplicate_window = \"2s\"").await;
+    let js = jetstream::new(running.client.clone());
+    wait_jobs_ready(&js).await;
+
+    let body = job_body("dup-1");
+    let first = submit(&js, "chat", Some("dup-1"), &body, &[])
+        .await
+        .await
+        .unwrap();
+    let again = submit(&js, "chat", Some("dup-1"), &body, &[])
+        .await
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "the stream drops the same Nats-Msg-Id");
+    let m = read_result(&js, "llm.result.dup-1", LONG).await;
+    assert_eq!(header(&m, "Llm-Job-Id"), Some("dup-1"));
+    wait_drained(&js, first.sequence).await;
+    assert_eq!(fake.calls(), 1);
+
+    // Past the dedupe window the stream takes the job again; its stored result is found and
+    // the job is acked without a provider call.
+    let deadline = Instant::now() + LONG;
+    let resubmitted = loop {
+        let ack = submit(&js, "chat", Some("dup-1"), &body, &[])
+            .await
+            .await
+            .unwrap();
+        if !ack.duplicate {
+            break ack.sequence;
+        }
+        assert!(Instant::now() < deadline, "the dedupe window never passed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    wait_drained(&js, resubmitted).await;
+    assert_eq!(fake.calls(), 1, "a stored result is never called again");
+    assert_eq!(result_counts(&js).await.get("llm.result.dup-1"), Some(&1));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_get_an_invalid_request_result_and_are_not_redelivered() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    let running = in_process(&nats, &fake, "ack_wait = \"2s\"").await;
+    let js = jetstream::new(running.client.clone());
+    wait_jobs_ready(&js).await;
+
+    submit(&js, "chat", Some("bad-json"), "this is not JSON", &[])
+        .await
+        .await
+        .unwrap();
+    submit(&js, "chat", Some("bad-field"), r#"{"messages":[{"role":"user","content":"x"}],"colour":"blue","temperature":"hot"}"#, &[])
+        .await
+        .await
+        .unwrap();
+    submit(
+        &js,
+        "chat",
+        Some("bad-header"),
+        &job_body("bad-header"),
+        &[("Llm-Deadline", "soon")],
+    )
+    .await
+    .await
+    .unwrap();
+    let no_id = submit(&js, "chat", None, &job_body("no-id"), &[])
+        .await
+        .await
+        .unwrap();
+
+    for (subject, says) in [
+        ("llm.result.bad-json", "JSON"),
+        ("llm.result.bad-field", ""),
+        ("llm.result.bad-header", "Llm-Deadline"),
+        (&*format!("llm.result.seq-{}", no_id.sequence), "Nats-Msg-Id"),
+    ] {
+        let m = read_result(&js, subject, LONG).await;
+        assert_eq!(header(&m, "Llm-Error"), Some("invalid_request"), "{subject}");
+        let b = body(&m);
+        assert_eq!(b["error"]["kind"], "invalid_request");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{subject}: {message}");
+    }
+    wait_drained(&js, no_id.sequence).await;
+    // Nothing to await: a redelivery that does not come shows only once ack_wait (2 s) has
+    // passed, here more than twice over.
+    let before = consumer_info(&js).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = consumer_info(&js).await;
+    assert_eq!(after.num_redelivered, 0);
+    assert_eq!(after.delivered.consumer_sequence, before.delivered.consumer_sequence);
+    assert_eq!(result_counts(&js).await.values().sum::<usize>(), 4);
+    assert_eq!(fake.calls(), 0, "no bad job reached the provider");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_under_load_loses_no_accepted_job_and_chat_works_again() {
+    let mut nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    fake.set_default(Fault::delay(Duration::from_millis(200), Fault::Ok));
+    let running = in_process(&nats, &fake, "ack_wait = \"5s\"").await;
+    let js = jetstream::new(running.client.clone());
+    wait_jobs_ready(&js).await;
+
+    let before = ids("pre", 200);
+    submit_all(&js, &before).await;
+    assert!(
+        fake.wait_calls(10, LONG).await,
+        "jobs in flight before the restart"
+    );
+    nats.stop();
+    nats.restart();
+
+    // The client reconnects by itself; a job is accepted once its PubAck comes.
+    let after = ids("post", 100);
+    for id in &after {
+        wait_until("a job accepted after the restart", LONG, || async {
+            match submit(&js, "chat", Some(id), &job_body(id), &[]).await.await {
+                Ok(_) => true,
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+    let total = before.len() + after.len();
+    wait_until("a result for every accepted job", LONG, || async {
+        results_total(&js).await >= total as u64
+    })
+    .await;
+    let last = js.get_stream(JOBS).await.unwrap().info().await.unwrap().state.last_sequence;
+    wait_drained(&js, last).await;
+    let counts = result_counts(&js).await;
+    for id in before.iter().chain(&after) {
+        assert_eq!(
+            counts.get(&format!("llm.result.{id}")),
+            Some(&1),
+            "job {id}: exactly one result"
+        );
+    }
+    let calls = calls_per_job(&fake);
+    println!(
+        "nats restart: {total} jobs, {} redeliveries, {} called twice",
+        redeliveries(&js).await,
+        calls.values().filter(|&&n| n > 1).count()
+    );
+
+    // Synchronous requests are served again once the ingress has resubscribed.
+    fake.set_default(Fault::Ok);
+    wait_until("a chat reply after the restart", LONG, || async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            running.client.request("llm.chat.chat", HELLO.into()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    })
+    .await;
+    let r = ask(&running.client, "chat", HELLO, &[]).await;
+    assert_eq!(r.served_by(), "p");
+    running.shutdown().await;
+}
+
+/// Runs `switchyard submit` with `args`, `stdin` as its input; returns (success, stdout, stderr).
+async fn submit_cli(args: Vec<String>, stdin: &'static str) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("submit")
+            .args(&args)
+            .env("TEST_KEY_ENV", common::harness::TEST_KEY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchyard_submit_waits_for_and_prints_the_result() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serve_config(dir.path(), &nats.url(), &fake, "");
+    let mut serve = ServeProcess::start(&cfg, "serve");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    wait_jobs_ready(&js).await;
+
+    let req = dir.path().join("req.json");
+    std::fs::write(&req, job_body("cli-1")).unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = vec!["chat".into(), "--config".into(), cfg.display().to_string()];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let file = req.display().to_string();
+    let (ok, out, err) = submit_cli(
+        args(&["--file", &file, "--wait", "--job-id", "cli-1", "--timeout", "60s"]),
+        "",
+    )
+    .await;
+    assert!(ok, "{out}\n{err}\nserve:\n{}", serve.logs());
+    assert_eq!(out.lines().next(), Some("cli-1"), "the job id first: {out}");
+    assert!(out.contains("fake reply from p"), "{out}");
+    assert!(err.contains("Llm-Job-Id: cli-1"), "{err}");
+    assert!(err.contains("Llm-Deployment: p"), "{err}");
+
+    // Submitted again: dropped as a duplicate, and --wait reads the stored result.
+    let (ok, out, err) = submit_cli(args(&["--file", &file, "--wait", "--job-id", "cli-1"]), "").await;
+    assert!(ok, "{out}\n{err}");
+    assert!(err.contains("duplicate"), "{err}");
+    assert!(out.contains("fake reply from p"), "{out}");
+    assert_eq!(fake.calls(), 1);
+
+    // A bad body from stdin, with a generated job id: an error result and a failing exit.
+    let (ok, out, err) = submit_cli(args(&["--file", "-", "--wait"]), "not json").await;
+    assert!(!ok, "an error result fails the command: {out}\n{err}");
+    let id = out.lines().next().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "a uuid job id: {out}");
+    assert!(err.contains("Llm-Error: invalid_request"), "{err}");
+    assert!(err.contains(&format!("Llm-Job-Id: {id}")), "{err}");
+    assert!(serve.terminate(), "logs:\n{}", serve.logs());
+}
+
+/// Not a timing assertion: prints jobs/s through one `serve` (debug build) on an instant fake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_of_one_instance_against_an_instant_provider() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serve_config(dir.path(), &nats.url(), &fake, "");
+    let mut serve = ServeProcess::start(&cfg, "serve");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    wait_jobs_ready(&js).await;
+
+    let all = ids("tp", 1000);
+    let started = Instant::now();
+    submit_all(&js, &all).await;
+    let submitted = started.elapsed();
+    wait_until("every result", LONG, || async {
+        results_total(&js).await >= all.len() as u64
+    })
+    .await;
+    let elapsed = started.elapsed();
+    println!(
+        "throughput: {} jobs submitted in {:.2} s, all results stored after {:.2} s: {:.0} jobs/s",
+        all.len(),
+        submitted.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        all.len() as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(calls_per_job(&fake).len(), all.len());
+    assert!(serve.terminate(), "logs:\n{}", serve.logs());
+}
