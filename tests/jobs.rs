@@ -26,15 +26,30 @@ async fn redeliveries(js: &jetstream::Context) -> u64 {
     d.consumer_sequence - d.stream_sequence
 }
 
-/// The engine and ingress in-process, with `[jobs]` set by `jobs`.
-async fn in_process(nats: &NatsServer, fake: &FakeProvider, jobs: &str) -> Running {
+/// The engine and ingress in-process, with `[jobs]` set by `jobs`, once it takes jobs.
+async fn in_process(
+    nats: &NatsServer,
+    fake: &FakeProvider,
+    jobs: &str,
+) -> (Running, jetstream::Context) {
     let rest = format!("[tasks]\nchat = \"main\"\n[jobs]\n{jobs}\n");
     let cfg = config(
         &nats.url(),
         &rest,
         &openai_deployment("p", "main", &fake.base_url(), ""),
     );
-    Running::start(nats, cfg).await
+    let running = Running::start(nats, cfg).await;
+    let js = jetstream::new(running.client.clone());
+    wait_jobs_ready(&js).await;
+    (running, js)
+}
+
+/// Submits job `id` with the usual body and waits for its PubAck.
+async fn accept(js: &jetstream::Context, id: &str) -> jetstream::publish::PublishAck {
+    submit(js, "chat", Some(id), &job_body(id), &[])
+        .await
+        .await
+        .expect("the job is stored")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,14 +136,9 @@ async fn a_serve_killed_mid_run_loses_no_job_and_never_calls_twice_for_a_stored_
 async fn a_late_reader_gets_a_result_stored_before_it_came() {
     let nats = NatsServer::start();
     let fake = FakeProvider::start_named("p").await;
-    let running = in_process(&nats, &fake, "").await;
-    let js = jetstream::new(running.client.clone());
-    wait_jobs_ready(&js).await;
+    let (running, js) = in_process(&nats, &fake, "").await;
 
-    let ack = submit(&js, "chat", Some("late-1"), &job_body("late-1"), &[])
-        .await
-        .await
-        .unwrap();
+    let ack = accept(&js, "late-1").await;
     assert!(!ack.duplicate);
     wait_until("the result stored", LONG, || async {
         result_counts(&js).await.contains_key("llm.result.late-1")
@@ -155,9 +165,7 @@ async fn the_same_job_id_is_served_once_even_when_submitted_again_later() {
     let nats = NatsServer::start();
     let fake = FakeProvider::start_named("p").await;
     // A short dedupe window, so the second half can resubmit past it.
-    let running = in_process(&nats, &fake, "duplicate_window = \"2s\"").await;
-    let js = jetstream::new(running.client.clone());
-    wait_jobs_ready(&js).await;
+    let (running, js) = in_process(&nats, &fake, "duplicate_window = \"2s\"").await;
 
     let body = job_body("dup-1");
     let first = submit(&js, "chat", Some("dup-1"), &body, &[])
@@ -199,18 +207,22 @@ async fn the_same_job_id_is_served_once_even_when_submitted_again_later() {
 async fn bad_jobs_get_an_invalid_request_result_and_are_not_redelivered() {
     let nats = NatsServer::start();
     let fake = FakeProvider::start_named("p").await;
-    let running = in_process(&nats, &fake, "ack_wait = \"2s\"").await;
-    let js = jetstream::new(running.client.clone());
-    wait_jobs_ready(&js).await;
+    let (running, js) = in_process(&nats, &fake, "ack_wait = \"2s\"").await;
 
     submit(&js, "chat", Some("bad-json"), "this is not JSON", &[])
         .await
         .await
         .unwrap();
-    submit(&js, "chat", Some("bad-field"), r#"{"messages":[{"role":"user","content":"x"}],"colour":"blue","temperature":"hot"}"#, &[])
-        .await
-        .await
-        .unwrap();
+    submit(
+        &js,
+        "chat",
+        Some("bad-field"),
+        r#"{"messages":[{"role":"user","content":"x"}],"colour":"blue","temperature":"hot"}"#,
+        &[],
+    )
+    .await
+    .await
+    .unwrap();
     submit(
         &js,
         "chat",
@@ -230,10 +242,17 @@ async fn bad_jobs_get_an_invalid_request_result_and_are_not_redelivered() {
         ("llm.result.bad-json", "JSON"),
         ("llm.result.bad-field", ""),
         ("llm.result.bad-header", "Llm-Deadline"),
-        (&*format!("llm.result.seq-{}", no_id.sequence), "Nats-Msg-Id"),
+        (
+            &*format!("llm.result.seq-{}", no_id.sequence),
+            "Nats-Msg-Id",
+        ),
     ] {
         let m = read_result(&js, subject, LONG).await;
-        assert_eq!(header(&m, "Llm-Error"), Some("invalid_request"), "{subject}");
+        assert_eq!(
+            header(&m, "Llm-Error"),
+            Some("invalid_request"),
+            "{subject}"
+        );
         let b = body(&m);
         assert_eq!(b["error"]["kind"], "invalid_request");
         let message = b["error"]["message"].as_str().unwrap();
@@ -246,7 +265,10 @@ async fn bad_jobs_get_an_invalid_request_result_and_are_not_redelivered() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = consumer_info(&js).await;
     assert_eq!(after.num_redelivered, 0);
-    assert_eq!(after.delivered.consumer_sequence, before.delivered.consumer_sequence);
+    assert_eq!(
+        after.delivered.consumer_sequence,
+        before.delivered.consumer_sequence
+    );
     assert_eq!(result_counts(&js).await.values().sum::<usize>(), 4);
     assert_eq!(fake.calls(), 0, "no bad job reached the provider");
     running.shutdown().await;
@@ -257,9 +279,7 @@ async fn a_nats_restart_under_load_loses_no_accepted_job_and_chat_works_again() 
     let mut nats = NatsServer::start();
     let fake = FakeProvider::start_named("p").await;
     fake.set_default(Fault::delay(Duration::from_millis(200), Fault::Ok));
-    let running = in_process(&nats, &fake, "ack_wait = \"5s\"").await;
-    let js = jetstream::new(running.client.clone());
-    wait_jobs_ready(&js).await;
+    let (running, js) = in_process(&nats, &fake, "ack_wait = \"5s\"").await;
 
     let before = ids("pre", 200);
     submit_all(&js, &before).await;
@@ -274,10 +294,10 @@ async fn a_nats_restart_under_load_loses_no_accepted_job_and_chat_works_again() 
     let after = ids("post", 100);
     for id in &after {
         wait_until("a job accepted after the restart", LONG, || async {
-            match submit(&js, "chat", Some(id), &job_body(id), &[]).await.await {
-                Ok(_) => true,
-                Err(_) => false,
-            }
+            submit(&js, "chat", Some(id), &job_body(id), &[])
+                .await
+                .await
+                .is_ok()
         })
         .await;
     }
@@ -286,7 +306,15 @@ async fn a_nats_restart_under_load_loses_no_accepted_job_and_chat_works_again() 
         results_total(&js).await >= total as u64
     })
     .await;
-    let last = js.get_stream(JOBS).await.unwrap().info().await.unwrap().state.last_sequence;
+    let last = js
+        .get_stream(JOBS)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
     wait_drained(&js, last).await;
     let counts = result_counts(&js).await;
     for id in before.iter().chain(&after) {
@@ -319,6 +347,23 @@ async fn a_nats_restart_under_load_loses_no_accepted_job_and_chat_works_again() 
     running.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_ack_wait_sends_progress_and_is_not_redelivered() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("p").await;
+    // Two and a half times ack_wait: without in-progress acks the job would come back twice.
+    fake.set_default(Fault::delay(Duration::from_secs(5), Fault::Ok));
+    let (running, js) = in_process(&nats, &fake, "ack_wait = \"2s\"").await;
+
+    let ack = accept(&js, "slow-1").await;
+    let m = read_result(&js, "llm.result.slow-1", LONG).await;
+    assert_eq!(header(&m, "Llm-Deployment"), Some("p"));
+    wait_drained(&js, ack.sequence).await;
+    assert_eq!(redeliveries(&js).await, 0);
+    assert_eq!(fake.calls(), 1);
+    running.shutdown().await;
+}
+
 /// Runs `switchyard submit` with `args`, `stdin` as its input; returns (success, stdout, stderr).
 async fn submit_cli(args: Vec<String>, stdin: &'static str) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || {
@@ -332,7 +377,12 @@ async fn submit_cli(args: Vec<String>, stdin: &'static str) -> (bool, String, St
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         (
             out.status.success(),
@@ -363,7 +413,15 @@ async fn switchyard_submit_waits_for_and_prints_the_result() {
     };
     let file = req.display().to_string();
     let (ok, out, err) = submit_cli(
-        args(&["--file", &file, "--wait", "--job-id", "cli-1", "--timeout", "60s"]),
+        args(&[
+            "--file",
+            &file,
+            "--wait",
+            "--job-id",
+            "cli-1",
+            "--timeout",
+            "60s",
+        ]),
         "",
     )
     .await;
@@ -374,7 +432,8 @@ async fn switchyard_submit_waits_for_and_prints_the_result() {
     assert!(err.contains("Llm-Deployment: p"), "{err}");
 
     // Submitted again: dropped as a duplicate, and --wait reads the stored result.
-    let (ok, out, err) = submit_cli(args(&["--file", &file, "--wait", "--job-id", "cli-1"]), "").await;
+    let (ok, out, err) =
+        submit_cli(args(&["--file", &file, "--wait", "--job-id", "cli-1"]), "").await;
     assert!(ok, "{out}\n{err}");
     assert!(err.contains("duplicate"), "{err}");
     assert!(out.contains("fake reply from p"), "{out}");

@@ -42,9 +42,7 @@ pub async fn run(config: &Config, s: Submit) -> anyhow::Result<bool> {
         std::fs::read(&s.file).with_context(|| format!("cannot read {}", s.file.display()))?
     };
     let subjects = Subjects::new(&config.nats.prefix);
-    let id = s
-        .job_id
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let id = s.job_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let mut headers = HeaderMap::new();
     let mut result_subject = subjects.result(&id);
     for (k, v) in &s.headers {
@@ -80,7 +78,9 @@ pub async fn run(config: &Config, s: Submit) -> anyhow::Result<bool> {
         })?;
     println!("{id}");
     if ack.duplicate {
-        eprintln!("(a job with id {id} was already submitted: this one was dropped as a duplicate)");
+        eprintln!(
+            "(a job with id {id} was already submitted: this one was dropped as a duplicate)"
+        );
     }
     if !s.wait {
         return Ok(true);

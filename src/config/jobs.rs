@@ -100,12 +100,6 @@ pub struct JobsConfig {
     pub concurrency: usize,
 }
 
-impl Default for JobsConfig {
-    fn default() -> Self {
-        validate(RawJobs::default(), &mut Validator::default())
-    }
-}
-
 /// A JetStream stream or consumer name: no '.', wildcards, path separators or spaces.
 fn is_js_name(s: &str) -> bool {
     !s.is_empty()

@@ -292,11 +292,7 @@ impl Jobs {
                 .message_id(job.id.as_str());
             let subject = job.result_subject.clone();
             async move {
-                let ack = self
-                    .js
-                    .send_publish(subject, p)
-                    .await?
-                    .await?;
+                let ack = self.js.send_publish(subject, p).await?.await?;
                 Ok::<_, async_nats::Error>(ack)
             }
         };
@@ -305,7 +301,9 @@ impl Jobs {
                 debug!(job = %job.id, subject = %job.result_subject, duplicate = stored.duplicate, "async jobs: result stored");
                 ack(msg).await;
             }
-            None => warn!(job = %job.id, "async jobs: result not stored; the job will be redelivered"),
+            None => {
+                warn!(job = %job.id, "async jobs: result not stored; the job will be redelivered")
+            }
         }
     }
 }
@@ -475,7 +473,10 @@ mod tests {
     fn a_job_id_names_its_result_subject() {
         let s = Subjects::new("llm");
         let j = Job::read(&msg(&[("Nats-Msg-Id", "j-1")]), 7, &s);
-        assert_eq!((j.id.as_str(), j.result_subject.as_str()), ("j-1", "llm.result.j-1"));
+        assert_eq!(
+            (j.id.as_str(), j.result_subject.as_str()),
+            ("j-1", "llm.result.j-1")
+        );
         assert!(j.problem.is_none());
         let j = Job::read(
             &msg(&[("Nats-Msg-Id", "a.b"), (RESULT_SUBJECT, "llm.result.app.x")]),

@@ -97,7 +97,10 @@ pub async fn wait_jobs_ready(js: &jetstream::Context) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "serve never set up the job streams");
+        assert!(
+            Instant::now() < deadline,
+            "serve never set up the job streams"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
