@@ -17,7 +17,8 @@
 //! The fetch loop survives NATS restarts: every error is logged and retried with backoff, and
 //! the streams and the consumer are looked up (or created) again after a failure.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
@@ -52,6 +53,8 @@ struct Jobs {
     engine: Arc<Engine>,
     subjects: Subjects,
     config: JobsConfig,
+    /// Job ids running on this instance.
+    running: RunningJobs,
 }
 
 /// The streams and consumer, as looked up (or created) by `setup`.
@@ -76,6 +79,7 @@ pub fn serve(
         engine,
         subjects: Subjects::new(&config.nats.prefix),
         config: config.jobs.clone(),
+        running: RunningJobs::default(),
     });
     serve_jobs(jobs, tracker, stop)
 }
@@ -245,6 +249,13 @@ impl Jobs {
         if delivered > 1 {
             info!(job = %job.id, delivered, "async jobs: job redelivered");
         }
+        // Delivered again while still running here (a NATS server that lost the consumer's
+        // state, or an instance that fell behind on progress acks): the task already running
+        // stores the result and acks the stream sequence for both deliveries.
+        let Some(_running) = self.running.claim(&job.id) else {
+            info!(job = %job.id, "async jobs: job already running here; this delivery is left to it");
+            return;
+        };
         if job.problem.is_none() {
             match retry("look up a stored result", || {
                 stored(bound, &job.result_subject, &job.id)
@@ -305,6 +316,31 @@ impl Jobs {
                 warn!(job = %job.id, "async jobs: result not stored; the job will be redelivered")
             }
         }
+    }
+}
+
+/// The set of job ids running on this instance, in shards so that jobs rarely share a lock.
+#[derive(Default)]
+struct RunningJobs([Mutex<HashSet<String>>; 16]);
+
+/// Holds a job id in `RunningJobs` until dropped.
+struct Claim<'a>(&'a Mutex<HashSet<String>>, &'a str);
+
+impl RunningJobs {
+    fn claim<'a>(&'a self, id: &'a str) -> Option<Claim<'a>> {
+        let shard = &self.0[crate::config::stable_hash(id.as_bytes()) as usize % self.0.len()];
+        let mut set = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        // `then`, not `then_some`: a Claim built and dropped here would lock the shard twice.
+        set.insert(id.to_string()).then(|| Claim(shard, id))
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(self.1);
     }
 }
 
@@ -467,6 +503,16 @@ mod tests {
             description: None,
             length: 0,
         }
+    }
+
+    #[test]
+    fn a_job_runs_once_at_a_time_here() {
+        let running = RunningJobs::default();
+        let first = running.claim("j1").expect("free");
+        assert!(running.claim("j1").is_none(), "already running");
+        assert!(running.claim("j2").is_some());
+        drop(first);
+        assert!(running.claim("j1").is_some(), "free again once done");
     }
 
     #[test]
