@@ -52,18 +52,44 @@ async fn accept(js: &jetstream::Context, id: &str) -> jetstream::publish::Publis
         .expect("the job is stored")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_serve_killed_mid_run_loses_no_job_and_never_calls_twice_for_a_stored_result() {
+/// A nats-server, a fake provider answering after `delay`, and the `serve` binary taking jobs
+/// with `[jobs]` set by `jobs`.
+struct Binary {
+    fake: FakeProvider,
+    cfg: std::path::PathBuf,
+    serve: ServeProcess,
+    js: jetstream::Context,
+    _dir: tempfile::TempDir,
+    /// Last: dropped (killed) after `serve`.
+    _nats: NatsServer,
+}
+
+async fn binary(delay: Duration, jobs: &str) -> Binary {
     let nats = NatsServer::start();
     let fake = FakeProvider::start_named("p").await;
-    // Slow enough that work is in flight when the kill comes.
-    fake.set_default(Fault::delay(Duration::from_millis(100), Fault::Ok));
+    if !delay.is_zero() {
+        fake.set_default(Fault::delay(delay, Fault::Ok));
+    }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = serve_config(dir.path(), &nats.url(), &fake, "ack_wait = \"5s\"");
-    let mut first = ServeProcess::start(&cfg, "first");
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
+    let cfg = serve_config(dir.path(), &nats.url(), &fake, jobs);
+    let serve = ServeProcess::start(&cfg, "serve");
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     wait_jobs_ready(&js).await;
+    Binary {
+        _nats: nats,
+        fake,
+        cfg,
+        serve,
+        js,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serve_killed_mid_run_loses_no_job_and_never_calls_twice_for_a_stored_result() {
+    // Slow enough that work is in flight when the kill comes.
+    let b = binary(Duration::from_millis(100), "ack_wait = \"5s\"").await;
+    let (fake, cfg, mut first, js) = (b.fake, b.cfg, b.serve, b.js);
 
     let all = ids("kill", 1000);
     submit_all(&js, &all).await;
@@ -364,6 +390,35 @@ async fn a_call_longer_than_ack_wait_sends_progress_and_is_not_redelivered() {
     running.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_jobs_in_flight_before_exit() {
+    let b = binary(Duration::from_millis(1500), "").await;
+    let (fake, mut serve, js) = (b.fake, b.serve, b.js);
+
+    let all = ids("term", 3);
+    submit_all(&js, &all).await;
+    assert!(fake.wait_calls(3, LONG).await, "3 jobs in flight");
+    let exited_ok = tokio::task::spawn_blocking(move || (serve.terminate(), serve.logs()))
+        .await
+        .unwrap();
+    assert!(
+        exited_ok.0,
+        "exit 0 after the drain; logs:\n{}",
+        exited_ok.1
+    );
+    // Stored and acked before exit: nothing is left for another instance.
+    let counts = result_counts(&js).await;
+    for id in &all {
+        assert_eq!(
+            counts.get(&format!("llm.result.{id}")),
+            Some(&1),
+            "job {id}"
+        );
+    }
+    let c = consumer_info(&js).await;
+    assert_eq!((c.num_ack_pending, c.num_pending), (0, 0));
+}
+
 /// Runs `switchyard submit` with `args`, `stdin` as its input; returns (success, stdout, stderr).
 async fn submit_cli(args: Vec<String>, stdin: &'static str) -> (bool, String, String) {
     tokio::task::spawn_blocking(move || {
@@ -396,15 +451,10 @@ async fn submit_cli(args: Vec<String>, stdin: &'static str) -> (bool, String, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchyard_submit_waits_for_and_prints_the_result() {
-    let nats = NatsServer::start();
-    let fake = FakeProvider::start_named("p").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = serve_config(dir.path(), &nats.url(), &fake, "");
-    let mut serve = ServeProcess::start(&cfg, "serve");
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    wait_jobs_ready(&js).await;
+    let b = binary(Duration::ZERO, "").await;
+    let (fake, cfg, mut serve) = (b.fake, b.cfg, b.serve);
 
-    let req = dir.path().join("req.json");
+    let req = cfg.with_file_name("req.json");
     std::fs::write(&req, job_body("cli-1")).unwrap();
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = vec!["chat".into(), "--config".into(), cfg.display().to_string()];
@@ -452,13 +502,8 @@ async fn switchyard_submit_waits_for_and_prints_the_result() {
 /// Not a timing assertion: prints jobs/s through one `serve` (debug build) on an instant fake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_of_one_instance_against_an_instant_provider() {
-    let nats = NatsServer::start();
-    let fake = FakeProvider::start_named("p").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = serve_config(dir.path(), &nats.url(), &fake, "");
-    let mut serve = ServeProcess::start(&cfg, "serve");
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    wait_jobs_ready(&js).await;
+    let b = binary(Duration::ZERO, "").await;
+    let (fake, mut serve, js) = (b.fake, b.serve, b.js);
 
     let all = ids("tp", 1000);
     let started = Instant::now();

@@ -96,7 +96,6 @@ async fn serve_jobs(jobs: Arc<Jobs>, tracker: TaskTracker, stop: CancellationTok
                     subject = %jobs.subjects.submit_wildcard(),
                     "taking async jobs"
                 );
-                backoff.reset();
                 Arc::new(b)
             }
             Err(e) => {
@@ -105,7 +104,10 @@ async fn serve_jobs(jobs: Arc<Jobs>, tracker: TaskTracker, stop: CancellationTok
                 continue;
             }
         };
-        if let Err(e) = jobs.pull(&bound, &slots, &tracker, &stop).await {
+        if let Err(e) = jobs
+            .pull(&bound, &slots, &tracker, &stop, &mut backoff)
+            .await
+        {
             warn!(error = %e, "async jobs: pulling failed; retrying");
             backoff.wait(&stop).await;
         }
@@ -161,13 +163,15 @@ impl Jobs {
         })
     }
 
-    /// Pull requests sized to the free job slots, until `stop` or an error.
+    /// Pull requests sized to the free job slots, until `stop` or an error. A pull that ends
+    /// cleanly resets `backoff`.
     async fn pull(
         self: &Arc<Self>,
         bound: &Arc<Bound>,
         slots: &Arc<Semaphore>,
         tracker: &TaskTracker,
         stop: &CancellationToken,
+        backoff: &mut Backoff,
     ) -> Result<(), async_nats::Error> {
         loop {
             let first = tokio::select! {
@@ -202,7 +206,10 @@ impl Jobs {
                     }
                 };
                 match next {
-                    None => break,
+                    None => {
+                        backoff.reset();
+                        break;
+                    }
                     Some(Err(e)) => return Err(e),
                     Some(Ok(msg)) => {
                         let Some(permit) = permits.pop() else {
