@@ -92,13 +92,18 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
                 Some(l) => format!("{}/{l}", d.rpm_used),
                 None => d.rpm_used.to_string(),
             };
+            let circuit = if d.degraded {
+                format!("{}*", d.circuit)
+            } else {
+                d.circuit.clone()
+            };
             let _ = writeln!(
                 out,
                 "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8.1} {:>8.1} {:>6.1} {:>7} {:>10.6}",
                 a.instance,
                 d.name,
                 d.group,
-                d.circuit,
+                circuit,
                 d.in_flight,
                 rpm,
                 d.latency_ms.p50,
@@ -117,6 +122,38 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
             a.fallbacks,
             a.fallback_ratio * 100.0
         );
+        for alert in &a.alerts {
+            let on = alert
+                .deployment
+                .as_deref()
+                .or(alert.scope.as_deref())
+                .unwrap_or("all traffic");
+            let _ = writeln!(
+                out,
+                "{:<14} ALERT {} {} on {on}: {} over {} since {}",
+                a.instance,
+                alert.severity,
+                alert.rule,
+                figure(&alert.rule, alert.value),
+                figure(&alert.rule, alert.threshold),
+                alert.since
+            );
+        }
+    }
+    if answers
+        .iter()
+        .any(|a| a.deployments.iter().any(|d| d.degraded))
+    {
+        out.push_str("* degraded: an alert is raised, traffic is shifted away (alerts.shift)\n");
     }
     out
+}
+
+/// An alert's value as people read it: ms for latency, % for rates, $ for spend.
+fn figure(rule: &str, x: f64) -> String {
+    match rule {
+        "p95_latency" => format!("{x:.0} ms"),
+        "cost_over_budget" => format!("${x:.4}"),
+        _ => format!("{:.1} %", x * 100.0),
+    }
 }

@@ -16,7 +16,7 @@ pub mod limiter;
 pub mod stats;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use self::breaker::{Admission, Breaker, CircuitState, Transition};
 use self::limiter::{Ticket, WindowBudget};
-use self::stats::{Sample, Stats};
+use self::stats::{Sample, Stats, WindowFigures};
 use crate::config::BreakerConfig;
 use crate::observe::events::{Event, EventBus, now_rfc3339};
 use crate::observe::status::{DeploymentStatus, LatencyMs};
@@ -52,6 +52,10 @@ pub struct Shared {
     cool_until_ms: AtomicU64,
     rpm_used: AtomicU64,
     tpm_used: AtomicU64,
+    /// A degradation alert is raised on this deployment: routing moves traffic away.
+    degraded: AtomicBool,
+    /// The alert rules' latency baseline (P95, µs); 0 until learned.
+    baseline_us: AtomicU64,
 }
 
 impl Shared {
@@ -65,6 +69,8 @@ impl Shared {
             cool_until_ms: AtomicU64::new(0),
             rpm_used: AtomicU64::new(0),
             tpm_used: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            baseline_us: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +112,25 @@ impl Shared {
 
     pub fn tpm_used(&self) -> u64 {
         self.tpm_used.load(Relaxed)
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Relaxed)
+    }
+
+    /// Set by the alert rules (`observe::alerts`), with the latency baseline they learned.
+    pub fn set_health(&self, degraded: bool, baseline_ms: Option<f64>) {
+        self.degraded.store(degraded, Relaxed);
+        let us = baseline_ms.map_or(0, |ms| ((ms * 1000.0) as u64).max(1));
+        self.baseline_us.store(us, Relaxed);
+    }
+
+    /// The P95 latency baseline the alert rules judge this deployment against, in ms.
+    pub fn baseline_ms(&self) -> Option<f64> {
+        match self.baseline_us.load(Relaxed) {
+            0 => None,
+            us => Some(us as f64 / 1000.0),
+        }
     }
 }
 
@@ -192,6 +217,12 @@ pub enum Msg {
     /// The breaker's reset timeout may have passed.
     Tick,
     Snapshot(RpcReplyPort<DeploymentStatus>),
+    /// The calls of the last `window`, for the alert rules.
+    Window {
+        window: Duration,
+        at_least: u64,
+        reply: RpcReplyPort<WindowFigures>,
+    },
 }
 
 pub struct Finished {
@@ -274,6 +305,13 @@ impl Actor for DeploymentActor {
             }
             Msg::Snapshot(reply) => {
                 let _ = reply.send(state.snapshot());
+            }
+            Msg::Window {
+                window,
+                at_least,
+                reply,
+            } => {
+                let _ = reply.send(state.stats.window(Instant::now(), window, at_least));
             }
         }
         Ok(())
@@ -373,7 +411,7 @@ impl State {
                     // An old figure says nothing about now: start the average afresh.
                     self.stats.restart_ewma();
                 }
-                self.stats.record(f.latency, Sample::Ok);
+                self.stats.record(now, f.latency, Sample::Ok);
                 self.args
                     .shared
                     .ewma_at_ms
@@ -393,7 +431,7 @@ impl State {
                     (_, true) => Sample::Error,
                     (_, false) => Sample::Neutral,
                 };
-                self.stats.record(f.latency, sample);
+                self.stats.record(now, f.latency, sample);
                 if let Some(d) = decision.cool_down {
                     self.cool_until = Some(now + d);
                     let until = (now + d).saturating_duration_since(self.args.shared.epoch);
@@ -471,6 +509,7 @@ impl State {
                 p50: latency.p50,
                 p95: latency.p95,
                 ewma: latency.ewma,
+                baseline: self.args.shared.baseline_ms(),
             },
             error_rate,
             timeout_rate,
@@ -481,6 +520,11 @@ impl State {
                 .cool_until
                 .filter(|u| *u > now)
                 .map(|u| (u - now).as_secs_f64()),
+            degraded: self.args.shared.degraded(),
+            prompt_tokens: self.stats.prompt_tokens,
+            completion_tokens: self.stats.completion_tokens,
+            latency_histogram: self.stats.histogram.to_vec(),
+            latency_sum_s: self.stats.latency_sum_s,
         }
     }
 }

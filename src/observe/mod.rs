@@ -1,5 +1,6 @@
 //! What the engine tells about itself: the status snapshot and the event stream.
 
+pub mod alerts;
 pub mod events;
 pub mod metrics;
 pub mod spend;
