@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::IngressError;
+use super::service::Counters;
 use crate::batch::checkpoint::{Checkpoint, output_line};
 use crate::batch::job::Job;
 use crate::batch::runner::{self, Hooks, RunArgs};
@@ -36,6 +37,8 @@ pub struct BatchService {
     tracker: TaskTracker,
     /// Set at shutdown: a batch stopped then stays `running`, to be resumed by the next `serve`.
     shutting_down: AtomicBool,
+    /// `llm.batch.submit` as the `$SRV` endpoint counts it.
+    submits: Arc<Counters>,
 }
 
 impl BatchService {
@@ -44,6 +47,7 @@ impl BatchService {
         engine: Arc<Engine>,
         config: &Config,
         tracker: TaskTracker,
+        submits: Arc<Counters>,
     ) -> Arc<Self> {
         let db = if config.storage.path.as_os_str() == ":memory:" {
             PathBuf::from("switchyard-batches.db")
@@ -63,6 +67,7 @@ impl BatchService {
             running: Mutex::new(HashMap::new()),
             tracker,
             shutting_down: AtomicBool::new(false),
+            submits,
         })
     }
 
@@ -141,14 +146,19 @@ impl BatchService {
     }
 
     async fn submit(self: Arc<Self>, msg: Message) {
-        let answer = match self.clone().prepare(&msg.payload) {
+        let started = std::time::Instant::now();
+        let (answer, error) = match self.clone().prepare(&msg.payload) {
             Ok((id, dir)) => {
                 self.start(id.clone(), dir);
-                json!({ "batch_id": id })
+                (json!({ "batch_id": id }), None)
             }
-            Err(e) => json!({ "error": { "kind": "invalid_request", "message": e } }),
+            Err(e) => (
+                json!({ "error": { "kind": "invalid_request", "message": e } }),
+                Some("invalid_request"),
+            ),
         };
         self.reply(&msg, &answer).await;
+        self.submits.record(started, error);
     }
 
     /// Validates a submission and lays out its folder: `{job, items}` or `{job, input_path}`,

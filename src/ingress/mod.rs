@@ -1,10 +1,12 @@
 //! NATS in front of the engine: `llm.chat.>` (queue group, shared by every `serve` instance),
-//! `llm.status` (every instance answers) and `llm.status.events`. `run` takes the connection and
+//! `llm.status` (every instance answers), `llm.status.events`, batches, and the `$SRV` service
+//! verbs. `run` takes the connection and
 //! a shutdown future, so tests run it in-process; on shutdown it stops taking requests, finishes
 //! the ones in flight, flushes, and returns.
 
 pub mod batch;
 pub mod chat;
+pub mod service;
 pub mod status;
 
 use std::future::Future;
@@ -107,8 +109,20 @@ pub async fn run(
         }
         None => None,
     };
+    let service = Arc::new(service::Service::new(
+        engine.instance(),
+        // Status has no queue group: every instance answers.
+        service::Endpoints::new(&config.nats.prefix, &config.nats.queue_group, ""),
+    ));
     let chat = chat::subscribe(&client, &subjects, &config.nats.queue_group).await?;
     let status = status::subscribe(&client, &subjects).await?;
+    let srv = service::subscribe(&client, &service).await?;
+    let srv_loop = tokio::spawn(service::serve(
+        srv,
+        client.clone(),
+        service.clone(),
+        stop.clone(),
+    ));
     let events = tokio::spawn(status::publish_events(
         client.clone(),
         engine.events(),
@@ -120,6 +134,7 @@ pub async fn run(
         client.clone(),
         engine.clone(),
         subjects.clone(),
+        service.endpoints.chat.clone(),
         tracker.clone(),
         stop.clone(),
     ));
@@ -127,10 +142,17 @@ pub async fn run(
         status,
         client.clone(),
         engine.clone(),
+        service.endpoints.status.clone(),
         stop.clone(),
     ));
-    let batches = batch::BatchService::new(client.clone(), engine.clone(), config, tracker.clone())
-        .serve(stop.clone(), config.nats.queue_group.clone());
+    let batches = batch::BatchService::new(
+        client.clone(),
+        engine.clone(),
+        config,
+        tracker.clone(),
+        service.endpoints.batch_submit.clone(),
+    )
+    .serve(stop.clone(), config.nats.queue_group.clone());
     let batch_loop = tokio::spawn(batches);
     info!(
         subject = %subjects.chat_wildcard(),
@@ -151,6 +173,7 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     let _ = status_loop.await;
+    let _ = srv_loop.await;
     if let Some(m) = metrics {
         let _ = m.await;
     }
