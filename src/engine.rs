@@ -11,6 +11,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::deployment::{self, Shared};
@@ -167,13 +168,52 @@ impl Engine {
                 .to_string()
                 .into(),
         };
-        // No per-request span: every attempt's log line carries the request id, and entering a
-        // span on every poll cost ~1 % of the engine's CPU under load.
+        // One span per request (OpenTelemetry GenAI attribute names), parent of one span per
+        // attempt; exported over OTLP when built with the `otlp` feature.
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = "chat",
+            otel.kind = "server",
+            gen_ai.operation.name = "chat",
+            llm.request_id = %request_id,
+            llm.task = task,
+            gen_ai.request.model = tracing::field::Empty,
+            gen_ai.system = tracing::field::Empty,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            llm.deployment = tracing::field::Empty,
+            llm.attempts = tracing::field::Empty,
+            llm.fallback = tracing::field::Empty,
+            llm.cost_usd = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let mut streamed = false;
         let batch = options.as_ref().is_ok_and(|o| o.batch);
         let result = self
             .run(task, options, body, &request_id, sink, &mut streamed)
+            .instrument(span.clone())
             .await;
+        match &result {
+            Ok(s) => {
+                let c = self.router.slots[s.index].config();
+                span.record("gen_ai.system", gen_ai_system(c.provider));
+                span.record("gen_ai.response.model", c.model.as_str());
+                span.record("gen_ai.usage.input_tokens", s.reply.usage.prompt_tokens);
+                span.record(
+                    "gen_ai.usage.output_tokens",
+                    s.reply.usage.completion_tokens,
+                );
+                span.record("llm.deployment", &*s.deployment);
+                span.record("llm.attempts", s.attempts);
+                span.record("llm.fallback", s.fallback);
+                span.record("llm.cost_usd", s.reply.cost_usd);
+            }
+            Err(f) => {
+                span.record("error.type", f.kind.as_str());
+                span.record("llm.attempts", f.attempts.len());
+            }
+        }
         match (&result, batch) {
             (Ok(_), true) => self.batch_items_ok.fetch_add(1, Relaxed),
             (Ok(_), false) => 0,
@@ -211,6 +251,9 @@ impl Engine {
             None => None,
         };
         let req = ChatRequest::parse(body).map_err(|InvalidRequest(m)| invalid(m))?;
+        if let Some(model) = &req.model {
+            tracing::Span::current().record("gen_ai.request.model", model.as_str());
+        }
         if req.stream && sink.is_none() {
             return Err(invalid(
                 "\"stream\": true needs a reply subject to stream to".into(),
@@ -411,6 +454,17 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
         completion_tokens: 0,
         latency_histogram: Vec::new(),
         latency_sum_s: 0.0,
+    }
+}
+
+/// The OpenTelemetry GenAI name of a provider (`gen_ai.system`).
+pub fn gen_ai_system(p: crate::config::ProviderKind) -> &'static str {
+    use crate::config::ProviderKind;
+    match p {
+        ProviderKind::OpenAi => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::Simulated => "switchyard.simulated",
     }
 }
 

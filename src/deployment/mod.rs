@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use self::breaker::{Admission, Breaker, CircuitState, Transition};
 use self::limiter::{Ticket, WindowBudget};
@@ -569,6 +569,68 @@ fn bound(limit: Duration, deadline: Option<Instant>, from: Instant) -> (Duration
 /// the call bounded by the deployment's timeout and the caller's deadline (whichever comes first),
 /// logs it, and reports the outcome to the actor.
 pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt {
+    let span = attempt_span(args, &call);
+    call_inner(actor, args, call, &span)
+        .instrument(span.clone())
+        .await
+}
+
+/// A child span of the request's for one attempt, with the OpenTelemetry GenAI attributes.
+fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
+    let c = &args.adapter.config;
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = %format_args!("chat {}", c.model),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.system = crate::engine::gen_ai_system(c.provider),
+        gen_ai.request.model = %c.model,
+        gen_ai.request.max_tokens = tracing::field::Empty,
+        gen_ai.request.temperature = tracing::field::Empty,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        server.address = %c.api_base,
+        llm.deployment = %args.name,
+        llm.attempt = call.attempt,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    if let Some(n) = call.req.max_tokens {
+        span.record("gen_ai.request.max_tokens", n);
+    }
+    if let Some(t) = call.req.body.get("temperature").and_then(|t| t.as_f64()) {
+        span.record("gen_ai.request.temperature", t);
+    }
+    span
+}
+
+/// What an attempt's span learns when it ends.
+fn close_span(span: &tracing::Span, model: &str, usage: Option<&Usage>, failure: Option<&Failure>) {
+    match failure {
+        None => {
+            span.record("gen_ai.response.model", model);
+            span.record("http.response.status_code", 200);
+            if let Some(u) = usage {
+                span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
+                span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+            }
+        }
+        Some(f) => {
+            if let Some(status) = f.status() {
+                span.record("http.response.status_code", status);
+            }
+            span.record("error.type", f.kind_name());
+        }
+    }
+}
+
+async fn call_inner(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    span: &tracing::Span,
+) -> Attempt {
     let (permit, mut report) = match admit(actor, &call).await {
         Ok(p) => p,
         Err(skip) => return Attempt::Skipped(skip),
@@ -587,6 +649,11 @@ pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt
         let d = classify(&f, &args.breaker, args.fallback_on_auth);
         (f, d)
     });
+    let model = args.adapter.config.model.as_str();
+    match &result {
+        Ok(r) => close_span(span, model, Some(&r.usage), None),
+        Err((f, _)) => close_span(span, model, None, Some(f)),
+    }
     let outcome = match &result {
         Ok(r) => {
             log_success(args, &call, latency, r.usage.total_tokens);
@@ -630,6 +697,32 @@ pub enum StreamAttempt {
 /// the deployment's `timeout` of the last. `sink` is bounded, so a slow subscriber slows the read
 /// from the provider instead of growing memory.
 pub async fn call_stream(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> StreamAttempt {
+    let span = attempt_span(args, &call);
+    let attempt = call_stream_inner(actor, args, call, sink)
+        .instrument(span.clone())
+        .await;
+    let model = args.adapter.config.model.as_str();
+    match &attempt {
+        StreamAttempt::Skipped(_) => {}
+        StreamAttempt::Failed { failure, .. } => close_span(&span, model, None, Some(failure)),
+        StreamAttempt::Streamed { usage, broken, .. } => {
+            close_span(
+                &span,
+                model,
+                usage.as_ref(),
+                broken.as_ref().map(|(f, _)| f),
+            );
+        }
+    }
+    attempt
+}
+
+async fn call_stream_inner(
     actor: &ActorRef<Msg>,
     args: &Args,
     call: CallArgs,

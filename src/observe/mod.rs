@@ -3,6 +3,8 @@
 pub mod alerts;
 pub mod events;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod spend;
 pub mod status;
 
