@@ -156,6 +156,7 @@ probe_share = 0.1
     assert!(raised["value"].as_f64().unwrap() >= 300.0, "{raised}");
     let s = sy.status().await;
     assert_eq!(s["deployments"][0]["degraded"], true, "{s}");
+
     assert!(
         s["alerts"]
             .as_array()
@@ -174,6 +175,15 @@ probe_share = 0.1
         shifted.get("backup").copied().unwrap_or(0) >= 150,
         "{shifted:?}"
     );
+    // What `switchyard status` prints now (see it with --nocapture).
+    let s = sy.status().await;
+    let snapshot: switchyard::observe::StatusSnapshot = serde_json::from_value(s).unwrap();
+    let table = switchyard::commands::status::table(&[snapshot]);
+    assert!(
+        table.contains("ALERT warning p95_latency on primary"),
+        "{table}"
+    );
+    eprintln!("{table}");
 
     // Recovery: the probes see it fast again and the alert clears.
     primary.set_default(Fault::Ok);

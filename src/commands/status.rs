@@ -73,7 +73,7 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8} {:>8} {:>6} {:>7} {:>10}",
+        "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8} {:>8} {:>8} {:>6} {:>7} {:>10}",
         "INSTANCE",
         "DEPLOYMENT",
         "GROUP",
@@ -82,6 +82,7 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
         "RPM",
         "P50 ms",
         "P95 ms",
+        "BASE ms",
         "ERR%",
         "REQS",
         "COST $"
@@ -99,7 +100,7 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8.1} {:>8.1} {:>6.1} {:>7} {:>10.6}",
+                "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8.1} {:>8.1} {:>8} {:>6.1} {:>7} {:>10.6}",
                 a.instance,
                 d.name,
                 d.group,
@@ -108,6 +109,9 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
                 rpm,
                 d.latency_ms.p50,
                 d.latency_ms.p95,
+                d.latency_ms
+                    .baseline
+                    .map_or_else(|| "-".to_string(), |b| format!("{b:.1}")),
                 d.error_rate * 100.0,
                 d.requests,
                 d.cost_usd
