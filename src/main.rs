@@ -77,9 +77,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             watch,
             gather,
             every,
+            instance,
         } => {
             let config = Config::load(&config)?;
-            status::run(&config, json, watch, gather, every).await
+            let how = status::How {
+                json,
+                watch,
+                gather,
+                every,
+                instance,
+            };
+            status::run(&config, &how).await
         }
         Command::Batch {
             command:

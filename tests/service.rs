@@ -123,20 +123,22 @@ async fn switchyard_status_shows_every_instance() {
         ),
     )
     .unwrap();
-    let run = |json: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
-        cmd.args(["status", "--config"])
+    let status = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("status")
+            .args(args)
+            .arg("--config")
             .arg(&file)
-            .args(["--gather", "1s"])
-            .env("STATUS_TEST_KEY", "sk-status");
-        if json {
-            cmd.arg("--json");
-        }
-        let out = cmd.output().unwrap();
+            .env("STATUS_TEST_KEY", "sk-status")
+            .output()
+            .unwrap()
+    };
+    let run = |args: &[&str]| {
+        let out = status(args);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap()
     };
-    let table = run(false);
+    let table = run(&["--gather", "1s"]);
     assert!(table.starts_with("INSTANCE"), "{table}");
     for instance in ["test-1", "test-2"] {
         assert!(
@@ -146,12 +148,21 @@ async fn switchyard_status_shows_every_instance() {
             "{instance} missing:\n{table}"
         );
     }
-    let json = run(true);
+    let json = run(&["--gather", "1s", "--json"]);
     let instances: Vec<String> = json
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["instance"].to_string())
         .collect();
     assert_eq!(instances, ["\"test-1\"", "\"test-2\""]);
+
+    // The container health check: one instance by id, and a failure for one that is gone.
+    let out = run(&["--json", "--instance", "test-2"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("\"instance\":\"test-2\""), "{out}");
+    let gone = status(&["--instance", "test-9"]);
+    assert!(!gone.status.success());
+    let err = String::from_utf8(gone.stderr).unwrap();
+    assert!(err.contains("instance test-9 did not answer"), "{err}");
     two.shutdown().await;
     one.shutdown().await;
 }

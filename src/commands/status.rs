@@ -9,38 +9,49 @@ use crate::config::Config;
 use crate::observe::StatusSnapshot;
 use crate::protocol::Subjects;
 
-pub async fn run(
-    config: &Config,
-    json: bool,
-    watch: bool,
-    gather: Duration,
-    every: Duration,
-) -> anyhow::Result<()> {
+/// What `switchyard status` was asked for.
+pub struct How {
+    pub json: bool,
+    pub watch: bool,
+    /// How long to gather answers.
+    pub gather: Duration,
+    /// Refresh period with `watch`.
+    pub every: Duration,
+    /// Only this instance (and fail if it does not answer).
+    pub instance: Option<String>,
+}
+
+pub async fn run(config: &Config, how: &How) -> anyhow::Result<()> {
     let client = crate::ingress::connect(&config.nats, "switchyard-status").await?;
     let subjects = Subjects::new(&config.nats.prefix);
     loop {
-        let answers = gather_status(&client, &subjects, gather).await?;
-        if watch && !json {
+        let mut answers = gather_status(&client, &subjects, how.gather).await?;
+        if let Some(id) = &how.instance {
+            answers.retain(|a| &*a.instance == id.as_str());
+        }
+        if how.watch && !how.json {
             print!("\x1b[2J\x1b[H");
         }
-        if json {
+        if how.json {
             for a in &answers {
                 println!("{}", serde_json::to_string(a)?);
             }
         } else {
             print!("{}", table(&answers));
         }
-        if !watch {
+        if !how.watch {
             if answers.is_empty() {
-                anyhow::bail!(
-                    "no instance answered on {} within {} ms",
-                    subjects.status(),
-                    gather.as_millis()
-                );
+                let (subject, ms) = (subjects.status(), how.gather.as_millis());
+                match &how.instance {
+                    Some(i) => {
+                        anyhow::bail!("instance {i} did not answer on {subject} within {ms} ms")
+                    }
+                    None => anyhow::bail!("no instance answered on {subject} within {ms} ms"),
+                }
             }
             return Ok(());
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(how.every).await;
     }
 }
 
