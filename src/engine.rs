@@ -10,6 +10,8 @@ use bytes::Bytes;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::Link;
+use crate::cluster::quota::SharedWindow;
 use crate::config::Config;
 use crate::deployment::{self, Shared};
 use crate::observe::events::{self, EventBus};
@@ -39,6 +41,7 @@ pub struct Engine {
     supervisor: ActorRef<supervisor::Msg>,
     events: EventBus,
     instance: Arc<str>,
+    cluster: Arc<Link>,
     started: Instant,
 }
 
@@ -67,6 +70,7 @@ impl Engine {
         let events = events::bus();
         let instance: Arc<str> = instance.into();
         let breaker = Arc::new(config.breaker.clone());
+        let cluster = Arc::new(Link::new(instance.clone(), config.cluster.sync_timeout));
         let slots: Vec<Slot> = config
             .deployments
             .iter()
@@ -83,6 +87,13 @@ impl Engine {
                         instance: instance.clone(),
                         name: name.clone(),
                         batch_share: 1.0 - config.batch_live_reserve,
+                        cluster: cluster.clone(),
+                        quota: SharedWindow::new(
+                            &d.name,
+                            d.rpm.map(|n| u64::from(n.get())),
+                            d.tpm.map(|n| n.get()),
+                        )
+                        .map(Arc::new),
                     },
                     name,
                     shared,
@@ -108,12 +119,22 @@ impl Engine {
             supervisor,
             events,
             instance,
+            cluster,
             started: epoch,
         })
     }
 
     pub fn instance(&self) -> &Arc<str> {
         &self.instance
+    }
+
+    /// What this instance shares with the others (started by `crate::cluster::sync::spawn`).
+    pub fn cluster(&self) -> &Arc<Link> {
+        &self.cluster
+    }
+
+    pub(crate) fn slots(&self) -> &Arc<[Slot]> {
+        &self.router.slots
     }
 
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<events::Event> {
@@ -228,6 +249,7 @@ impl Engine {
             },
             alerts: Vec::new(),
             spend: self.router.spend.snapshot(),
+            cluster: self.cluster.status(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! into the `Config` the engine runs on. Every problem is reported with the file and the key path
 //! (`deployments[2].rpm: must be > 0`), all of them at once, before anything starts.
 
+mod cluster;
 mod deployment;
 pub mod prices;
 mod raw;
@@ -12,6 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cluster::ClusterConfig;
 pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
 pub use secret::Secret;
 
@@ -42,6 +44,8 @@ pub struct Config {
     pub batch_live_reserve: f64,
     /// `[metrics] listen`: where `serve` offers Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[cluster]`: state shared between `serve` instances.
+    pub cluster: ClusterConfig,
     pub deployments: Vec<DeploymentConfig>,
 }
 
@@ -462,6 +466,8 @@ fn validate(
             .ok()
     });
 
+    let cluster = cluster::validate(raw.cluster, v);
+
     let b = raw.breaker;
     if b.failure_threshold == 0 {
         v.problem("breaker.failure_threshold", "must be > 0");
@@ -536,6 +542,7 @@ fn validate(
         budgets,
         batch_live_reserve,
         metrics_listen,
+        cluster,
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {

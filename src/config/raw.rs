@@ -32,6 +32,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
+    pub cluster: super::cluster::RawCluster,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
 }
 

@@ -132,6 +132,9 @@ pub async fn run(
     let batches = batch::BatchService::new(client.clone(), engine.clone(), config, tracker.clone())
         .serve(stop.clone(), config.nats.queue_group.clone());
     let batch_loop = tokio::spawn(batches);
+    let cluster = config.cluster.enabled.then(|| {
+        crate::cluster::sync::spawn(client.clone(), engine.clone(), &config.cluster, stop.clone())
+    });
     info!(
         subject = %subjects.chat_wildcard(),
         queue_group = %config.nats.queue_group,
@@ -155,6 +158,9 @@ pub async fn run(
         let _ = m.await;
     }
     let _ = events.await;
+    if let Some(c) = cluster {
+        let _ = c.await;
+    }
     let _ = client.flush().await;
     info!("drained");
     Ok(())
