@@ -370,3 +370,110 @@ async fn cost_of_the_cluster_window_per_attempt() {
     }
     a.shutdown().await;
 }
+
+const JOB: &str = r#"
+name = "triage"
+task = "classify"
+prompt = "Ticket {{id}}: {{body}}"
+concurrency = 2
+output = { labels = ["billing", "bug", "other"] }
+"#;
+
+/// The owner of a batch's lease, read from the cluster's bucket.
+async fn lease_owner(client: &async_nats::Client, batch_id: &str) -> Option<String> {
+    let kv = async_nats::jetstream::new(client.clone())
+        .get_key_value("switchyard_state")
+        .await
+        .ok()?;
+    let e = kv.entry(format!("lease.batch.{batch_id}")).await.ok()??;
+    let v: serde_json::Value = serde_json::from_slice(&e.value).ok()?;
+    Some(v["owner"].as_str()?.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_owner_dies_is_taken_over_and_finished_by_another_instance() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start().await;
+    fake.set_default(Fault::delay(
+        Duration::from_millis(100),
+        Fault::Reply {
+            text: "billing".into(),
+            prompt_tokens: 12,
+            completion_tokens: 1,
+        },
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[nats]\nurl = \"{}\"\n[storage]\npath = {:?}\n[cluster]\nlease_ttl = \"3s\"\n[tasks]\nclassify = \"main\"\n{}",
+        nats.url(),
+        dir.path().join("s.db").display().to_string(),
+        openai_deployment("p", "main", &fake.base_url(), "")
+    );
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut procs: Vec<ServeProcess> = ["p-1", "p-2"]
+        .iter()
+        .map(|i| ServeProcess::start(&path, i))
+        .collect();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let up = eventually(Duration::from_secs(30), || async {
+        let s = gather_status(&client, 2, Duration::from_secs(1)).await;
+        s.len() == 2 && s.values().all(|v| v["cluster"]["shared"] == true)
+    })
+    .await;
+    assert!(up, "two instances did not come up");
+
+    const ITEMS: usize = 60;
+    let items: Vec<serde_json::Value> = (0..ITEMS)
+        .map(|i| serde_json::json!({"id": format!("t{i}"), "body": format!("invoice {i}")}))
+        .collect();
+    let body = serde_json::json!({"job": JOB, "items": items}).to_string();
+    let reply = client
+        .request("llm.batch.submit", body.into())
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    let id = v["batch_id"].as_str().expect("a batch id").to_string();
+    let mut progress = client
+        .subscribe(format!("llm.batch.{id}.progress"))
+        .await
+        .unwrap();
+
+    let going = eventually(Duration::from_secs(10), || async { fake.calls() >= 10 }).await;
+    assert!(going, "the batch never got going");
+    let owner = lease_owner(&client, &id)
+        .await
+        .expect("the running batch has a lease");
+    let killed = procs.iter().position(|p| p.instance == owner).unwrap();
+    let calls_at_kill = fake.calls();
+    let taken_at = Instant::now();
+    procs[killed].kill();
+    let survivor = procs[1 - killed].instance.clone();
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let last = loop {
+        let m = tokio::time::timeout_at(deadline.into(), futures::StreamExt::next(&mut progress))
+            .await
+            .expect("the batch finished")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if v.get("state").is_some() {
+            break v;
+        }
+    };
+    println!(
+        "owner {owner} killed after {calls_at_kill} calls; {survivor} finished the batch {:?} later",
+        taken_at.elapsed()
+    );
+    assert_eq!(last["state"], "done", "{last}");
+    assert_eq!(last["ok"], ITEMS as u64, "{last}");
+    assert_eq!(lease_owner(&client, &id).await.as_deref(), Some(survivor.as_str()));
+    // Items finished before the kill were not sent again: only those in flight on the dead owner
+    // (at most `concurrency`) were.
+    assert!(
+        fake.calls() <= ITEMS + 2,
+        "{} provider calls for {ITEMS} items",
+        fake.calls()
+    );
+    drop(procs);
+}

@@ -16,6 +16,7 @@
 //! windows and breakers, says so in its status (`cluster.shared = false`), and catches up when
 //! NATS returns.
 
+pub mod lease;
 pub mod quota;
 pub mod sync;
 
@@ -147,6 +148,32 @@ impl Link {
             since,
             detail,
         }));
+    }
+}
+
+/// Why a compare-and-swap write did not happen.
+pub enum Write {
+    /// Someone else wrote first: read again.
+    Conflict,
+    Failed(String),
+}
+
+/// Writes `value` at `key` if its last revision is still `revision` (0: the key must not exist);
+/// returns the new revision.
+pub async fn cas(kv: &Store, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, Write> {
+    use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+    if revision == 0 {
+        kv.create(key, value).await.map_err(|e| match e.kind() {
+            CreateErrorKind::AlreadyExists => Write::Conflict,
+            _ => Write::Failed(format!("cannot create {key}: {e}")),
+        })
+    } else {
+        kv.update(key, value, revision)
+            .await
+            .map_err(|e| match e.kind() {
+                UpdateErrorKind::WrongLastRevision => Write::Conflict,
+                _ => Write::Failed(format!("cannot update {key}: {e}")),
+            })
     }
 }
 

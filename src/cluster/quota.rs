@@ -16,9 +16,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{CreateErrorKind, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use rand::Rng;
+
+use super::Write;
 
 /// Seconds counted: the current one and the 60 before it.
 const SPAN_S: u64 = 60;
@@ -218,26 +220,9 @@ async fn read(kv: &Store, key: &str) -> Result<(Counters, u64), String> {
     }
 }
 
-enum Write {
-    Conflict,
-    Failed(String),
-}
-
 async fn write(kv: &Store, key: &str, counters: &Counters, revision: u64) -> Result<u64, Write> {
     let value = Bytes::from(serde_json::to_vec(counters).unwrap_or_default());
-    if revision == 0 {
-        kv.create(key, value).await.map_err(|e| match e.kind() {
-            CreateErrorKind::AlreadyExists => Write::Conflict,
-            _ => Write::Failed(format!("cannot create {key}: {e}")),
-        })
-    } else {
-        kv.update(key, value, revision)
-            .await
-            .map_err(|e| match e.kind() {
-                UpdateErrorKind::WrongLastRevision => Write::Conflict,
-                _ => Write::Failed(format!("cannot update {key}: {e}")),
-            })
-    }
+    super::cas(kv, key, value, revision).await
 }
 
 #[cfg(test)]
