@@ -70,7 +70,7 @@ impl Engine {
         let events = events::bus();
         let instance: Arc<str> = instance.into();
         let breaker = Arc::new(config.breaker.clone());
-        let cluster = Arc::new(Link::new(instance.clone(), config.cluster.sync_timeout));
+        let cluster = Arc::new(Link::new(instance.clone(), &config.cluster));
         let slots: Vec<Slot> = config
             .deployments
             .iter()

@@ -343,14 +343,15 @@ async fn cost_of_the_cluster_window_per_attempt() {
     let nats = NatsServer::start();
     let fake = FakeProvider::start().await;
     let deployments = format!(
-        "{}{}",
-        openai_deployment("limited", "chat", &fake.base_url(), "rpm = 100000\ntpm = 100000000\n"),
+        "{}{}{}",
+        openai_deployment("rpm-tpm", "chat", &fake.base_url(), "rpm = 100000\ntpm = 100000000\n"),
+        openai_deployment("rpm-only", "chat1", &fake.base_url(), "rpm = 100000\n"),
         openai_deployment("free", "chat2", &fake.base_url(), "")
     );
     let a = Running::start(&nats, config(&nats.url(), "", &deployments)).await;
     wait_shared(&a).await;
     let mut p50 = Vec::new();
-    for model in ["free", "limited", "free", "limited"] {
+    for model in ["free", "rpm-only", "rpm-tpm", "free", "rpm-only", "rpm-tpm"] {
         let body = HELLO.replace("gpt-4o", model);
         let mut lat = Vec::new();
         for _ in 0..200 {

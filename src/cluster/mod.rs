@@ -28,6 +28,7 @@ use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::config::ClusterConfig;
 use crate::deployment::breaker::CircuitState;
 use crate::observe::events::now_rfc3339;
 use crate::observe::status::ClusterStatus;
@@ -86,16 +87,21 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(instance: Arc<str>, sync_timeout: Duration) -> Self {
+    pub fn new(instance: Arc<str>, config: &ClusterConfig) -> Self {
+        let detail = if config.enabled {
+            "local state: no NATS (not running under `serve`)"
+        } else {
+            "local state: [cluster] enabled = false"
+        };
         Self {
             instance,
-            sync_timeout,
+            sync_timeout: config.sync_timeout,
             outbox: ArcSwapOption::empty(),
             kv: ArcSwapOption::empty(),
             status: ArcSwap::from_pointee(ClusterStatus {
                 shared: false,
                 since: now_rfc3339(),
-                detail: "local state: no NATS (not running under `serve`)".into(),
+                detail: detail.into(),
             }),
         }
     }

@@ -13,7 +13,11 @@
 //! Within one instance the attempts on one deployment take their turn (an async mutex per
 //! deployment, not a global lock), so that conflicts only arise between instances, and the last
 //! value written is kept so that the usual case costs one round trip (the CAS) instead of two.
+//! Token corrections (real usage replacing the estimate) ride on the next take's write, or are
+//! written on their own a second later when no take comes.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
@@ -26,6 +30,8 @@ use super::Write;
 const SPAN_S: u64 = 60;
 /// CAS rounds before giving up on a busy key (then the attempt is judged locally).
 const MAX_ROUNDS: u32 = 64;
+/// How long a token correction waits for a take to carry it before it is written on its own.
+const CORRECTION_DELAY: Duration = Duration::from_secs(1);
 
 /// (unix second, requests, tokens), oldest first.
 type Counters = Vec<(u64, u64, u64)>;
@@ -36,6 +42,9 @@ pub struct SharedWindow {
     tpm: Option<u64>,
     /// The value this instance last read or wrote, with its revision (0: the key is absent).
     last: tokio::sync::Mutex<Option<(Counters, u64)>>,
+    /// Token corrections not written yet: (second, real usage − estimate).
+    pending: Mutex<Vec<(u64, i64)>>,
+    flush_scheduled: AtomicBool,
 }
 
 /// A slot taken in the shared window, to correct with real usage later.
@@ -65,6 +74,8 @@ impl SharedWindow {
             rpm,
             tpm,
             last: tokio::sync::Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
+            flush_scheduled: AtomicBool::new(false),
         })
     }
 
@@ -86,6 +97,22 @@ impl SharedWindow {
         (rpm, tpm): (Option<u64>, Option<u64>),
     ) -> Take {
         let mut last = self.last.lock().await;
+        let folded = self.take_pending();
+        let taken = self.take_rounds(kv, estimate, (rpm, tpm), &mut last, &folded).await;
+        if !matches!(taken, Take::Taken(_)) {
+            self.give_back(folded);
+        }
+        taken
+    }
+
+    async fn take_rounds(
+        &self,
+        kv: &Store,
+        estimate: u64,
+        (rpm, tpm): (Option<u64>, Option<u64>),
+        last: &mut Option<(Counters, u64)>,
+        folded: &[(u64, i64)],
+    ) -> Take {
         let mut fresh = false;
         for round in 0..MAX_ROUNDS {
             let (mut counters, revision) = match last.take() {
@@ -101,6 +128,8 @@ impl SharedWindow {
             let now_ms = super::wall_ms();
             let now_s = now_ms / 1000;
             counters.retain(|&(s, _, _)| s + SPAN_S >= now_s);
+            let base = (counters.clone(), revision);
+            apply(&mut counters, folded);
             let full = [("rpm", rpm, 1, 1usize), ("tpm", tpm, estimate, 2usize)]
                 .into_iter()
                 .find_map(|(name, cap, amount, column)| {
@@ -115,7 +144,7 @@ impl SharedWindow {
                     // look again before refusing.
                     continue;
                 }
-                *last = Some((counters, revision));
+                *last = Some(base);
                 return Take::Full { limit, retry_in };
             }
             match counters.last_mut() {
@@ -147,13 +176,30 @@ impl SharedWindow {
         Take::Unshared(format!("{} stayed busy for {MAX_ROUNDS} rounds", self.key))
     }
 
-    /// Replaces a slot's token estimate with the real usage. Best effort: a failure leaves the
-    /// estimate, which only errs on the safe side when the estimate was high.
-    pub async fn correct(&self, kv: &Store, taken: Taken, actual: u64) {
+    /// Replaces a slot's token estimate with the real usage: carried by the next take, or
+    /// written on its own after `CORRECTION_DELAY`. Returns whether the caller should spawn
+    /// `flush_later` (no flush is scheduled yet).
+    pub fn correct(&self, taken: Taken, actual: u64) -> bool {
         if self.tpm.is_none() || actual == taken.tokens {
+            return false;
+        }
+        let delta = actual as i64 - taken.tokens as i64;
+        if let Ok(mut p) = self.pending.lock() {
+            p.push((taken.sec, delta));
+        }
+        !self.flush_scheduled.swap(true, Relaxed)
+    }
+
+    /// Writes the corrections no take has carried. Best effort: a failure leaves the estimates,
+    /// which err on the safe side when they were high.
+    pub async fn flush_later(&self, kv: &Store) {
+        tokio::time::sleep(CORRECTION_DELAY).await;
+        self.flush_scheduled.store(false, Relaxed);
+        let mut last = self.last.lock().await;
+        let folded = self.take_pending();
+        if folded.is_empty() {
             return;
         }
-        let mut last = self.last.lock().await;
         for _ in 0..8 {
             let (mut counters, revision) = match last.take() {
                 Some(v) => v,
@@ -162,12 +208,7 @@ impl SharedWindow {
                     Err(_) => return,
                 },
             };
-            let Some(c) = counters.iter_mut().find(|c| c.0 == taken.sec) else {
-                // That second has left the window: it no longer counts anyway.
-                *last = Some((counters, revision));
-                return;
-            };
-            c.2 = (c.2 + actual).saturating_sub(taken.tokens);
+            apply(&mut counters, &folded);
             match write(kv, &self.key, &counters, revision).await {
                 Ok(revision) => {
                     *last = Some((counters, revision));
@@ -176,6 +217,30 @@ impl SharedWindow {
                 Err(Write::Conflict) => continue,
                 Err(Write::Failed(_)) => return,
             }
+        }
+    }
+
+    fn take_pending(&self) -> Vec<(u64, i64)> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, folded: Vec<(u64, i64)>) {
+        if !folded.is_empty()
+            && let Ok(mut p) = self.pending.lock()
+        {
+            p.extend(folded);
+        }
+    }
+}
+
+/// Applies token corrections to the seconds still in the window (the others no longer count).
+fn apply(counters: &mut Counters, corrections: &[(u64, i64)]) {
+    for &(sec, delta) in corrections {
+        if let Some(c) = counters.iter_mut().find(|c| c.0 == sec) {
+            c.2 = c.2.saturating_add_signed(delta);
         }
     }
 }
@@ -228,6 +293,13 @@ async fn write(kv: &Store, key: &str, counters: &Counters, revision: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corrections_apply_to_seconds_still_counted() {
+        let mut counters = vec![(100, 2, 500), (101, 1, 300)];
+        apply(&mut counters, &[(100, -200), (101, 50), (99, -1000), (101, -1000)]);
+        assert_eq!(counters, vec![(100, 2, 300), (101, 1, 0)]);
+    }
 
     #[test]
     fn room_comes_back_when_the_oldest_seconds_leave() {

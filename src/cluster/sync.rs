@@ -302,6 +302,15 @@ impl Sync {
         if record.instance == self.link.instance {
             return;
         }
+        // Older than what this instance decided since (an outage's backlog): ours stands, and
+        // `republish` puts it back.
+        if self
+            .own
+            .get(&entry.key)
+            .is_some_and(|mine| mine.at_ms > record.at_ms)
+        {
+            return;
+        }
         let until = instant_of(record.until_ms);
         let remote = match (kind, record.state) {
             ("circuit", Some(state)) => Remote::Circuit {

@@ -861,9 +861,10 @@ impl Report<'_> {
         if let (Some((quota, kv, taken)), Outcome::Ok { prompt_tokens, completion_tokens, .. }) =
             (self.shared.take(), &outcome)
         {
-            // Fire and forget: the reply does not wait for the bookkeeping.
-            let actual = prompt_tokens + completion_tokens;
-            tokio::spawn(async move { quota.correct(&kv, taken, actual).await });
+            // The reply does not wait for the bookkeeping: the next take carries it.
+            if quota.correct(taken, prompt_tokens + completion_tokens) {
+                tokio::spawn(async move { quota.flush_later(&kv).await });
+            }
         }
         let finished = Finished {
             probe: self.probe,
