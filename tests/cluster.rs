@@ -46,7 +46,12 @@ async fn shutdown(all: impl IntoIterator<Item = Running>) {
 async fn chat_on(r: &Running) -> Result<String, String> {
     let o = r
         .engine
-        .chat("chat", Ok(RequestOptions::default()), HELLO.as_bytes(), None)
+        .chat(
+            "chat",
+            Ok(RequestOptions::default()),
+            HELLO.as_bytes(),
+            None,
+        )
         .await;
     match o.result {
         Ok(s) => Ok(s.deployment.to_string()),
@@ -112,17 +117,25 @@ async fn a_circuit_opened_on_one_instance_is_open_on_all_within_a_second() {
     assert_eq!(fake.calls(), 3);
 
     // One event, from the instance whose breaker opened.
-    let msg = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut events))
-        .await
-        .expect("a circuit event")
-        .unwrap();
+    let msg = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut events),
+    )
+    .await
+    .expect("a circuit event")
+    .unwrap();
     let e: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(e["to"], "open");
     assert_eq!(e["instance"], "test-1");
-    let more =
-        tokio::time::timeout(Duration::from_millis(500), futures::StreamExt::next(&mut events))
-            .await;
-    assert!(more.is_err(), "forced transitions are not announced again: {more:?}");
+    let more = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures::StreamExt::next(&mut events),
+    )
+    .await;
+    assert!(
+        more.is_err(),
+        "forced transitions are not announced again: {more:?}"
+    );
     shutdown([a, b, c]).await;
 }
 
@@ -166,12 +179,7 @@ async fn rpm_holds_for_the_cluster_not_per_instance() {
 async fn without_the_cluster_each_instance_spends_the_whole_limit() {
     let nats = NatsServer::start();
     let fake = FakeProvider::start().await;
-    let config = solo(
-        &nats,
-        &fake,
-        "[cluster]\nenabled = false\n",
-        "rpm = 60\n",
-    );
+    let config = solo(&nats, &fake, "[cluster]\nenabled = false\n", "rpm = 60\n");
     let a = Running::start(&nats, config).await;
     let b = a.start_second("test-2").await;
     let c = a.start_second("test-3").await;
@@ -245,7 +253,10 @@ async fn without_nats_each_instance_keeps_local_state_and_shares_again_when_it_r
         b.engine.status().await.deployments[0].circuit == "open"
     })
     .await;
-    assert!(open, "b never learnt of the circuit a opened during the outage");
+    assert!(
+        open,
+        "b never learnt of the circuit a opened during the outage"
+    );
     assert_eq!(fake.calls(), 3);
     shutdown([a, b]).await;
 }
@@ -283,8 +294,12 @@ async fn a_killed_instance_costs_only_its_requests_in_flight() {
     let answered = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (client, sent, retries, answered) =
-                (client.clone(), sent.clone(), retries.clone(), answered.clone());
+            let (client, sent, retries, answered) = (
+                client.clone(),
+                sent.clone(),
+                retries.clone(),
+                answered.clone(),
+            );
             tokio::spawn(async move {
                 while sent.fetch_add(1, Relaxed) < REQUESTS {
                     for attempt in 0..2 {
@@ -344,7 +359,12 @@ async fn cost_of_the_cluster_window_per_attempt() {
     let fake = FakeProvider::start().await;
     let deployments = format!(
         "{}{}{}",
-        openai_deployment("rpm-tpm", "chat", &fake.base_url(), "rpm = 100000\ntpm = 100000000\n"),
+        openai_deployment(
+            "rpm-tpm",
+            "chat",
+            &fake.base_url(),
+            "rpm = 100000\ntpm = 100000000\n"
+        ),
         openai_deployment("rpm-only", "chat1", &fake.base_url(), "rpm = 100000\n"),
         openai_deployment("free", "chat2", &fake.base_url(), "")
     );
@@ -468,7 +488,10 @@ async fn a_batch_whose_owner_dies_is_taken_over_and_finished_by_another_instance
     );
     assert_eq!(last["state"], "done", "{last}");
     assert_eq!(last["ok"], ITEMS as u64, "{last}");
-    assert_eq!(lease_owner(&client, &id).await.as_deref(), Some(survivor.as_str()));
+    assert_eq!(
+        lease_owner(&client, &id).await.as_deref(),
+        Some(survivor.as_str())
+    );
     // Items finished before the kill were not sent again: only those in flight on the dead owner
     // (at most `concurrency`) were.
     assert!(

@@ -98,7 +98,9 @@ impl SharedWindow {
     ) -> Take {
         let mut last = self.last.lock().await;
         let folded = self.take_pending();
-        let taken = self.take_rounds(kv, estimate, (rpm, tpm), &mut last, &folded).await;
+        let taken = self
+            .take_rounds(kv, estimate, (rpm, tpm), &mut last, &folded)
+            .await;
         if !matches!(taken, Take::Taken(_)) {
             self.give_back(folded);
         }
@@ -297,7 +299,10 @@ mod tests {
     #[test]
     fn corrections_apply_to_seconds_still_counted() {
         let mut counters = vec![(100, 2, 500), (101, 1, 300)];
-        apply(&mut counters, &[(100, -200), (101, 50), (99, -1000), (101, -1000)]);
+        apply(
+            &mut counters,
+            &[(100, -200), (101, 50), (99, -1000), (101, -1000)],
+        );
         assert_eq!(counters, vec![(100, 2, 300), (101, 1, 0)]);
     }
 

@@ -268,8 +268,9 @@ impl Sync {
                 continue;
             }
             let newer = match store.entry(key.as_str()).await {
-                Ok(Some(e)) => serde_json::from_slice::<Record>(&e.value)
-                    .is_ok_and(|r| r.at_ms >= mine.at_ms),
+                Ok(Some(e)) => {
+                    serde_json::from_slice::<Record>(&e.value).is_ok_and(|r| r.at_ms >= mine.at_ms)
+                }
                 _ => false,
             };
             if !newer && let Err(e) = self.put(store, key, mine).await {

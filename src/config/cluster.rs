@@ -123,7 +123,11 @@ mod tests {
         let err = Config::parse(&text, "t.toml", &|_| None)
             .unwrap_err()
             .to_string();
-        for key in ["cluster.bucket", "cluster.sync_timeout", "cluster.lease_ttl"] {
+        for key in [
+            "cluster.bucket",
+            "cluster.sync_timeout",
+            "cluster.lease_ttl",
+        ] {
             assert!(err.contains(&format!("t.toml: {key}: ")), "{key} in {err}");
         }
     }

@@ -850,7 +850,11 @@ struct Report<'a> {
     rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
     /// The slot taken in the cluster-wide window, corrected with real usage at the end.
-    shared: Option<(Arc<SharedWindow>, Arc<async_nats::jetstream::kv::Store>, Taken)>,
+    shared: Option<(
+        Arc<SharedWindow>,
+        Arc<async_nats::jetstream::kv::Store>,
+        Taken,
+    )>,
     started: Instant,
     sent: bool,
 }
@@ -858,8 +862,14 @@ struct Report<'a> {
 impl Report<'_> {
     fn send(&mut self, latency: Duration, outcome: Outcome) {
         self.sent = true;
-        if let (Some((quota, kv, taken)), Outcome::Ok { prompt_tokens, completion_tokens, .. }) =
-            (self.shared.take(), &outcome)
+        if let (
+            Some((quota, kv, taken)),
+            Outcome::Ok {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            },
+        ) = (self.shared.take(), &outcome)
         {
             // The reply does not wait for the bookkeeping: the next take carries it.
             if quota.correct(taken, prompt_tokens + completion_tokens) {

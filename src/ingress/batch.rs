@@ -25,9 +25,9 @@ use tracing::{info, warn};
 
 use super::IngressError;
 use crate::batch::checkpoint::{Checkpoint, output_line};
-use crate::cluster::lease::{self, Acquired, RenewError};
 use crate::batch::job::Job;
 use crate::batch::runner::{self, Hooks, RunArgs};
+use crate::cluster::lease::{self, Acquired, RenewError};
 use crate::config::Config;
 use crate::engine::Engine;
 

@@ -133,7 +133,12 @@ pub async fn run(
         .serve(stop.clone(), config.nats.queue_group.clone());
     let batch_loop = tokio::spawn(batches);
     let cluster = config.cluster.enabled.then(|| {
-        crate::cluster::sync::spawn(client.clone(), engine.clone(), &config.cluster, stop.clone())
+        crate::cluster::sync::spawn(
+            client.clone(),
+            engine.clone(),
+            &config.cluster,
+            stop.clone(),
+        )
     });
     info!(
         subject = %subjects.chat_wildcard(),
