@@ -111,11 +111,18 @@ impl Sync {
             }
             let opened = tokio::time::timeout(self.timeout * 2, async {
                 let store = open_bucket(&self.js, &self.bucket).await?;
-                let watch = store
-                    .watch_with_history(">")
-                    .await
-                    .map_err(|e| format!("cannot watch bucket {}: {e}", self.bucket))?;
-                Ok::<_, String>((store, watch))
+                // Two watches rather than the whole bucket: every rpm/tpm take writes a quota key,
+                // and no instance needs to hear of those. (One consumer with two filters needs
+                // nats-server 2.10.)
+                let mut watches = Vec::new();
+                for keys in ["circuit.>", "cooldown.>"] {
+                    let w = store
+                        .watch_with_history(keys)
+                        .await
+                        .map_err(|e| format!("cannot watch bucket {}: {e}", self.bucket))?;
+                    watches.push(w);
+                }
+                Ok::<_, String>((store, futures::stream::select_all(watches)))
             })
             .await
             .unwrap_or_else(|_| Err(format!("bucket {} did not answer", self.bucket)));
@@ -184,7 +191,7 @@ impl Sync {
     async fn serve(
         &mut self,
         store: &Store,
-        mut watch: Watch,
+        mut watch: futures::stream::SelectAll<Watch>,
         rx: &mut mpsc::Receiver<Publish>,
         stop: &CancellationToken,
     ) -> Ended {
