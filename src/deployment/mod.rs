@@ -523,12 +523,14 @@ impl State {
             );
             return;
         }
+        // Half-open is each instance's own business (its own probe); opening and closing are
+        // shared.
         let until_ms = match t.to {
-            CircuitState::Open => self.breaker.open_until().map_or(0, cluster::ms_of),
-            CircuitState::Closed => 0,
-            CircuitState::HalfOpen => u64::MAX,
+            CircuitState::Open => Some(self.breaker.open_until().map_or(0, cluster::ms_of)),
+            CircuitState::Closed => Some(0),
+            CircuitState::HalfOpen => None,
         };
-        if until_ms != u64::MAX {
+        if let Some(until_ms) = until_ms {
             self.args.cluster.publish(Publish::Circuit {
                 deployment: self.args.name.clone(),
                 state: t.to,

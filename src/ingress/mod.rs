@@ -1,7 +1,8 @@
 //! NATS in front of the engine: `llm.chat.>` (queue group, shared by every `serve` instance),
 //! `llm.status` (every instance answers) and `llm.status.events`. `run` takes the connection and
 //! a shutdown future, so tests run it in-process; on shutdown it stops taking requests, finishes
-//! the ones in flight, flushes, and returns.
+//! the ones in flight, flushes, and returns. With `[cluster] enabled` it also runs the cluster
+//! sync task (`crate::cluster::sync`), which shares this instance's state with the others.
 
 pub mod batch;
 pub mod chat;
