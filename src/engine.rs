@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cluster::Link;
+use crate::cluster::quota::SharedWindow;
 use crate::config::Config;
 use crate::deployment::{self, Shared};
 use crate::observe::alerts::{Alert, Change, Inputs, Rules};
@@ -47,6 +49,7 @@ pub struct Engine {
     supervisor: ActorRef<supervisor::Msg>,
     events: EventBus,
     instance: Arc<str>,
+    cluster: Arc<Link>,
     started: Instant,
     /// Failed requests by `ErrorKind` (its position in `ErrorKind::ALL`).
     errors: [AtomicU64; ErrorKind::ALL.len()],
@@ -79,6 +82,7 @@ impl Engine {
         let events = events::bus();
         let instance: Arc<str> = instance.into();
         let breaker = Arc::new(config.breaker.clone());
+        let cluster = Arc::new(Link::new(instance.clone(), &config.cluster));
         let slots: Vec<Slot> = config
             .deployments
             .iter()
@@ -95,6 +99,13 @@ impl Engine {
                         instance: instance.clone(),
                         name: name.clone(),
                         batch_share: 1.0 - config.batch_live_reserve,
+                        cluster: cluster.clone(),
+                        quota: SharedWindow::new(
+                            &d.name,
+                            d.rpm.map(|n| u64::from(n.get())),
+                            d.tpm.map(|n| n.get()),
+                        )
+                        .map(Arc::new),
                     },
                     name,
                     shared,
@@ -135,6 +146,7 @@ impl Engine {
             supervisor,
             events,
             instance,
+            cluster,
             started: epoch,
             errors: Default::default(),
             batch_items_ok: AtomicU64::new(0),
@@ -144,6 +156,15 @@ impl Engine {
 
     pub fn instance(&self) -> &Arc<str> {
         &self.instance
+    }
+
+    /// What this instance shares with the others (started by `crate::cluster::sync::spawn`).
+    pub fn cluster(&self) -> &Arc<Link> {
+        &self.cluster
+    }
+
+    pub(crate) fn slots(&self) -> &Arc<[Slot]> {
+        &self.router.slots
     }
 
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<events::Event> {
@@ -323,6 +344,7 @@ impl Engine {
             batch_items_failed: self.batch_items_failed.load(Relaxed),
             latency_buckets_s: deployment::stats::LATENCY_BUCKETS_S.to_vec(),
             spend: self.router.spend.snapshot(),
+            cluster: self.cluster.status(),
         }
     }
 

@@ -130,12 +130,15 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<14} up {}s, {} requests, {} fallbacks ({:.1}%)",
+            "{:<14} up {}s, {} requests, {} fallbacks ({:.1}%); cluster: {} since {} ({})",
             a.instance,
             a.uptime_s,
             a.requests,
             a.fallbacks,
-            a.fallback_ratio * 100.0
+            a.fallback_ratio * 100.0,
+            if a.cluster.shared { "shared" } else { "LOCAL" },
+            a.cluster.since,
+            a.cluster.detail
         );
         for alert in &a.alerts {
             let on = alert

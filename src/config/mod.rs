@@ -3,6 +3,7 @@
 //! (`deployments[2].rpm: must be > 0`), all of them at once, before anything starts.
 
 mod alerts;
+mod cluster;
 mod deployment;
 pub mod prices;
 mod raw;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use alerts::{AlertsConfig, Shift};
+pub use cluster::ClusterConfig;
 pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
 pub use secret::Secret;
 
@@ -46,6 +48,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[alerts]`: degradation rules, hysteresis and traffic shift.
     pub alerts: AlertsConfig,
+    /// `[cluster]`: state shared between `serve` instances.
+    pub cluster: ClusterConfig,
     pub deployments: Vec<DeploymentConfig>,
 }
 
@@ -468,6 +472,7 @@ fn validate(
 
     alerts::validate(&raw.alerts, v);
     let alerts = raw.alerts;
+    let cluster = cluster::validate(raw.cluster, v);
 
     let b = raw.breaker;
     if b.failure_threshold == 0 {
@@ -544,6 +549,7 @@ fn validate(
         batch_live_reserve,
         metrics_listen,
         alerts,
+        cluster,
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {

@@ -34,6 +34,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub alerts: super::alerts::AlertsConfig,
     #[serde(default)]
+    pub cluster: super::cluster::RawCluster,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
 }
 

@@ -10,6 +10,11 @@
 //! dropped mid-call, so in-flight counts and half-open probes are never leaked. What routing needs
 //! on every request (circuit state, in-flight, latency, usage) is published in `Shared` atomics,
 //! so the router reads it without a mailbox round trip.
+//!
+//! In a cluster (`crate::cluster`) the actor hands its breaker's openings and closings and its
+//! cool-downs to the cluster link, and is told other instances' as `Msg::Remote`; a deployment
+//! with `rpm`/`tpm` also takes its slot in the cluster-wide window, in the request's task, once
+//! the actor has admitted the call.
 
 pub mod breaker;
 pub mod limiter;
@@ -27,6 +32,8 @@ use tracing::{Instrument, debug, info, warn};
 use self::breaker::{Admission, Breaker, CircuitState, Transition};
 use self::limiter::{Ticket, WindowBudget};
 use self::stats::{Sample, Stats, WindowFigures};
+use crate::cluster::quota::{SharedWindow, Take, Taken};
+use crate::cluster::{self, Link, Publish, Remote};
 use crate::config::BreakerConfig;
 use crate::observe::events::{Event, EventBus, now_rfc3339};
 use crate::observe::status::{DeploymentStatus, LatencyMs};
@@ -146,6 +153,10 @@ pub struct Args {
     pub name: Arc<str>,
     /// Share of `rpm`/`tpm` that batch work may use (`1 - batch.live_reserve`).
     pub batch_share: f64,
+    /// What this instance shares with the others of its cluster.
+    pub cluster: Arc<Link>,
+    /// The cluster-wide `rpm`/`tpm` window; `None` without limits.
+    pub quota: Option<Arc<SharedWindow>>,
 }
 
 /// One try of one request at this deployment.
@@ -193,6 +204,7 @@ impl Skip {
 /// Leave to make one call: what the actor reserved for it.
 pub struct Permit {
     probe: bool,
+    rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
     fate: Option<simulated::Fate>,
 }
@@ -216,6 +228,8 @@ pub enum Msg {
     Finished(Box<Finished>),
     /// The breaker's reset timeout may have passed.
     Tick,
+    /// What another instance of the cluster decided.
+    Remote(Remote),
     Snapshot(RpcReplyPort<DeploymentStatus>),
     /// The calls of the last `window`, for the alert rules.
     Window {
@@ -227,6 +241,7 @@ pub enum Msg {
 
 pub struct Finished {
     probe: bool,
+    rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
     latency: Duration,
     outcome: Outcome,
@@ -241,6 +256,8 @@ enum Outcome {
     Failed(Failure, Decision),
     /// The request's task went away mid-call: counts neither way.
     Abandoned,
+    /// The cluster's window was full: no call was made, the reservation is given back.
+    Refused,
 }
 
 pub struct DeploymentActor;
@@ -300,9 +317,10 @@ impl Actor for DeploymentActor {
             Msg::Finished(f) => state.finished(&me, *f),
             Msg::Tick => {
                 if let Some(t) = state.breaker.poll(Instant::now()) {
-                    state.transition(t);
+                    state.transition(t, None);
                 }
             }
+            Msg::Remote(r) => state.remote(&me, r),
             Msg::Snapshot(reply) => {
                 let _ = reply.send(state.snapshot());
             }
@@ -338,7 +356,7 @@ impl State {
         }
         let (admission, transition) = self.breaker.check(now);
         if let Some(t) = transition {
-            self.transition(t);
+            self.transition(t, None);
         }
         if admission == Admission::Rejected {
             return Err(Skip::CircuitOpen);
@@ -386,6 +404,7 @@ impl State {
         });
         Ok(Permit {
             probe: admission == Admission::Probe,
+            rpm_ticket,
             tpm_ticket,
             fate,
         })
@@ -425,6 +444,16 @@ impl State {
                 self.breaker.on_neutral(f.probe);
                 None
             }
+            Outcome::Refused => {
+                if let (Some(b), Some(t)) = (self.rpm.as_mut(), f.rpm_ticket) {
+                    b.correct(t, 0);
+                }
+                if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
+                    b.correct(t, 0);
+                }
+                self.breaker.on_neutral(f.probe);
+                None
+            }
             Outcome::Failed(failure, decision) => {
                 let sample = match (failure, decision.count) {
                     (Failure::Timeout, true) => Sample::Timeout,
@@ -433,12 +462,11 @@ impl State {
                 };
                 self.stats.record(now, f.latency, sample);
                 if let Some(d) = decision.cool_down {
-                    self.cool_until = Some(now + d);
-                    let until = (now + d).saturating_duration_since(self.args.shared.epoch);
-                    self.args
-                        .shared
-                        .cool_until_ms
-                        .store(until.as_millis() as u64 + 1, Relaxed);
+                    self.cool_down_until(now + d);
+                    self.args.cluster.publish(Publish::CoolDown {
+                        deployment: self.args.name.clone(),
+                        until_ms: cluster::ms_of(now + d),
+                    });
                 }
                 if decision.count {
                     self.breaker.on_failure(now, f.probe)
@@ -449,7 +477,7 @@ impl State {
             }
         };
         if let Some(t) = transition {
-            self.transition(t);
+            self.transition(t, None);
             if t.to == CircuitState::Open {
                 ractor::time::send_after(self.breaker.reset_timeout(), me.get_cell(), || Msg::Tick);
             }
@@ -471,8 +499,82 @@ impl State {
         }
     }
 
-    fn transition(&mut self, t: Transition) {
+    fn cool_down_until(&mut self, until: Instant) {
+        self.cool_until = Some(until);
+        let at = until.saturating_duration_since(self.args.shared.epoch);
+        self.args
+            .shared
+            .cool_until_ms
+            .store(at.as_millis() as u64 + 1, Relaxed);
+    }
+
+    /// Another instance's breaker opened or closed, or it saw a `Retry-After`.
+    fn remote(&mut self, me: &ActorRef<Msg>, r: Remote) {
+        let now = Instant::now();
+        match r {
+            Remote::Circuit {
+                state: CircuitState::Open,
+                until,
+                instance,
+            } => {
+                if until <= now {
+                    return;
+                }
+                if let Some(t) = self.breaker.force_open(until) {
+                    self.transition(t, Some(&instance));
+                }
+                ractor::time::send_after(until - now, me.get_cell(), || Msg::Tick);
+            }
+            Remote::Circuit {
+                state: CircuitState::Closed,
+                instance,
+                ..
+            } => {
+                if let Some(t) = self.breaker.force_closed() {
+                    self.transition(t, Some(&instance));
+                }
+            }
+            // Every instance goes half-open on its own clock; not shared.
+            Remote::Circuit {
+                state: CircuitState::HalfOpen,
+                ..
+            } => {}
+            Remote::CoolDown { until } => {
+                if until > now && self.cool_until.is_none_or(|u| u < until) {
+                    self.cool_down_until(until);
+                }
+            }
+        }
+    }
+
+    /// Publishes a breaker transition: `origin` is the instance that forced it, `None` when this
+    /// instance's own breaker decided (then it is announced on the event bus and shared).
+    fn transition(&mut self, t: Transition, origin: Option<&Arc<str>>) {
         self.args.shared.circuit.store(t.to.to_u8(), Relaxed);
+        if let Some(origin) = origin {
+            info!(
+                deployment = %self.args.name,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                origin = %origin,
+                "circuit transition decided by another instance"
+            );
+            return;
+        }
+        // Half-open is each instance's own business (its own probe); opening and closing are
+        // shared.
+        let until_ms = match t.to {
+            CircuitState::Open => Some(self.breaker.open_until().map_or(0, cluster::ms_of)),
+            CircuitState::Closed => Some(0),
+            CircuitState::HalfOpen => None,
+        };
+        if let Some(until_ms) = until_ms {
+            self.args.cluster.publish(Publish::Circuit {
+                deployment: self.args.name.clone(),
+                state: t.to,
+                until_ms,
+            });
+        }
         warn!(
             deployment = %self.args.name,
             from = t.from.as_str(),
@@ -532,6 +634,7 @@ impl State {
 /// Asks the actor for a permit, and arms the report that will tell it how the call went.
 async fn admit<'a>(
     actor: &'a ActorRef<Msg>,
+    args: &Args,
     call: &CallArgs,
 ) -> Result<(Permit, Report<'a>), Skip> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -544,13 +647,34 @@ async fn admit<'a>(
         })
         .map_err(|_| Skip::Unreachable)?;
     let permit = rx.await.map_err(|_| Skip::Unreachable)??;
-    let report = Report {
+    let mut report = Report {
         actor,
         probe: permit.probe,
+        rpm_ticket: permit.rpm_ticket,
         tpm_ticket: permit.tpm_ticket,
+        shared: None,
         started: Instant::now(),
         sent: false,
     };
+    // The cluster-wide window, after the local one: only deployments with limits pay for it,
+    // and only while the bucket is reachable (else the local windows guard alone).
+    if let (Some(quota), Some(kv)) = (&args.quota, args.cluster.kv()) {
+        let share = if call.batch { args.batch_share } else { 1.0 };
+        match quota
+            .take(&kv, estimate, share, args.cluster.sync_timeout())
+            .await
+        {
+            Take::Taken(t) => report.shared = Some((quota.clone(), kv, t)),
+            Take::Full { limit, retry_in } => {
+                report.send(Duration::ZERO, Outcome::Refused);
+                return Err(Skip::AtLimit { limit, retry_in });
+            }
+            Take::Unshared(why) => {
+                warn!(deployment = %args.name, %why, "cluster window unreachable: local limits only");
+            }
+        }
+        report.started = Instant::now();
+    }
     Ok((permit, report))
 }
 
@@ -631,7 +755,7 @@ async fn call_inner(
     call: CallArgs,
     span: &tracing::Span,
 ) -> Attempt {
-    let (permit, mut report) = match admit(actor, &call).await {
+    let (permit, mut report) = match admit(actor, args, &call).await {
         Ok(p) => p,
         Err(skip) => return Attempt::Skipped(skip),
     };
@@ -730,7 +854,7 @@ async fn call_stream_inner(
 ) -> StreamAttempt {
     use futures::StreamExt;
 
-    let (permit, mut report) = match admit(actor, &call).await {
+    let (permit, mut report) = match admit(actor, args, &call).await {
         Ok(p) => p,
         Err(skip) => return StreamAttempt::Skipped(skip),
     };
@@ -862,7 +986,14 @@ fn log_failure(args: &Args, call: &CallArgs, latency: Duration, f: &Failure, d: 
 struct Report<'a> {
     actor: &'a ActorRef<Msg>,
     probe: bool,
+    rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
+    /// The slot taken in the cluster-wide window, corrected with real usage at the end.
+    shared: Option<(
+        Arc<SharedWindow>,
+        Arc<async_nats::jetstream::kv::Store>,
+        Taken,
+    )>,
     started: Instant,
     sent: bool,
 }
@@ -870,8 +1001,23 @@ struct Report<'a> {
 impl Report<'_> {
     fn send(&mut self, latency: Duration, outcome: Outcome) {
         self.sent = true;
+        if let (
+            Some((quota, kv, taken)),
+            Outcome::Ok {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            },
+        ) = (self.shared.take(), &outcome)
+        {
+            // The reply does not wait for the bookkeeping: the next take carries it.
+            if quota.correct(taken, prompt_tokens + completion_tokens) {
+                tokio::spawn(async move { quota.flush_later(&kv).await });
+            }
+        }
         let finished = Finished {
             probe: self.probe,
+            rpm_ticket: self.rpm_ticket,
             tpm_ticket: self.tpm_ticket,
             latency,
             outcome,

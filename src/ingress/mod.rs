@@ -2,7 +2,8 @@
 //! `llm.status` (every instance answers), `llm.status.events`, batches, and the `$SRV` service
 //! verbs. `run` takes the connection and
 //! a shutdown future, so tests run it in-process; on shutdown it stops taking requests, finishes
-//! the ones in flight, flushes, and returns.
+//! the ones in flight, flushes, and returns. With `[cluster] enabled` it also runs the cluster
+//! sync task (`crate::cluster::sync`), which shares this instance's state with the others.
 
 pub mod batch;
 pub mod chat;
@@ -154,6 +155,14 @@ pub async fn run(
     )
     .serve(stop.clone(), config.nats.queue_group.clone());
     let batch_loop = tokio::spawn(batches);
+    let cluster = config.cluster.enabled.then(|| {
+        crate::cluster::sync::spawn(
+            client.clone(),
+            engine.clone(),
+            &config.cluster,
+            stop.clone(),
+        )
+    });
     info!(
         subject = %subjects.chat_wildcard(),
         queue_group = %config.nats.queue_group,
@@ -178,6 +187,9 @@ pub async fn run(
         let _ = m.await;
     }
     let _ = events.await;
+    if let Some(c) = cluster {
+        let _ = c.await;
+    }
     let _ = client.flush().await;
     info!("drained");
     Ok(())

@@ -74,4 +74,18 @@ pub struct StatusSnapshot {
     /// Today's cost, tokens and requests by task, group and deployment (UTC day).
     #[serde(default)]
     pub spend: super::spend::SpendSnapshot,
+    /// Whether this instance shares circuits, cool-downs and limits with the others.
+    #[serde(default)]
+    pub cluster: ClusterStatus,
+}
+
+/// `cluster` in the snapshot: shared state through NATS, or this instance's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `true` while the instance reads and writes the cluster's bucket; `false` when it falls
+    /// back to its own windows and breakers (NATS unreachable, or no NATS at all).
+    pub shared: bool,
+    /// Since when (RFC 3339).
+    pub since: String,
+    pub detail: String,
 }

@@ -14,3 +14,4 @@ pub mod nats;
 
 pub use fake::{Dialect, FakeProvider, Fault, Recorded};
 pub use nats::NatsServer;
+pub mod cluster;
