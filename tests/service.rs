@@ -117,7 +117,8 @@ async fn switchyard_status_shows_every_instance() {
     std::fs::write(
         &file,
         format!(
-            "[nats]\nurl = \"{}\"\n{}",
+            // A list, as for a NATS cluster: the first server is down, the second answers.
+            "[nats]\nurl = \"nats://127.0.0.1:1, {}\"\n{}",
             nats.url(),
             deployment.replace("TEST_KEY_ENV", "STATUS_TEST_KEY")
         ),

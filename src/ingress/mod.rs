@@ -28,6 +28,8 @@ pub enum IngressError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("nats.url `{url}` is not a NATS server address (or a comma-separated list): {reason}")]
+    Url { url: String, reason: String },
     #[error("cannot read the NATS credentials file {path}: {source}")]
     Creds {
         path: String,
@@ -76,8 +78,19 @@ pub async fn connect(c: &NatsConfig, name: &str) -> Result<async_nats::Client, I
     }
     // The first connection must succeed, so a wrong URL or credentials fail at start; after that
     // the client reconnects on its own.
+    // `nats.url` may list several servers of a NATS cluster, comma-separated: the first that
+    // answers is used, and the client learns the rest of the cluster from it.
+    let servers = c
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IngressError::Url {
+            url: c.url.clone(),
+            reason: e.to_string(),
+        })?;
     let client = o
-        .connect(c.url.as_str())
+        .connect(servers)
         .await
         .map_err(|source| IngressError::Connect {
             url: c.url.clone(),
