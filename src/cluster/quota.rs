@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use rand::Rng;
+use tokio::sync::oneshot;
 
 use super::Write;
 
@@ -41,10 +42,26 @@ pub struct SharedWindow {
     rpm: Option<u64>,
     tpm: Option<u64>,
     /// The value this instance last read or wrote, with its revision (0: the key is absent).
+    /// Holding it is the deployment's turn to write.
     last: tokio::sync::Mutex<Option<(Counters, u64)>>,
+    /// Attempts waiting for a slot; the next turn serves them all.
+    queue: Mutex<Vec<Waiter>>,
     /// Token corrections not written yet: (second, real usage − estimate).
     pending: Mutex<Vec<(u64, i64)>>,
     flush_scheduled: AtomicBool,
+}
+
+/// One attempt waiting for its slot.
+struct Waiter {
+    estimate: u64,
+    /// (rpm, tpm) caps for this attempt (batch work: its share).
+    caps: (Option<u64>, Option<u64>),
+    reply: oneshot::Sender<Take>,
+}
+
+/// The answer a turn left for this attempt, if any.
+fn answered(answer: &mut oneshot::Receiver<Take>) -> Option<Take> {
+    answer.try_recv().ok()
 }
 
 /// A slot taken in the shared window, to correct with real usage later.
@@ -74,6 +91,7 @@ impl SharedWindow {
             rpm,
             tpm,
             last: tokio::sync::Mutex::new(None),
+            queue: Mutex::new(Vec::new()),
             pending: Mutex::new(Vec::new()),
             flush_scheduled: AtomicBool::new(false),
         })
@@ -81,40 +99,70 @@ impl SharedWindow {
 
     /// Takes one request and `estimate` tokens for the cluster, within `share` of each limit
     /// (batch work takes only its share).
+    ///
+    /// Attempts do not each pay a compare-and-swap of their own: an attempt queues its demand,
+    /// and whichever attempt holds the deployment's turn takes the slots of every attempt
+    /// queued so far in one write, then hands each its answer. So a deployment serves many
+    /// attempts per KV round trip under load, and exactly one slot per attempt that asked.
     pub async fn take(&self, kv: &Store, estimate: u64, share: f64, timeout: Duration) -> Take {
         let cap = |l: u64| (l as f64 * share).floor() as u64;
-        let caps = (self.rpm.map(cap), self.tpm.map(cap));
-        match tokio::time::timeout(timeout, self.take_inner(kv, estimate, caps)).await {
+        let (reply, mut answer) = oneshot::channel();
+        if let Ok(mut q) = self.queue.lock() {
+            q.push(Waiter {
+                estimate,
+                caps: (self.rpm.map(cap), self.tpm.map(cap)),
+                reply,
+            });
+        }
+        let turn = async {
+            let mut last = self.last.lock().await;
+            // An earlier turn may have served this attempt already.
+            if let Some(t) = answered(&mut answer) {
+                return t;
+            }
+            let batch = self
+                .queue
+                .lock()
+                .map(|mut q| std::mem::take(&mut *q))
+                .unwrap_or_default();
+            self.serve(kv, batch, &mut last).await;
+            answered(&mut answer)
+                .unwrap_or_else(|| Take::Unshared("the cluster window lost this attempt".into()))
+        };
+        match tokio::time::timeout(timeout, turn).await {
             Ok(t) => t,
             Err(_) => Take::Unshared(format!("no answer from the bucket within {timeout:?}")),
         }
     }
 
-    async fn take_inner(
-        &self,
-        kv: &Store,
-        estimate: u64,
-        (rpm, tpm): (Option<u64>, Option<u64>),
-    ) -> Take {
-        let mut last = self.last.lock().await;
+    /// One turn: takes what fits of `batch` in one write and answers every waiter.
+    async fn serve(&self, kv: &Store, batch: Vec<Waiter>, last: &mut Option<(Counters, u64)>) {
+        if batch.is_empty() {
+            return;
+        }
         let folded = self.take_pending();
-        let taken = self
-            .take_rounds(kv, estimate, (rpm, tpm), &mut last, &folded)
-            .await;
-        if !matches!(taken, Take::Taken(_)) {
+        let answers = self.take_rounds(kv, &batch, last, &folded).await;
+        if !answers.iter().any(|t| matches!(t, Take::Taken(_))) {
             self.give_back(folded);
         }
-        taken
+        for (w, t) in batch.into_iter().zip(answers) {
+            if let (Err(Take::Taken(t)), true) = (w.reply.send(t), self.tpm.is_some()) {
+                // Its attempt gave up waiting: the slot goes unused; its tokens come back with
+                // the next turn's write.
+                if self.correct(t, 0) {
+                    self.flush_scheduled.store(false, Relaxed);
+                }
+            }
+        }
     }
 
     async fn take_rounds(
         &self,
         kv: &Store,
-        estimate: u64,
-        (rpm, tpm): (Option<u64>, Option<u64>),
+        batch: &[Waiter],
         last: &mut Option<(Counters, u64)>,
         folded: &[(u64, i64)],
-    ) -> Take {
+    ) -> Vec<Take> {
         let mut fresh = false;
         for round in 0..MAX_ROUNDS {
             let (mut counters, revision) = match last.take() {
@@ -124,7 +172,7 @@ impl SharedWindow {
                         fresh = true;
                         v
                     }
-                    Err(e) => return Take::Unshared(e),
+                    Err(e) => return batch.iter().map(|_| Take::Unshared(e.clone())).collect(),
                 },
             };
             let now_ms = super::wall_ms();
@@ -132,37 +180,58 @@ impl SharedWindow {
             counters.retain(|&(s, _, _)| s + SPAN_S >= now_s);
             let base = (counters.clone(), revision);
             apply(&mut counters, folded);
-            let full = [("rpm", rpm, 1, 1usize), ("tpm", tpm, estimate, 2usize)]
-                .into_iter()
-                .find_map(|(name, cap, amount, column)| {
-                    let cap = cap?;
-                    let used: u64 = counters.iter().map(|c| column_of(c, column)).sum();
-                    (used + amount > cap)
-                        .then(|| (name, retry_in(&counters, column, used, amount, cap, now_ms)))
-                });
-            if let Some((limit, retry_in)) = full {
-                if !fresh {
-                    // What this instance last saw may be old (tokens corrected down since):
-                    // look again before refusing.
-                    continue;
-                }
+            let mut used = (
+                counters.iter().map(|c| c.1).sum::<u64>(),
+                counters.iter().map(|c| c.2).sum::<u64>(),
+            );
+            let (mut took, mut tokens) = (0u64, 0u64);
+            let answers: Vec<Take> = batch
+                .iter()
+                .map(|w| {
+                    let full = [
+                        ("rpm", w.caps.0, 1, 1, used.0),
+                        ("tpm", w.caps.1, w.estimate, 2, used.1),
+                    ]
+                    .into_iter()
+                    .find_map(|(name, cap, amount, column, used)| {
+                        let cap = cap?;
+                        (used + amount > cap).then(|| Take::Full {
+                            limit: name,
+                            retry_in: retry_in(&counters, column, used, amount, cap, now_ms),
+                        })
+                    });
+                    full.unwrap_or_else(|| {
+                        used = (used.0 + 1, used.1 + w.estimate);
+                        took += 1;
+                        tokens += w.estimate;
+                        Take::Taken(Taken {
+                            sec: now_s,
+                            tokens: w.estimate,
+                        })
+                    })
+                })
+                .collect();
+            let refused = took < batch.len() as u64;
+            if refused && !fresh {
+                // What this instance last saw may be old (tokens corrected down since): look
+                // again before refusing.
+                continue;
+            }
+            if took == 0 {
                 *last = Some(base);
-                return Take::Full { limit, retry_in };
+                return answers;
             }
             match counters.last_mut() {
                 Some(c) if c.0 == now_s => {
-                    c.1 += 1;
-                    c.2 += estimate;
+                    c.1 += took;
+                    c.2 += tokens;
                 }
-                _ => counters.push((now_s, 1, estimate)),
+                _ => counters.push((now_s, took, tokens)),
             }
             match write(kv, &self.key, &counters, revision).await {
                 Ok(revision) => {
                     *last = Some((counters, revision));
-                    return Take::Taken(Taken {
-                        sec: now_s,
-                        tokens: estimate,
-                    });
+                    return answers;
                 }
                 Err(Write::Conflict) => {
                     fresh = false;
@@ -172,10 +241,13 @@ impl SharedWindow {
                         tokio::time::sleep(Duration::from_micros(us)).await;
                     }
                 }
-                Err(Write::Failed(e)) => return Take::Unshared(e),
+                Err(Write::Failed(e)) => {
+                    return batch.iter().map(|_| Take::Unshared(e.clone())).collect();
+                }
             }
         }
-        Take::Unshared(format!("{} stayed busy for {MAX_ROUNDS} rounds", self.key))
+        let why = format!("{} stayed busy for {MAX_ROUNDS} rounds", self.key);
+        batch.iter().map(|_| Take::Unshared(why.clone())).collect()
     }
 
     /// Replaces a slot's token estimate with the real usage: carried by the next take, or
