@@ -119,6 +119,10 @@ pub enum Command {
         /// Refresh period with --watch.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         every: Duration,
+        /// Only this instance's answer; exit non-zero when it does not answer (a health check:
+        /// the Docker image runs `status --instance $SWITCHYARD_INSTANCE`).
+        #[arg(long)]
+        instance: Option<String>,
     },
 }
 

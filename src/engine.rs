@@ -3,16 +3,22 @@
 //! benchmarks and the tests drive it directly.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::cluster::Link;
+use crate::cluster::quota::SharedWindow;
 use crate::config::Config;
 use crate::deployment::{self, Shared};
-use crate::observe::events::{self, EventBus};
+use crate::observe::alerts::{Alert, Change, Inputs, Rules};
+use crate::observe::events::{self, Event, EventBus};
 use crate::observe::spend::{Ledger, LedgerError, Spend};
 use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
 use crate::protocol::{ChatRequest, InvalidRequest};
@@ -35,11 +41,20 @@ pub enum EngineError {
 
 pub struct Engine {
     router: Arc<Router>,
+    /// Alerts raised now, as the alert task last saw them.
+    alerts: Arc<ArcSwap<Vec<Alert>>>,
+    /// Stops the alert task.
+    stop: CancellationToken,
     ledger: std::sync::Mutex<Option<Ledger>>,
     supervisor: ActorRef<supervisor::Msg>,
     events: EventBus,
     instance: Arc<str>,
+    cluster: Arc<Link>,
     started: Instant,
+    /// Failed requests by `ErrorKind` (its position in `ErrorKind::ALL`).
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    batch_items_ok: AtomicU64,
+    batch_items_failed: AtomicU64,
 }
 
 /// The result of one request, with what the reply needs.
@@ -67,6 +82,7 @@ impl Engine {
         let events = events::bus();
         let instance: Arc<str> = instance.into();
         let breaker = Arc::new(config.breaker.clone());
+        let cluster = Arc::new(Link::new(instance.clone(), &config.cluster));
         let slots: Vec<Slot> = config
             .deployments
             .iter()
@@ -83,6 +99,13 @@ impl Engine {
                         instance: instance.clone(),
                         name: name.clone(),
                         batch_share: 1.0 - config.batch_live_reserve,
+                        cluster: cluster.clone(),
+                        quota: SharedWindow::new(
+                            &d.name,
+                            d.rpm.map(|n| u64::from(n.get())),
+                            d.tpm.map(|n| n.get()),
+                        )
+                        .map(Arc::new),
                     },
                     name,
                     shared,
@@ -102,18 +125,46 @@ impl Engine {
         .await?;
         let spend = Arc::new(Spend::new(config));
         let ledger = Ledger::open(&config.storage.path, spend.clone())?;
+        let router = Arc::new(Router::new(config, slots, spend));
+        let alerts = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let stop = CancellationToken::new();
+        if config.alerts.enabled {
+            tokio::spawn(watch_alerts(
+                router.clone(),
+                Rules::new(config.alerts.clone(), router.slots.len()),
+                alerts.clone(),
+                events.clone(),
+                instance.clone(),
+                stop.clone(),
+            ));
+        }
         Ok(Self {
-            router: Arc::new(Router::new(config, slots, spend)),
+            router,
+            alerts,
+            stop,
             ledger: std::sync::Mutex::new(Some(ledger)),
             supervisor,
             events,
             instance,
+            cluster,
             started: epoch,
+            errors: Default::default(),
+            batch_items_ok: AtomicU64::new(0),
+            batch_items_failed: AtomicU64::new(0),
         })
     }
 
     pub fn instance(&self) -> &Arc<str> {
         &self.instance
+    }
+
+    /// What this instance shares with the others (started by `crate::cluster::sync::spawn`).
+    pub fn cluster(&self) -> &Arc<Link> {
+        &self.cluster
+    }
+
+    pub(crate) fn slots(&self) -> &Arc<[Slot]> {
+        &self.router.slots
     }
 
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<events::Event> {
@@ -138,12 +189,62 @@ impl Engine {
                 .to_string()
                 .into(),
         };
-        // No per-request span: every attempt's log line carries the request id, and entering a
-        // span on every poll cost ~1 % of the engine's CPU under load.
+        // One span per request (OpenTelemetry GenAI attribute names), parent of one span per
+        // attempt; exported over OTLP when built with the `otlp` feature.
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = "chat",
+            otel.kind = "server",
+            gen_ai.operation.name = "chat",
+            llm.request_id = %request_id,
+            llm.task = task,
+            gen_ai.request.model = tracing::field::Empty,
+            gen_ai.system = tracing::field::Empty,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            llm.deployment = tracing::field::Empty,
+            llm.attempts = tracing::field::Empty,
+            llm.fallback = tracing::field::Empty,
+            llm.cost_usd = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let mut streamed = false;
+        let batch = options.as_ref().is_ok_and(|o| o.batch);
         let result = self
             .run(task, options, body, &request_id, sink, &mut streamed)
+            .instrument(span.clone())
             .await;
+        match &result {
+            Ok(s) => {
+                let c = self.router.slots[s.index].config();
+                span.record("gen_ai.system", gen_ai_system(c.provider));
+                span.record("gen_ai.response.model", c.model.as_str());
+                span.record("gen_ai.usage.input_tokens", s.reply.usage.prompt_tokens);
+                span.record(
+                    "gen_ai.usage.output_tokens",
+                    s.reply.usage.completion_tokens,
+                );
+                span.record("llm.deployment", &*s.deployment);
+                span.record("llm.attempts", s.attempts);
+                span.record("llm.fallback", s.fallback);
+                span.record("llm.cost_usd", s.reply.cost_usd);
+            }
+            Err(f) => {
+                span.record("error.type", f.kind.as_str());
+                span.record("llm.attempts", f.attempts.len());
+            }
+        }
+        match (&result, batch) {
+            (Ok(_), true) => self.batch_items_ok.fetch_add(1, Relaxed),
+            (Ok(_), false) => 0,
+            (Err(f), batch) => {
+                if batch {
+                    self.batch_items_failed.fetch_add(1, Relaxed);
+                }
+                self.errors[f.kind as usize].fetch_add(1, Relaxed)
+            }
+        };
         ChatOutcome {
             request_id,
             latency: started.elapsed(),
@@ -171,6 +272,9 @@ impl Engine {
             None => None,
         };
         let req = ChatRequest::parse(body).map_err(|InvalidRequest(m)| invalid(m))?;
+        if let Some(model) = &req.model {
+            tracing::Span::current().record("gen_ai.request.model", model.as_str());
+        }
         if req.stream && sink.is_none() {
             return Err(invalid(
                 "\"stream\": true needs a reply subject to stream to".into(),
@@ -226,13 +330,27 @@ impl Engine {
             } else {
                 fallbacks as f64 / requests as f64
             },
-            alerts: Vec::new(),
+            alerts: self.alerts.load().to_vec(),
+            errors: ErrorKind::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        k.as_str().to_string(),
+                        self.errors[*k as usize].load(Relaxed),
+                    )
+                })
+                .collect(),
+            batch_items_ok: self.batch_items_ok.load(Relaxed),
+            batch_items_failed: self.batch_items_failed.load(Relaxed),
+            latency_buckets_s: deployment::stats::LATENCY_BUCKETS_S.to_vec(),
             spend: self.router.spend.snapshot(),
+            cluster: self.cluster.status(),
         }
     }
 
     /// Stops the actors. Requests still in flight get their answers from their own tasks.
     pub async fn stop(&self) {
+        self.stop.cancel();
         let _ = self
             .supervisor
             .stop_and_wait(None, Some(Duration::from_secs(5)))
@@ -241,6 +359,89 @@ impl Engine {
         let ledger = self.ledger.lock().ok().and_then(|mut l| l.take());
         if let Some(mut l) = ledger {
             let _ = tokio::task::spawn_blocking(move || l.close()).await;
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Every `alerts.interval`: reads each deployment's window from its actor, evaluates the rules,
+/// marks degraded deployments for routing, publishes raised and cleared alerts as events, and
+/// keeps the list of active ones for status. Runs in its own task: no request waits on it.
+async fn watch_alerts(
+    router: Arc<Router>,
+    mut rules: Rules,
+    active: Arc<ArcSwap<Vec<Alert>>>,
+    events: EventBus,
+    instance: Arc<str>,
+    stop: CancellationToken,
+) {
+    let cfg = rules.config().clone();
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let windows = router.slots.iter().map(|slot| {
+            let (tx, rx) = oneshot::channel();
+            let msg = deployment::Msg::Window {
+                window: cfg.window,
+                at_least: cfg.min_samples,
+                reply: tx.into(),
+            };
+            let sent = slot
+                .actor
+                .load_full()
+                .is_some_and(|a| a.send_message(msg).is_ok());
+            async move {
+                let figures = if sent {
+                    tokio::time::timeout(Duration::from_secs(1), rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                (slot.name.clone(), figures)
+            }
+        });
+        let deployments = futures::future::join_all(windows).await;
+        let budgets = router.budgets.levels(&router.spend);
+        let changes = rules.evaluate(&Inputs {
+            now: Instant::now(),
+            deployments: &deployments,
+            requests: router.requests.load(Relaxed),
+            fallbacks: router.fallbacks.load(Relaxed),
+            budgets: &budgets,
+        });
+        for (i, slot) in router.slots.iter().enumerate() {
+            slot.shared.set_health(rules.degraded(i), rules.baseline(i));
+        }
+        active.store(Arc::new(rules.active()));
+        for change in changes {
+            match &change {
+                Change::Raised(a) => tracing::warn!(
+                    rule = %a.rule,
+                    severity = %a.severity,
+                    deployment = a.deployment.as_deref().unwrap_or("-"),
+                    value = a.value,
+                    threshold = a.threshold,
+                    "alert raised"
+                ),
+                Change::Cleared(a) => tracing::info!(
+                    rule = %a.rule,
+                    deployment = a.deployment.as_deref().unwrap_or("-"),
+                    value = a.value,
+                    "alert cleared"
+                ),
+            }
+            let _ = events.send(Event::alert(change, instance.clone()));
         }
     }
 }
@@ -262,6 +463,7 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
             p50: 0.0,
             p95: 0.0,
             ewma: slot.shared.ewma_ms().unwrap_or_default(),
+            baseline: slot.shared.baseline_ms(),
         },
         error_rate: 0.0,
         timeout_rate: 0.0,
@@ -269,6 +471,22 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
         failures: 0,
         cost_usd: 0.0,
         cooldown_s: None,
+        degraded: slot.shared.degraded(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        latency_histogram: Vec::new(),
+        latency_sum_s: 0.0,
+    }
+}
+
+/// The OpenTelemetry GenAI name of a provider (`gen_ai.system`).
+pub fn gen_ai_system(p: crate::config::ProviderKind) -> &'static str {
+    use crate::config::ProviderKind;
+    match p {
+        ProviderKind::OpenAi => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gcp.gemini",
+        ProviderKind::Simulated => "switchyard.simulated",
     }
 }
 

@@ -78,9 +78,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             watch,
             gather,
             every,
+            instance,
         } => {
             let config = Config::load(&config)?;
-            status::run(&config, json, watch, gather, every).await
+            let how = status::How {
+                json,
+                watch,
+                gather,
+                every,
+                instance,
+            };
+            status::run(&config, &how).await
         }
         Command::Batch {
             command:
@@ -193,10 +201,18 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logs(
-    format: LogFormat,
-    default_level: &str,
-) -> tracing_appender::non_blocking::WorkerGuard {
+/// What must live until `main` returns: the log writer's flush, and the trace exporter's.
+struct LogGuards {
+    _logs: tracing_appender::non_blocking::WorkerGuard,
+    #[cfg(feature = "otlp")]
+    _otlp: Option<switchyard::observe::otlp::Guard>,
+}
+
+fn init_logs(format: LogFormat, default_level: &str) -> LogGuards {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -207,13 +223,33 @@ fn init_logs(
             64 * 1024,
             std::io::stderr(),
         ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+    let fmt = match format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otlp")]
+    {
+        let (otlp, otlp_guard) = match switchyard::observe::otlp::layer() {
+            Ok(Some((layer, guard))) => (Some(layer), Some(guard)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                eprintln!("switchyard: traces will not be exported: {e}");
+                (None, None)
+            }
+        };
+        registry.with(otlp).init();
+        LogGuards {
+            _logs: guard,
+            _otlp: otlp_guard,
+        }
     }
-    guard
+    #[cfg(not(feature = "otlp"))]
+    {
+        registry.init();
+        LogGuards { _logs: guard }
+    }
 }

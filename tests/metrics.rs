@@ -86,6 +86,16 @@ async fn the_metrics_page_parses_and_counts_the_requests_sent() {
         1.0
     );
     assert!(m[&format!("switchyard_deployment_cost_usd_total{{{l}}}")] > 0.0);
+    // The first request met the 503 and had nowhere to fall back: one `unavailable`.
+    assert_eq!(m["switchyard_errors_total{kind=\"unavailable\"}"], 1.0);
+    assert_eq!(m["switchyard_errors_total{kind=\"rate_limited\"}"], 0.0);
+    // Six successful calls in the latency histogram, all under a second from the local fake.
+    let h = "switchyard_deployment_call_duration_seconds";
+    assert_eq!(m[&format!("{h}_count{{{l}}}")], 6.0);
+    assert_eq!(m[&format!("{h}_bucket{{{l},le=\"+Inf\"}}")], 6.0);
+    assert_eq!(m[&format!("{h}_bucket{{{l},le=\"1\"}}")], 6.0);
+    assert!(m[&format!("{h}_sum{{{l}}}")] > 0.0);
+    assert!(m[&format!("switchyard_deployment_tokens_total{{{l},kind=\"prompt\"}}")] > 0.0);
     let missing = http
         .get(format!("http://127.0.0.1:{port}/nope"))
         .send()

@@ -6,6 +6,7 @@
 //! - floor: a bare NATS responder → HTTP → reply (no routing, no actors);
 //! - engine: `switchyard serve` on a realistic config (3 groups, 6 deployments, fallbacks,
 //!   breaker, limits), requests on `llm.chat.chat`;
+//! - engine-local: the same with `[cluster] enabled = false` (no KV round trip for rpm/tpm);
 //! - engine-failover: the same with the first deployment answering 503, so every request falls
 //!   back once (the breaker threshold is set out of reach so that it stays that way).
 //!
@@ -64,7 +65,7 @@ fn main() {
                 .position(|a| a == "--only")
                 .and_then(|i| args.get(i + 1))
                 .cloned();
-            let targets = ["floor", "engine", "engine-failover"]
+            let targets = ["floor", "engine", "engine-local", "engine-failover"]
                 .into_iter()
                 .filter(|t| only.as_deref().is_none_or(|o| o == *t))
                 .collect();
@@ -141,7 +142,13 @@ async fn bench(plan: Plan) {
                 let config = dir.join(format!("{target}.toml"));
                 std::fs::write(
                     &config,
-                    engine_config(&nats.url(), &prefix, &upstream, target == "engine-failover"),
+                    engine_config(
+                        &nats.url(),
+                        &prefix,
+                        &upstream,
+                        target == "engine-failover",
+                        target != "engine-local",
+                    ),
                 )
                 .expect("config");
                 let p = Proc::spawn(
@@ -253,7 +260,7 @@ async fn bench(plan: Plan) {
     }
     report.push_str("\n\nengine vs floor, same load:\n");
     let mut ratios = Vec::new();
-    for target in ["engine", "engine-failover"] {
+    for target in ["engine", "engine-local", "engine-failover"] {
         for r in rows.iter().filter(|r| r.target == target) {
             let Some(f) = rows
                 .iter()
@@ -398,7 +405,15 @@ async fn wait_ready(client: &async_nats::Client, prefix: &str) {
 }
 
 /// 3 groups, 6 deployments, fallbacks, breaker and (non-binding) limits, all on the one upstream.
-fn engine_config(nats: &str, prefix: &str, upstream: &str, failover: bool) -> String {
+/// `cluster`: share circuits and rpm/tpm through the KV bucket (the default), which costs every
+/// attempt on a limited deployment one KV round trip; `engine-local` measures without it.
+fn engine_config(
+    nats: &str,
+    prefix: &str,
+    upstream: &str,
+    failover: bool,
+    cluster: bool,
+) -> String {
     let (fast, threshold) = if failover {
         (
             format!(
@@ -436,6 +451,10 @@ analysis = "deep-analysis"
 [breaker]
 failure_threshold = {threshold}
 reset_timeout = "60s"
+
+[cluster]
+enabled = {cluster}
+bucket = "{prefix}_state"
 
 {fast}{}{}{}{}
 "#,

@@ -9,38 +9,49 @@ use crate::config::Config;
 use crate::observe::StatusSnapshot;
 use crate::protocol::Subjects;
 
-pub async fn run(
-    config: &Config,
-    json: bool,
-    watch: bool,
-    gather: Duration,
-    every: Duration,
-) -> anyhow::Result<()> {
+/// What `switchyard status` was asked for.
+pub struct How {
+    pub json: bool,
+    pub watch: bool,
+    /// How long to gather answers.
+    pub gather: Duration,
+    /// Refresh period with `watch`.
+    pub every: Duration,
+    /// Only this instance (and fail if it does not answer).
+    pub instance: Option<String>,
+}
+
+pub async fn run(config: &Config, how: &How) -> anyhow::Result<()> {
     let client = crate::ingress::connect(&config.nats, "switchyard-status").await?;
     let subjects = Subjects::new(&config.nats.prefix);
     loop {
-        let answers = gather_status(&client, &subjects, gather).await?;
-        if watch && !json {
+        let mut answers = gather_status(&client, &subjects, how.gather).await?;
+        if let Some(id) = &how.instance {
+            answers.retain(|a| &*a.instance == id.as_str());
+        }
+        if how.watch && !how.json {
             print!("\x1b[2J\x1b[H");
         }
-        if json {
+        if how.json {
             for a in &answers {
                 println!("{}", serde_json::to_string(a)?);
             }
         } else {
             print!("{}", table(&answers));
         }
-        if !watch {
+        if !how.watch {
             if answers.is_empty() {
-                anyhow::bail!(
-                    "no instance answered on {} within {} ms",
-                    subjects.status(),
-                    gather.as_millis()
-                );
+                let (subject, ms) = (subjects.status(), how.gather.as_millis());
+                match &how.instance {
+                    Some(i) => {
+                        anyhow::bail!("instance {i} did not answer on {subject} within {ms} ms")
+                    }
+                    None => anyhow::bail!("no instance answered on {subject} within {ms} ms"),
+                }
             }
             return Ok(());
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(how.every).await;
     }
 }
 
@@ -73,7 +84,7 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8} {:>8} {:>6} {:>7} {:>10}",
+        "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8} {:>8} {:>8} {:>6} {:>7} {:>10}",
         "INSTANCE",
         "DEPLOYMENT",
         "GROUP",
@@ -82,6 +93,7 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
         "RPM",
         "P50 ms",
         "P95 ms",
+        "BASE ms",
         "ERR%",
         "REQS",
         "COST $"
@@ -92,17 +104,25 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
                 Some(l) => format!("{}/{l}", d.rpm_used),
                 None => d.rpm_used.to_string(),
             };
+            let circuit = if d.degraded {
+                format!("{}*", d.circuit)
+            } else {
+                d.circuit.clone()
+            };
             let _ = writeln!(
                 out,
-                "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8.1} {:>8.1} {:>6.1} {:>7} {:>10.6}",
+                "{:<14} {:<18} {:<16} {:<9} {:>4} {:>11} {:>8.1} {:>8.1} {:>8} {:>6.1} {:>7} {:>10.6}",
                 a.instance,
                 d.name,
                 d.group,
-                d.circuit,
+                circuit,
                 d.in_flight,
                 rpm,
                 d.latency_ms.p50,
                 d.latency_ms.p95,
+                d.latency_ms
+                    .baseline
+                    .map_or_else(|| "-".to_string(), |b| format!("{b:.1}")),
                 d.error_rate * 100.0,
                 d.requests,
                 d.cost_usd
@@ -110,13 +130,48 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<14} up {}s, {} requests, {} fallbacks ({:.1}%)",
+            "{:<14} up {}s, {} requests, {} fallbacks ({:.1}%); cluster: {} since {} ({})",
             a.instance,
             a.uptime_s,
             a.requests,
             a.fallbacks,
-            a.fallback_ratio * 100.0
+            a.fallback_ratio * 100.0,
+            if a.cluster.shared { "shared" } else { "LOCAL" },
+            a.cluster.since,
+            a.cluster.detail
         );
+        for alert in &a.alerts {
+            let on = alert
+                .deployment
+                .as_deref()
+                .or(alert.scope.as_deref())
+                .unwrap_or("all traffic");
+            let _ = writeln!(
+                out,
+                "{:<14} ALERT {} {} on {on}: {} over {} since {}",
+                a.instance,
+                alert.severity,
+                alert.rule,
+                figure(&alert.rule, alert.value),
+                figure(&alert.rule, alert.threshold),
+                alert.since
+            );
+        }
+    }
+    if answers
+        .iter()
+        .any(|a| a.deployments.iter().any(|d| d.degraded))
+    {
+        out.push_str("* degraded: an alert is raised, traffic is shifted away (alerts.shift)\n");
     }
     out
+}
+
+/// An alert's value as people read it: ms for latency, % for rates, $ for spend.
+fn figure(rule: &str, x: f64) -> String {
+    match rule {
+        "p95_latency" => format!("{x:.0} ms"),
+        "cost_over_budget" => format!("${x:.4}"),
+        _ => format!("{:.1} %", x * 100.0),
+    }
 }

@@ -2,6 +2,8 @@
 //! into the `Config` the engine runs on. Every problem is reported with the file and the key path
 //! (`deployments[2].rpm: must be > 0`), all of them at once, before anything starts.
 
+mod alerts;
+mod cluster;
 mod deployment;
 mod jobs;
 pub mod prices;
@@ -13,6 +15,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use alerts::{AlertsConfig, Shift};
+pub use cluster::ClusterConfig;
 pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
 pub use jobs::JobsConfig;
 pub use secret::Secret;
@@ -44,6 +48,10 @@ pub struct Config {
     pub batch_live_reserve: f64,
     /// `[metrics] listen`: where `serve` offers Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[alerts]`: degradation rules, hysteresis and traffic shift.
+    pub alerts: AlertsConfig,
+    /// `[cluster]`: state shared between `serve` instances.
+    pub cluster: ClusterConfig,
     /// `[jobs]`: durable async jobs over JetStream.
     pub jobs: JobsConfig,
     pub deployments: Vec<DeploymentConfig>,
@@ -466,6 +474,10 @@ fn validate(
             .ok()
     });
 
+    alerts::validate(&raw.alerts, v);
+    let alerts = raw.alerts;
+    let cluster = cluster::validate(raw.cluster, v);
+
     let b = raw.breaker;
     if b.failure_threshold == 0 {
         v.problem("breaker.failure_threshold", "must be > 0");
@@ -540,6 +552,8 @@ fn validate(
         budgets,
         batch_live_reserve,
         metrics_listen,
+        alerts,
+        cluster,
         jobs: jobs::validate(raw.jobs, v),
         tasks: raw.tasks,
         groups,
@@ -650,5 +664,28 @@ mod tests {
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("deployments[1].name: `a` is already the name of deployments[0]"));
         assert!(err.contains("routing.fallbacks.chat[0]: a group cannot fall back to itself"));
+    }
+
+    #[test]
+    fn alert_thresholds_are_checked() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!((c.alerts.error_rate, c.alerts.timeout_rate), (0.02, 0.01));
+        assert_eq!(c.alerts.shift, Shift::Skip);
+        let text = format!(
+            "{MINIMAL}\n[alerts]\nerror_rate = 2\np95_factor = 0.5\nfallback_ratio_warn = 0.5\nwindow = \"1s\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        for expected in [
+            "alerts.error_rate: must be a share above 0 and at most 1 (0.02 is 2 %)",
+            "alerts.p95_factor: must be > 1",
+            "alerts.fallback_ratio_critical: must be at least alerts.fallback_ratio_warn",
+            "alerts.window: must be at least alerts.interval",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+        let err = parse(&format!("{MINIMAL}\n[alerts]\nshift = \"sideways\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `sideways`"), "{err}");
     }
 }

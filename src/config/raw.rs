@@ -32,6 +32,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
+    pub alerts: super::alerts::AlertsConfig,
+    #[serde(default)]
+    pub cluster: super::cluster::RawCluster,
+    #[serde(default)]
     pub jobs: super::jobs::RawJobs,
     #[serde(default)]
     pub deployments: Vec<RawDeployment>,

@@ -1,15 +1,16 @@
 //! The circuit breaker of contract section 2: closed → open after `failure_threshold` consecutive
 //! failures (a success resets the count) → half-open after `reset_timeout` → closed after
 //! `success_threshold` successful probes, one probe at a time; a failed probe re-opens it.
-//! Pure state: the deployment actor feeds it outcomes and the time.
+//! Pure state: the deployment actor feeds it outcomes and the time. In a cluster, what another
+//! instance's breaker decided is forced onto this one (`force_open`, `force_closed`).
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::BreakerConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     Closed,
@@ -53,7 +54,8 @@ pub struct Breaker {
     state: CircuitState,
     failures: u32,
     successes: u32,
-    opened_at: Option<Instant>,
+    /// While open: when it may go half-open.
+    open_until: Option<Instant>,
     probe_in_flight: bool,
 }
 
@@ -75,7 +77,7 @@ impl Breaker {
             state: CircuitState::Closed,
             failures: 0,
             successes: 0,
-            opened_at: None,
+            open_until: None,
             probe_in_flight: false,
         }
     }
@@ -90,10 +92,8 @@ impl Breaker {
 
     /// Moves open → half-open once the reset timeout has passed.
     pub fn poll(&mut self, now: Instant) -> Option<Transition> {
-        match (self.state, self.opened_at) {
-            (CircuitState::Open, Some(at))
-                if now.saturating_duration_since(at) >= self.reset_timeout =>
-            {
+        match (self.state, self.open_until) {
+            (CircuitState::Open, Some(until)) if now >= until => {
                 self.successes = 0;
                 self.probe_in_flight = false;
                 self.go(CircuitState::HalfOpen)
@@ -147,7 +147,7 @@ impl Breaker {
             CircuitState::Closed => {
                 self.failures += 1;
                 if self.failures >= self.failure_threshold {
-                    self.opened_at = Some(now);
+                    self.open_until = Some(now + self.reset_timeout);
                     self.go(CircuitState::Open)
                 } else {
                     None
@@ -155,11 +155,46 @@ impl Breaker {
             }
             CircuitState::HalfOpen if probe => {
                 self.probe_in_flight = false;
-                self.opened_at = Some(now);
+                self.open_until = Some(now + self.reset_timeout);
                 self.go(CircuitState::Open)
             }
             CircuitState::HalfOpen | CircuitState::Open => None,
         }
+    }
+
+    /// Another instance's breaker opened: reject calls until `until` (kept if already later),
+    /// then probe as after a local opening.
+    pub fn force_open(&mut self, until: Instant) -> Option<Transition> {
+        self.open_until = Some(self.open_until.map_or(until, |u| {
+            if self.state == CircuitState::Open {
+                u.max(until)
+            } else {
+                until
+            }
+        }));
+        self.probe_in_flight = false;
+        (self.state != CircuitState::Open)
+            .then(|| self.go(CircuitState::Open))
+            .flatten()
+    }
+
+    /// Another instance's probe succeeded: the deployment is healthy again.
+    pub fn force_closed(&mut self) -> Option<Transition> {
+        if self.state == CircuitState::Closed {
+            return None;
+        }
+        self.failures = 0;
+        self.successes = 0;
+        self.probe_in_flight = false;
+        self.open_until = None;
+        self.go(CircuitState::Closed)
+    }
+
+    /// When an open circuit may go half-open.
+    pub fn open_until(&self) -> Option<Instant> {
+        (self.state == CircuitState::Open)
+            .then_some(self.open_until)
+            .flatten()
     }
 
     /// An outcome that does not count either way (ignored status, caller's deadline, 400).
@@ -234,6 +269,36 @@ mod tests {
             })
         );
         assert_eq!(b.check(later).0, Admission::Allowed);
+    }
+
+    #[test]
+    fn a_forced_opening_holds_until_its_time_and_a_forced_close_resets() {
+        let t = Instant::now();
+        let mut b = breaker(1);
+        b.on_failure(t, false);
+        let until = t + Duration::from_secs(10);
+        assert_eq!(
+            b.force_open(until),
+            Some(Transition {
+                from: Closed,
+                to: Open
+            })
+        );
+        assert_eq!(b.force_open(t + Duration::from_secs(5)), None, "kept later");
+        assert_eq!(b.check(t + Duration::from_secs(9)).0, Admission::Rejected);
+        assert_eq!(b.check(until).0, Admission::Probe);
+        assert_eq!(
+            b.force_closed(),
+            Some(Transition {
+                from: HalfOpen,
+                to: Closed
+            })
+        );
+        assert_eq!(b.force_closed(), None);
+        // The failure count started afresh.
+        assert_eq!(b.on_failure(until, false), None);
+        assert_eq!(b.on_failure(until, false), None);
+        assert!(b.on_failure(until, false).is_some());
     }
 
     #[test]

@@ -10,23 +10,30 @@
 //! dropped mid-call, so in-flight counts and half-open probes are never leaked. What routing needs
 //! on every request (circuit state, in-flight, latency, usage) is published in `Shared` atomics,
 //! so the router reads it without a mailbox round trip.
+//!
+//! In a cluster (`crate::cluster`) the actor hands its breaker's openings and closings and its
+//! cool-downs to the cluster link, and is told other instances' as `Msg::Remote`; a deployment
+//! with `rpm`/`tpm` also takes its slot in the cluster-wide window, in the request's task, once
+//! the actor has admitted the call.
 
 pub mod breaker;
 pub mod limiter;
 pub mod stats;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use self::breaker::{Admission, Breaker, CircuitState, Transition};
 use self::limiter::{Ticket, WindowBudget};
-use self::stats::{Sample, Stats};
+use self::stats::{Sample, Stats, WindowFigures};
+use crate::cluster::quota::{SharedWindow, Take, Taken};
+use crate::cluster::{self, Link, Publish, Remote};
 use crate::config::BreakerConfig;
 use crate::observe::events::{Event, EventBus, now_rfc3339};
 use crate::observe::status::{DeploymentStatus, LatencyMs};
@@ -52,6 +59,10 @@ pub struct Shared {
     cool_until_ms: AtomicU64,
     rpm_used: AtomicU64,
     tpm_used: AtomicU64,
+    /// A degradation alert is raised on this deployment: routing moves traffic away.
+    degraded: AtomicBool,
+    /// The alert rules' latency baseline (P95, µs); 0 until learned.
+    baseline_us: AtomicU64,
 }
 
 impl Shared {
@@ -65,6 +76,8 @@ impl Shared {
             cool_until_ms: AtomicU64::new(0),
             rpm_used: AtomicU64::new(0),
             tpm_used: AtomicU64::new(0),
+            degraded: AtomicBool::new(false),
+            baseline_us: AtomicU64::new(0),
         }
     }
 
@@ -107,6 +120,25 @@ impl Shared {
     pub fn tpm_used(&self) -> u64 {
         self.tpm_used.load(Relaxed)
     }
+
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Relaxed)
+    }
+
+    /// Set by the alert rules (`observe::alerts`), with the latency baseline they learned.
+    pub fn set_health(&self, degraded: bool, baseline_ms: Option<f64>) {
+        self.degraded.store(degraded, Relaxed);
+        let us = baseline_ms.map_or(0, |ms| ((ms * 1000.0) as u64).max(1));
+        self.baseline_us.store(us, Relaxed);
+    }
+
+    /// The P95 latency baseline the alert rules judge this deployment against, in ms.
+    pub fn baseline_ms(&self) -> Option<f64> {
+        match self.baseline_us.load(Relaxed) {
+            0 => None,
+            us => Some(us as f64 / 1000.0),
+        }
+    }
 }
 
 /// Everything a deployment actor is started with; kept by the supervisor to restart it.
@@ -121,6 +153,10 @@ pub struct Args {
     pub name: Arc<str>,
     /// Share of `rpm`/`tpm` that batch work may use (`1 - batch.live_reserve`).
     pub batch_share: f64,
+    /// What this instance shares with the others of its cluster.
+    pub cluster: Arc<Link>,
+    /// The cluster-wide `rpm`/`tpm` window; `None` without limits.
+    pub quota: Option<Arc<SharedWindow>>,
 }
 
 /// One try of one request at this deployment.
@@ -168,6 +204,7 @@ impl Skip {
 /// Leave to make one call: what the actor reserved for it.
 pub struct Permit {
     probe: bool,
+    rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
     fate: Option<simulated::Fate>,
 }
@@ -191,11 +228,20 @@ pub enum Msg {
     Finished(Box<Finished>),
     /// The breaker's reset timeout may have passed.
     Tick,
+    /// What another instance of the cluster decided.
+    Remote(Remote),
     Snapshot(RpcReplyPort<DeploymentStatus>),
+    /// The calls of the last `window`, for the alert rules.
+    Window {
+        window: Duration,
+        at_least: u64,
+        reply: RpcReplyPort<WindowFigures>,
+    },
 }
 
 pub struct Finished {
     probe: bool,
+    rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
     latency: Duration,
     outcome: Outcome,
@@ -210,6 +256,8 @@ enum Outcome {
     Failed(Failure, Decision),
     /// The request's task went away mid-call: counts neither way.
     Abandoned,
+    /// The cluster's window was full: no call was made, the reservation is given back.
+    Refused,
 }
 
 pub struct DeploymentActor;
@@ -269,11 +317,19 @@ impl Actor for DeploymentActor {
             Msg::Finished(f) => state.finished(&me, *f),
             Msg::Tick => {
                 if let Some(t) = state.breaker.poll(Instant::now()) {
-                    state.transition(t);
+                    state.transition(t, None);
                 }
             }
+            Msg::Remote(r) => state.remote(&me, r),
             Msg::Snapshot(reply) => {
                 let _ = reply.send(state.snapshot());
+            }
+            Msg::Window {
+                window,
+                at_least,
+                reply,
+            } => {
+                let _ = reply.send(state.stats.window(Instant::now(), window, at_least));
             }
         }
         Ok(())
@@ -300,7 +356,7 @@ impl State {
         }
         let (admission, transition) = self.breaker.check(now);
         if let Some(t) = transition {
-            self.transition(t);
+            self.transition(t, None);
         }
         if admission == Admission::Rejected {
             return Err(Skip::CircuitOpen);
@@ -348,6 +404,7 @@ impl State {
         });
         Ok(Permit {
             probe: admission == Admission::Probe,
+            rpm_ticket,
             tpm_ticket,
             fate,
         })
@@ -373,7 +430,7 @@ impl State {
                     // An old figure says nothing about now: start the average afresh.
                     self.stats.restart_ewma();
                 }
-                self.stats.record(f.latency, Sample::Ok);
+                self.stats.record(now, f.latency, Sample::Ok);
                 self.args
                     .shared
                     .ewma_at_ms
@@ -387,20 +444,29 @@ impl State {
                 self.breaker.on_neutral(f.probe);
                 None
             }
+            Outcome::Refused => {
+                if let (Some(b), Some(t)) = (self.rpm.as_mut(), f.rpm_ticket) {
+                    b.correct(t, 0);
+                }
+                if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
+                    b.correct(t, 0);
+                }
+                self.breaker.on_neutral(f.probe);
+                None
+            }
             Outcome::Failed(failure, decision) => {
                 let sample = match (failure, decision.count) {
                     (Failure::Timeout, true) => Sample::Timeout,
                     (_, true) => Sample::Error,
                     (_, false) => Sample::Neutral,
                 };
-                self.stats.record(f.latency, sample);
+                self.stats.record(now, f.latency, sample);
                 if let Some(d) = decision.cool_down {
-                    self.cool_until = Some(now + d);
-                    let until = (now + d).saturating_duration_since(self.args.shared.epoch);
-                    self.args
-                        .shared
-                        .cool_until_ms
-                        .store(until.as_millis() as u64 + 1, Relaxed);
+                    self.cool_down_until(now + d);
+                    self.args.cluster.publish(Publish::CoolDown {
+                        deployment: self.args.name.clone(),
+                        until_ms: cluster::ms_of(now + d),
+                    });
                 }
                 if decision.count {
                     self.breaker.on_failure(now, f.probe)
@@ -411,7 +477,7 @@ impl State {
             }
         };
         if let Some(t) = transition {
-            self.transition(t);
+            self.transition(t, None);
             if t.to == CircuitState::Open {
                 ractor::time::send_after(self.breaker.reset_timeout(), me.get_cell(), || Msg::Tick);
             }
@@ -433,8 +499,82 @@ impl State {
         }
     }
 
-    fn transition(&mut self, t: Transition) {
+    fn cool_down_until(&mut self, until: Instant) {
+        self.cool_until = Some(until);
+        let at = until.saturating_duration_since(self.args.shared.epoch);
+        self.args
+            .shared
+            .cool_until_ms
+            .store(at.as_millis() as u64 + 1, Relaxed);
+    }
+
+    /// Another instance's breaker opened or closed, or it saw a `Retry-After`.
+    fn remote(&mut self, me: &ActorRef<Msg>, r: Remote) {
+        let now = Instant::now();
+        match r {
+            Remote::Circuit {
+                state: CircuitState::Open,
+                until,
+                instance,
+            } => {
+                if until <= now {
+                    return;
+                }
+                if let Some(t) = self.breaker.force_open(until) {
+                    self.transition(t, Some(&instance));
+                }
+                ractor::time::send_after(until - now, me.get_cell(), || Msg::Tick);
+            }
+            Remote::Circuit {
+                state: CircuitState::Closed,
+                instance,
+                ..
+            } => {
+                if let Some(t) = self.breaker.force_closed() {
+                    self.transition(t, Some(&instance));
+                }
+            }
+            // Every instance goes half-open on its own clock; not shared.
+            Remote::Circuit {
+                state: CircuitState::HalfOpen,
+                ..
+            } => {}
+            Remote::CoolDown { until } => {
+                if until > now && self.cool_until.is_none_or(|u| u < until) {
+                    self.cool_down_until(until);
+                }
+            }
+        }
+    }
+
+    /// Publishes a breaker transition: `origin` is the instance that forced it, `None` when this
+    /// instance's own breaker decided (then it is announced on the event bus and shared).
+    fn transition(&mut self, t: Transition, origin: Option<&Arc<str>>) {
         self.args.shared.circuit.store(t.to.to_u8(), Relaxed);
+        if let Some(origin) = origin {
+            info!(
+                deployment = %self.args.name,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                origin = %origin,
+                "circuit transition decided by another instance"
+            );
+            return;
+        }
+        // Half-open is each instance's own business (its own probe); opening and closing are
+        // shared.
+        let until_ms = match t.to {
+            CircuitState::Open => Some(self.breaker.open_until().map_or(0, cluster::ms_of)),
+            CircuitState::Closed => Some(0),
+            CircuitState::HalfOpen => None,
+        };
+        if let Some(until_ms) = until_ms {
+            self.args.cluster.publish(Publish::Circuit {
+                deployment: self.args.name.clone(),
+                state: t.to,
+                until_ms,
+            });
+        }
         warn!(
             deployment = %self.args.name,
             from = t.from.as_str(),
@@ -471,6 +611,7 @@ impl State {
                 p50: latency.p50,
                 p95: latency.p95,
                 ewma: latency.ewma,
+                baseline: self.args.shared.baseline_ms(),
             },
             error_rate,
             timeout_rate,
@@ -481,6 +622,11 @@ impl State {
                 .cool_until
                 .filter(|u| *u > now)
                 .map(|u| (u - now).as_secs_f64()),
+            degraded: self.args.shared.degraded(),
+            prompt_tokens: self.stats.prompt_tokens,
+            completion_tokens: self.stats.completion_tokens,
+            latency_histogram: self.stats.histogram.to_vec(),
+            latency_sum_s: self.stats.latency_sum_s,
         }
     }
 }
@@ -488,6 +634,7 @@ impl State {
 /// Asks the actor for a permit, and arms the report that will tell it how the call went.
 async fn admit<'a>(
     actor: &'a ActorRef<Msg>,
+    args: &Args,
     call: &CallArgs,
 ) -> Result<(Permit, Report<'a>), Skip> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -500,13 +647,34 @@ async fn admit<'a>(
         })
         .map_err(|_| Skip::Unreachable)?;
     let permit = rx.await.map_err(|_| Skip::Unreachable)??;
-    let report = Report {
+    let mut report = Report {
         actor,
         probe: permit.probe,
+        rpm_ticket: permit.rpm_ticket,
         tpm_ticket: permit.tpm_ticket,
+        shared: None,
         started: Instant::now(),
         sent: false,
     };
+    // The cluster-wide window, after the local one: only deployments with limits pay for it,
+    // and only while the bucket is reachable (else the local windows guard alone).
+    if let (Some(quota), Some(kv)) = (&args.quota, args.cluster.kv()) {
+        let share = if call.batch { args.batch_share } else { 1.0 };
+        match quota
+            .take(&kv, estimate, share, args.cluster.sync_timeout())
+            .await
+        {
+            Take::Taken(t) => report.shared = Some((quota.clone(), kv, t)),
+            Take::Full { limit, retry_in } => {
+                report.send(Duration::ZERO, Outcome::Refused);
+                return Err(Skip::AtLimit { limit, retry_in });
+            }
+            Take::Unshared(why) => {
+                warn!(deployment = %args.name, %why, "cluster window unreachable: local limits only");
+            }
+        }
+        report.started = Instant::now();
+    }
     Ok((permit, report))
 }
 
@@ -525,7 +693,69 @@ fn bound(limit: Duration, deadline: Option<Instant>, from: Instant) -> (Duration
 /// the call bounded by the deployment's timeout and the caller's deadline (whichever comes first),
 /// logs it, and reports the outcome to the actor.
 pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt {
-    let (permit, mut report) = match admit(actor, &call).await {
+    let span = attempt_span(args, &call);
+    call_inner(actor, args, call, &span)
+        .instrument(span.clone())
+        .await
+}
+
+/// A child span of the request's for one attempt, with the OpenTelemetry GenAI attributes.
+fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
+    let c = &args.adapter.config;
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = %format_args!("chat {}", c.model),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.system = crate::engine::gen_ai_system(c.provider),
+        gen_ai.request.model = %c.model,
+        gen_ai.request.max_tokens = tracing::field::Empty,
+        gen_ai.request.temperature = tracing::field::Empty,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        server.address = %c.api_base,
+        llm.deployment = %args.name,
+        llm.attempt = call.attempt,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    if let Some(n) = call.req.max_tokens {
+        span.record("gen_ai.request.max_tokens", n);
+    }
+    if let Some(t) = call.req.body.get("temperature").and_then(|t| t.as_f64()) {
+        span.record("gen_ai.request.temperature", t);
+    }
+    span
+}
+
+/// What an attempt's span learns when it ends.
+fn close_span(span: &tracing::Span, model: &str, usage: Option<&Usage>, failure: Option<&Failure>) {
+    match failure {
+        None => {
+            span.record("gen_ai.response.model", model);
+            span.record("http.response.status_code", 200);
+            if let Some(u) = usage {
+                span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
+                span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+            }
+        }
+        Some(f) => {
+            if let Some(status) = f.status() {
+                span.record("http.response.status_code", status);
+            }
+            span.record("error.type", f.kind_name());
+        }
+    }
+}
+
+async fn call_inner(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    span: &tracing::Span,
+) -> Attempt {
+    let (permit, mut report) = match admit(actor, args, &call).await {
         Ok(p) => p,
         Err(skip) => return Attempt::Skipped(skip),
     };
@@ -543,6 +773,11 @@ pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt
         let d = classify(&f, &args.breaker, args.fallback_on_auth);
         (f, d)
     });
+    let model = args.adapter.config.model.as_str();
+    match &result {
+        Ok(r) => close_span(span, model, Some(&r.usage), None),
+        Err((f, _)) => close_span(span, model, None, Some(f)),
+    }
     let outcome = match &result {
         Ok(r) => {
             log_success(args, &call, latency, r.usage.total_tokens);
@@ -591,9 +826,35 @@ pub async fn call_stream(
     call: CallArgs,
     sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
 ) -> StreamAttempt {
+    let span = attempt_span(args, &call);
+    let attempt = call_stream_inner(actor, args, call, sink)
+        .instrument(span.clone())
+        .await;
+    let model = args.adapter.config.model.as_str();
+    match &attempt {
+        StreamAttempt::Skipped(_) => {}
+        StreamAttempt::Failed { failure, .. } => close_span(&span, model, None, Some(failure)),
+        StreamAttempt::Streamed { usage, broken, .. } => {
+            close_span(
+                &span,
+                model,
+                usage.as_ref(),
+                broken.as_ref().map(|(f, _)| f),
+            );
+        }
+    }
+    attempt
+}
+
+async fn call_stream_inner(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> StreamAttempt {
     use futures::StreamExt;
 
-    let (permit, mut report) = match admit(actor, &call).await {
+    let (permit, mut report) = match admit(actor, args, &call).await {
         Ok(p) => p,
         Err(skip) => return StreamAttempt::Skipped(skip),
     };
@@ -725,7 +986,14 @@ fn log_failure(args: &Args, call: &CallArgs, latency: Duration, f: &Failure, d: 
 struct Report<'a> {
     actor: &'a ActorRef<Msg>,
     probe: bool,
+    rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
+    /// The slot taken in the cluster-wide window, corrected with real usage at the end.
+    shared: Option<(
+        Arc<SharedWindow>,
+        Arc<async_nats::jetstream::kv::Store>,
+        Taken,
+    )>,
     started: Instant,
     sent: bool,
 }
@@ -733,8 +1001,23 @@ struct Report<'a> {
 impl Report<'_> {
     fn send(&mut self, latency: Duration, outcome: Outcome) {
         self.sent = true;
+        if let (
+            Some((quota, kv, taken)),
+            Outcome::Ok {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            },
+        ) = (self.shared.take(), &outcome)
+        {
+            // The reply does not wait for the bookkeeping: the next take carries it.
+            if quota.correct(taken, prompt_tokens + completion_tokens) {
+                tokio::spawn(async move { quota.flush_later(&kv).await });
+            }
+        }
         let finished = Finished {
             probe: self.probe,
+            rpm_ticket: self.rpm_ticket,
             tpm_ticket: self.tpm_ticket,
             latency,
             outcome,

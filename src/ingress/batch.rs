@@ -4,11 +4,17 @@
 //! `llm.batch.<id>.status` / `llm.batch.<id>.cancel` answer on request. A batch lives in its own
 //! folder (job, input, output) next to the storage database, and is recorded there, so a
 //! restarted `serve` resumes the batches that were running.
+//!
+//! In a cluster (`[cluster] enabled`, the default) a batch is run by one instance at a time: the
+//! one holding its lease (`crate::cluster::lease`). Instances that share the folder next to
+//! `storage.path` (same host, or a shared volume) take over a batch whose owner died and resume it
+//! from its checkpoints; a `serve` stopped by SIGTERM gives its leases up at once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message};
 use futures::StreamExt;
@@ -18,9 +24,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::IngressError;
+use super::service::Counters;
 use crate::batch::checkpoint::{Checkpoint, output_line};
 use crate::batch::job::Job;
 use crate::batch::runner::{self, Hooks, RunArgs};
+use crate::cluster::lease::{self, Acquired, RenewError};
 use crate::config::Config;
 use crate::engine::Engine;
 
@@ -36,6 +44,21 @@ pub struct BatchService {
     tracker: TaskTracker,
     /// Set at shutdown: a batch stopped then stays `running`, to be resumed by the next `serve`.
     shutting_down: AtomicBool,
+    /// `llm.batch.submit` as the `$SRV` endpoint counts it.
+    submits: Arc<Counters>,
+    /// `[cluster] lease_ttl` when batches are leased: one instance runs a batch at a time.
+    lease_ttl: Option<Duration>,
+    /// The leases this instance holds, by batch id.
+    leases: Mutex<HashMap<String, Held>>,
+}
+
+/// A lease this instance holds (or is about to take: revision 0).
+struct Held {
+    revision: u64,
+    renewed: Instant,
+    /// Taken over by another instance, or not renewed in time: the run stops and leaves the
+    /// batch's record alone.
+    lost: bool,
 }
 
 impl BatchService {
@@ -44,6 +67,7 @@ impl BatchService {
         engine: Arc<Engine>,
         config: &Config,
         tracker: TaskTracker,
+        submits: Arc<Counters>,
     ) -> Arc<Self> {
         let db = if config.storage.path.as_os_str() == ":memory:" {
             PathBuf::from("switchyard-batches.db")
@@ -63,6 +87,9 @@ impl BatchService {
             running: Mutex::new(HashMap::new()),
             tracker,
             shutting_down: AtomicBool::new(false),
+            submits,
+            lease_ttl: config.cluster.enabled.then_some(config.cluster.lease_ttl),
+            leases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -98,7 +125,14 @@ impl BatchService {
             })?;
         let mut status = sub(format!("{}.batch.*.status", self.prefix)).await?;
         let mut cancel = sub(format!("{}.batch.*.cancel", self.prefix)).await?;
-        self.resume_unfinished();
+        let leases = match self.lease_ttl {
+            // Unfinished batches are resumed as their leases are taken.
+            Some(ttl) => Some(tokio::spawn(self.clone().keep_leases(ttl, stop.clone()))),
+            None => {
+                self.resume_unfinished();
+                None
+            }
+        };
         loop {
             tokio::select! {
                 Some(m) = submit.next() => self.clone().submit(m).await,
@@ -119,11 +153,15 @@ impl BatchService {
         {
             token.cancel();
         }
+        if let Some(l) = leases {
+            let _ = l.await;
+        }
         Ok(())
     }
 
-    fn resume_unfinished(self: &Arc<Self>) {
-        let rows: Vec<(String, String)> = match self.record_db().and_then(|db| {
+    /// Batches recorded as running, with their folders.
+    fn running_records(&self) -> Vec<(String, String)> {
+        match self.record_db().and_then(|db| {
             let mut q = db.prepare("SELECT id, dir FROM served_batches WHERE state = 'running'")?;
             let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
@@ -131,24 +169,167 @@ impl BatchService {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read unfinished batches");
-                return;
+                Vec::new()
             }
+        }
+    }
+
+    /// Renews this instance's leases and takes over batches whose owner is gone, every
+    /// `ttl / 3` (more often until the cluster's bucket is open).
+    async fn keep_leases(self: Arc<Self>, ttl: Duration, stop: CancellationToken) {
+        loop {
+            self.renew_leases(ttl).await;
+            self.take_over(ttl).await;
+            let wait = if self.engine.cluster().kv().is_some() {
+                ttl / 3
+            } else {
+                Duration::from_millis(200)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+    }
+
+    async fn renew_leases(&self, ttl: Duration) {
+        let me = self.engine.instance();
+        let kv = self.engine.cluster().kv();
+        let held: Vec<(String, u64, Instant)> = self
+            .leases
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(_, h)| !h.lost)
+                    .map(|(id, h)| (id.clone(), h.revision, h.renewed))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, revision, renewed) in held {
+            let result = match &kv {
+                None => Err(RenewError::Unreachable("NATS unreachable".into())),
+                Some(kv) if revision == 0 => match lease::acquire(kv, &id, me, ttl).await {
+                    Ok(Acquired::Mine(r)) => Ok(r),
+                    Ok(Acquired::Held(_)) => Err(RenewError::Lost),
+                    Err(e) => Err(RenewError::Unreachable(e)),
+                },
+                Some(kv) => lease::renew(kv, &id, me, revision).await,
+            };
+            match result {
+                Ok(r) => {
+                    if let Ok(mut l) = self.leases.lock()
+                        && let Some(h) = l.get_mut(&id)
+                    {
+                        h.revision = r;
+                        h.renewed = Instant::now();
+                    }
+                }
+                Err(RenewError::Lost) => self.hand_over(&id, "another instance took it over"),
+                Err(RenewError::Unreachable(e)) if renewed.elapsed() > ttl => {
+                    warn!(batch = %id, error = %e, "batch lease not renewed in time");
+                    self.hand_over(&id, "its lease could not be renewed");
+                }
+                Err(RenewError::Unreachable(e)) => {
+                    warn!(batch = %id, error = %e, "cannot renew a batch lease yet");
+                }
+            }
+        }
+    }
+
+    /// Stops running a batch that another instance owns now; its record stays `running`.
+    fn hand_over(&self, id: &str, why: &str) {
+        warn!(batch = %id, why, "stopping a batch this instance no longer owns");
+        if let Ok(mut l) = self.leases.lock()
+            && let Some(h) = l.get_mut(id)
+        {
+            h.lost = true;
+        }
+        if let Some(token) = self.running.lock().ok().and_then(|r| r.get(id).cloned()) {
+            token.cancel();
+        }
+    }
+
+    /// Starts every batch recorded as running whose lease is free or stale.
+    async fn take_over(self: &Arc<Self>, ttl: Duration) {
+        let Some(kv) = self.engine.cluster().kv() else {
+            return;
         };
-        for (id, dir) in rows {
+        for (id, dir) in self.running_records() {
+            let here = self.running.lock().is_ok_and(|r| r.contains_key(&id));
+            if here {
+                continue;
+            }
+            match lease::acquire(&kv, &id, self.engine.instance(), ttl).await {
+                Ok(Acquired::Mine(revision)) => {
+                    info!(batch = %id, "taking the batch's lease: resuming it here");
+                    self.hold(&id, revision);
+                    self.start(id, PathBuf::from(dir));
+                }
+                Ok(Acquired::Held(_)) => {}
+                Err(e) => warn!(batch = %id, error = %e, "cannot take a batch lease"),
+            }
+        }
+    }
+
+    fn hold(&self, id: &str, revision: u64) {
+        if let Ok(mut l) = self.leases.lock() {
+            l.insert(
+                id.to_string(),
+                Held {
+                    revision,
+                    renewed: Instant::now(),
+                    lost: false,
+                },
+            );
+        }
+    }
+
+    /// Before a new batch starts: its lease, when batches are leased. `false` when another
+    /// instance runs it already.
+    async fn lease_new(&self, id: &str) -> bool {
+        let Some(ttl) = self.lease_ttl else {
+            return true;
+        };
+        let me = self.engine.instance();
+        let revision = match self.engine.cluster().kv() {
+            Some(kv) => match lease::acquire(&kv, id, me, ttl).await {
+                Ok(Acquired::Mine(r)) => r,
+                Ok(Acquired::Held(owner)) => {
+                    info!(batch = %id, %owner, "the batch already runs on another instance");
+                    return false;
+                }
+                // Taken at the next renewal.
+                Err(_) => 0,
+            },
+            None => 0,
+        };
+        self.hold(id, revision);
+        true
+    }
+
+    fn resume_unfinished(self: &Arc<Self>) {
+        for (id, dir) in self.running_records() {
             info!(batch = %id, "resuming a batch left running");
             self.start(id, PathBuf::from(dir));
         }
     }
 
     async fn submit(self: Arc<Self>, msg: Message) {
-        let answer = match self.clone().prepare(&msg.payload) {
+        let started = std::time::Instant::now();
+        let (answer, error) = match self.clone().prepare(&msg.payload) {
             Ok((id, dir)) => {
-                self.start(id.clone(), dir);
-                json!({ "batch_id": id })
+                if self.lease_new(&id).await {
+                    self.start(id.clone(), dir);
+                }
+                (json!({ "batch_id": id }), None)
             }
-            Err(e) => json!({ "error": { "kind": "invalid_request", "message": e } }),
+            Err(e) => (
+                json!({ "error": { "kind": "invalid_request", "message": e } }),
+                Some("invalid_request"),
+            ),
         };
         self.reply(&msg, &answer).await;
+        self.submits.record(started, error);
     }
 
     /// Validates a submission and lays out its folder: `{job, items}` or `{job, input_path}`,
@@ -243,6 +424,14 @@ impl BatchService {
                 let body = serde_json::to_vec(&output_line(&item)).unwrap_or_default();
                 let _ = this.client.publish(results.clone(), body.into()).await;
             }
+            let lease = this.leases.lock().ok().and_then(|mut l| l.remove(&id));
+            if lease.as_ref().is_some_and(|h| h.lost) {
+                // Another instance runs it now: its record and progress are that one's.
+                if let Ok(mut r) = this.running.lock() {
+                    r.remove(&id);
+                }
+                return;
+            }
             let (state, last) = match &outcome {
                 Ok(s) if s.cancelled && this.shutting_down.load(Relaxed) => ("running", json!({"batch_id": id, "state": "interrupted", "ok": s.ok, "failed": s.failed})),
                 Ok(s) if s.cancelled => ("cancelled", json!({"batch_id": id, "state": "cancelled", "ok": s.ok, "failed": s.failed})),
@@ -261,6 +450,12 @@ impl BatchService {
             });
             if let Ok(mut r) = this.running.lock() {
                 r.remove(&id);
+            }
+            // Done, cancelled or stopped by shutdown: another instance may take it at once.
+            if let (Some(h), Some(kv)) = (lease, this.engine.cluster().kv())
+                && h.revision != 0
+            {
+                lease::release(&kv, &id, this.engine.instance(), h.revision).await;
             }
         });
     }

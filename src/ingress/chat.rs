@@ -2,6 +2,7 @@
 //! always gets a reply, success or error.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_nats::{Client, HeaderMap, Message, Subscriber};
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::IngressError;
+use super::service::Counters;
 use crate::engine::Engine;
 use crate::protocol::{RequestOptions, Subjects};
 
@@ -34,6 +36,7 @@ pub async fn serve(
     client: Client,
     engine: Arc<Engine>,
     subjects: Subjects,
+    counters: Arc<Counters>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -51,15 +54,26 @@ pub async fn serve(
             }
         };
         let Some(msg) = msg else { break };
+        let started = Instant::now();
         let (client, engine, subjects) = (client.clone(), engine.clone(), subjects.clone());
-        tracker.spawn(async move { handle(msg, &client, &engine, &subjects).await });
+        let counters = counters.clone();
+        tracker.spawn(async move {
+            let error = handle(msg, &client, &engine, &subjects).await;
+            counters.record(started, error);
+        });
     }
 }
 
-async fn handle(msg: Message, client: &Client, engine: &Engine, subjects: &Subjects) {
+/// Serves one request; answers the error kind it failed with, if it did.
+async fn handle(
+    msg: Message,
+    client: &Client,
+    engine: &Engine,
+    subjects: &Subjects,
+) -> Option<&'static str> {
     let Some(reply_to) = msg.reply else {
         warn!(subject = %msg.subject, "chat request without a reply subject: nowhere to answer");
-        return;
+        return Some("no_reply_subject");
     };
     let task = subjects.task_of(&msg.subject).unwrap_or_default();
     let options = RequestOptions::from_lookup(|name| header(msg.headers.as_ref(), name));
@@ -79,6 +93,7 @@ async fn handle(msg: Message, client: &Client, engine: &Engine, subjects: &Subje
     } else {
         engine.chat(task, options, &msg.payload, None).await
     };
+    let error = outcome.result.as_ref().err().map(|f| f.kind.as_str());
     let reply = outcome.into_reply();
     let mut headers = HeaderMap::new();
     for (name, value) in reply.headers {
@@ -90,6 +105,7 @@ async fn handle(msg: Message, client: &Client, engine: &Engine, subjects: &Subje
     {
         warn!(error = %e, "could not publish a reply");
     }
+    error
 }
 
 /// Chunks held between the provider and NATS for one streamed request.

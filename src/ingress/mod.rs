@@ -1,12 +1,15 @@
 //! NATS in front of the engine: `llm.chat.>` (queue group, shared by every `serve` instance),
-//! `llm.status` (every instance answers), `llm.status.events` and the async jobs of
-//! `llm.submit.>` (a JetStream consumer shared by every instance). `run` takes the connection and
+//! `llm.status` (every instance answers), `llm.status.events`, batches, the async jobs of
+//! `llm.submit.>` (a JetStream consumer shared by every instance), and the `$SRV` service
+//! verbs. `run` takes the connection and
 //! a shutdown future, so tests run it in-process; on shutdown it stops taking requests, finishes
-//! the ones in flight, flushes, and returns.
+//! the ones in flight, flushes, and returns. With `[cluster] enabled` it also runs the cluster
+//! sync task (`crate::cluster::sync`), which shares this instance's state with the others.
 
 pub mod batch;
 pub mod chat;
 pub mod jobs;
+pub mod service;
 pub mod status;
 
 use std::future::Future;
@@ -27,6 +30,8 @@ pub enum IngressError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("nats.url `{url}` is not a NATS server address (or a comma-separated list): {reason}")]
+    Url { url: String, reason: String },
     #[error("cannot read the NATS credentials file {path}: {source}")]
     Creds {
         path: String,
@@ -75,8 +80,19 @@ pub async fn connect(c: &NatsConfig, name: &str) -> Result<async_nats::Client, I
     }
     // The first connection must succeed, so a wrong URL or credentials fail at start; after that
     // the client reconnects on its own.
+    // `nats.url` may list several servers of a NATS cluster, comma-separated: the first that
+    // answers is used, and the client learns the rest of the cluster from it.
+    let servers = c
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IngressError::Url {
+            url: c.url.clone(),
+            reason: e.to_string(),
+        })?;
     let client = o
-        .connect(c.url.as_str())
+        .connect(servers)
         .await
         .map_err(|source| IngressError::Connect {
             url: c.url.clone(),
@@ -109,8 +125,20 @@ pub async fn run(
         }
         None => None,
     };
+    let service = Arc::new(service::Service::new(
+        engine.instance(),
+        // Status has no queue group: every instance answers.
+        service::Endpoints::new(&config.nats.prefix, &config.nats.queue_group, ""),
+    ));
     let chat = chat::subscribe(&client, &subjects, &config.nats.queue_group).await?;
     let status = status::subscribe(&client, &subjects).await?;
+    let srv = service::subscribe(&client, &service).await?;
+    let srv_loop = tokio::spawn(service::serve(
+        srv,
+        client.clone(),
+        service.clone(),
+        stop.clone(),
+    ));
     let events = tokio::spawn(status::publish_events(
         client.clone(),
         engine.events(),
@@ -122,6 +150,7 @@ pub async fn run(
         client.clone(),
         engine.clone(),
         subjects.clone(),
+        service.endpoints.chat.clone(),
         tracker.clone(),
         stop.clone(),
     ));
@@ -129,10 +158,17 @@ pub async fn run(
         status,
         client.clone(),
         engine.clone(),
+        service.endpoints.status.clone(),
         stop.clone(),
     ));
-    let batches = batch::BatchService::new(client.clone(), engine.clone(), config, tracker.clone())
-        .serve(stop.clone(), config.nats.queue_group.clone());
+    let batches = batch::BatchService::new(
+        client.clone(),
+        engine.clone(),
+        config,
+        tracker.clone(),
+        service.endpoints.batch_submit.clone(),
+    )
+    .serve(stop.clone(), config.nats.queue_group.clone());
     let batch_loop = tokio::spawn(batches);
     let jobs_loop = config.jobs.enabled.then(|| {
         tokio::spawn(jobs::serve(
@@ -142,6 +178,14 @@ pub async fn run(
             tracker.clone(),
             stop.clone(),
         ))
+    });
+    let cluster = config.cluster.enabled.then(|| {
+        crate::cluster::sync::spawn(
+            client.clone(),
+            engine.clone(),
+            &config.cluster,
+            stop.clone(),
+        )
     });
     info!(
         subject = %subjects.chat_wildcard(),
@@ -166,10 +210,14 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     let _ = status_loop.await;
+    let _ = srv_loop.await;
     if let Some(m) = metrics {
         let _ = m.await;
     }
     let _ = events.await;
+    if let Some(c) = cluster {
+        let _ = c.await;
+    }
     let _ = client.flush().await;
     info!("drained");
     Ok(())

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::IngressError;
+use super::service::Counters;
 use crate::engine::Engine;
 use crate::observe::Event;
 use crate::protocol::Subjects;
@@ -26,6 +27,7 @@ pub async fn serve(
     mut sub: Subscriber,
     client: Client,
     engine: Arc<Engine>,
+    counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
     loop {
@@ -35,11 +37,17 @@ pub async fn serve(
         };
         let Some(msg) = msg else { break };
         let Some(reply) = msg.reply else { continue };
+        let started = std::time::Instant::now();
         let snapshot = engine.status().await;
         let body = serde_json::to_vec(&snapshot).unwrap_or_default();
-        if let Err(e) = client.publish(reply, body.into()).await {
-            warn!(error = %e, "could not publish a status reply");
-        }
+        let error = match client.publish(reply, body.into()).await {
+            Ok(()) => None,
+            Err(e) => {
+                warn!(error = %e, "could not publish a status reply");
+                Some("publish_failed")
+            }
+        };
+        counters.record(started, error);
     }
     let _ = sub.unsubscribe().await;
 }

@@ -1,4 +1,4 @@
-//! Events on `llm.status.events`: circuit transitions now, alerts later. Producers send them to an
+//! Events on `llm.status.events`: circuit transitions and alerts raised or cleared. Producers send them to an
 //! in-process broadcast bus; `serve` publishes the bus to NATS and `demo` prints it.
 
 use std::sync::Arc;
@@ -20,6 +20,40 @@ pub enum Event {
         at: String,
         instance: Arc<str>,
     },
+    Alert {
+        /// `raised` | `cleared`.
+        state: &'static str,
+        rule: String,
+        severity: String,
+        deployment: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+        value: f64,
+        threshold: f64,
+        at: String,
+        instance: Arc<str>,
+    },
+}
+
+impl Event {
+    pub fn alert(change: super::alerts::Change, instance: Arc<str>) -> Self {
+        use super::alerts::Change;
+        let (state, a) = match change {
+            Change::Raised(a) => ("raised", a),
+            Change::Cleared(a) => ("cleared", a),
+        };
+        Self::Alert {
+            state,
+            rule: a.rule,
+            severity: a.severity,
+            deployment: a.deployment,
+            scope: a.scope,
+            value: a.value,
+            threshold: a.threshold,
+            at: now_rfc3339(),
+            instance,
+        }
+    }
 }
 
 pub type EventBus = broadcast::Sender<Event>;

@@ -95,6 +95,21 @@ pub fn render(s: &StatusSnapshot) -> String {
             "gauge",
             "1 for the circuit's current state.",
         ),
+        (
+            "switchyard_deployment_tokens_total",
+            "counter",
+            "Tokens used by successful calls, by kind (prompt, completion).",
+        ),
+        (
+            "switchyard_deployment_degraded",
+            "gauge",
+            "1 while a degradation alert is raised and traffic is shifted away.",
+        ),
+        (
+            "switchyard_deployment_call_duration_seconds",
+            "histogram",
+            "Latency of successful provider calls.",
+        ),
     ];
     for (name, kind, help) in per {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -122,6 +137,17 @@ pub fn render(s: &StatusSnapshot) -> String {
                 }
                 "switchyard_deployment_rpm_used" => line(&l, d.rpm_used as f64),
                 "switchyard_deployment_tpm_used" => line(&l, d.tpm_used as f64),
+                "switchyard_deployment_tokens_total" => {
+                    line(&format!("{l},kind=\"prompt\""), d.prompt_tokens as f64);
+                    line(
+                        &format!("{l},kind=\"completion\""),
+                        d.completion_tokens as f64,
+                    );
+                }
+                "switchyard_deployment_degraded" => line(&l, f64::from(u8::from(d.degraded))),
+                "switchyard_deployment_call_duration_seconds" => {
+                    histogram(&mut text, name, &l, &s.latency_buckets_s, d);
+                }
                 _ => {
                     for state in ["closed", "open", "half_open"] {
                         let on = if d.circuit == state { 1.0 } else { 0.0 };
@@ -130,6 +156,42 @@ pub fn render(s: &StatusSnapshot) -> String {
                 }
             }
         }
+    }
+    let _ = writeln!(
+        text,
+        "# HELP switchyard_errors_total Failed requests by error kind.\n# TYPE switchyard_errors_total counter"
+    );
+    for (kind, n) in &s.errors {
+        let _ = writeln!(
+            text,
+            "switchyard_errors_total{{kind=\"{}\"}} {n}",
+            escape(kind)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP switchyard_batch_items_total Batch items finished, by outcome.\n# TYPE switchyard_batch_items_total counter"
+    );
+    let _ = writeln!(
+        text,
+        "switchyard_batch_items_total{{outcome=\"ok\"}} {}\nswitchyard_batch_items_total{{outcome=\"failed\"}} {}",
+        s.batch_items_ok, s.batch_items_failed
+    );
+    let _ = writeln!(
+        text,
+        "# HELP switchyard_alerts_active Alerts raised now, by rule and severity.\n# TYPE switchyard_alerts_active gauge"
+    );
+    let mut active: std::collections::BTreeMap<(&str, &str), u32> = Default::default();
+    for a in &s.alerts {
+        *active.entry((&a.rule, &a.severity)).or_default() += 1;
+    }
+    for ((rule, severity), n) in active {
+        let _ = writeln!(
+            text,
+            "switchyard_alerts_active{{rule=\"{}\",severity=\"{}\"}} {n}",
+            escape(rule),
+            escape(severity)
+        );
     }
     let _ = writeln!(
         text,
@@ -143,6 +205,24 @@ pub fn render(s: &StatusSnapshot) -> String {
         );
     }
     text
+}
+
+/// One deployment's latency histogram: cumulative `_bucket` lines, `_sum` and `_count`.
+fn histogram(
+    text: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    d: &super::status::DeploymentStatus,
+) {
+    let mut cumulative = 0;
+    for (i, n) in d.latency_histogram.iter().enumerate() {
+        cumulative += n;
+        let le = bounds.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+        let _ = writeln!(text, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(text, "{name}_sum{{{labels}}} {}", d.latency_sum_s);
+    let _ = writeln!(text, "{name}_count{{{labels}}} {cumulative}");
 }
 
 fn escape(v: &str) -> String {

@@ -1,7 +1,10 @@
 //! What the engine tells about itself: the status snapshot and the event stream.
 
+pub mod alerts;
 pub mod events;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod spend;
 pub mod status;
 

@@ -10,6 +10,9 @@ pub struct LatencyMs {
     pub p50: f64,
     pub p95: f64,
     pub ewma: f64,
+    /// The P95 that latency alerts compare against (learned over `alerts.baseline_window`).
+    #[serde(default)]
+    pub baseline: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +36,19 @@ pub struct DeploymentStatus {
     pub cost_usd: f64,
     /// Seconds left of a `Retry-After` cool-down, if one is running.
     pub cooldown_s: Option<f64>,
+    /// A degradation alert is raised: traffic is shifted away (`alerts.shift`).
+    #[serde(default)]
+    pub degraded: bool,
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Successful calls by latency bucket (upper bounds in `latency_buckets_s` of the snapshot,
+    /// then the overflow), not cumulative; and the sum of their latencies in seconds.
+    #[serde(default)]
+    pub latency_histogram: Vec<u64>,
+    #[serde(default)]
+    pub latency_sum_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,8 +59,33 @@ pub struct StatusSnapshot {
     pub requests: u64,
     pub fallbacks: u64,
     pub fallback_ratio: f64,
-    pub alerts: Vec<serde_json::Value>,
+    pub alerts: Vec<super::alerts::Alert>,
+    /// Failed requests by error kind (contract section 1).
+    #[serde(default)]
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Batch items answered (`ok`) and failed since start.
+    #[serde(default)]
+    pub batch_items_ok: u64,
+    #[serde(default)]
+    pub batch_items_failed: u64,
+    /// Upper bounds of the deployments' latency histogram buckets, in seconds.
+    #[serde(default)]
+    pub latency_buckets_s: Vec<f64>,
     /// Today's cost, tokens and requests by task, group and deployment (UTC day).
     #[serde(default)]
     pub spend: super::spend::SpendSnapshot,
+    /// Whether this instance shares circuits, cool-downs and limits with the others.
+    #[serde(default)]
+    pub cluster: ClusterStatus,
+}
+
+/// `cluster` in the snapshot: shared state through NATS, or this instance's own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `true` while the instance reads and writes the cluster's bucket; `false` when it falls
+    /// back to its own windows and breakers (NATS unreachable, or no NATS at all).
+    pub shared: bool,
+    /// Since when (RFC 3339).
+    pub since: String,
+    pub detail: String,
 }

@@ -18,6 +18,18 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 9] = [
+        Self::InvalidRequest,
+        Self::Auth,
+        Self::NotFound,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::BudgetExceeded,
+        Self::InvalidOutput,
+        Self::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request",

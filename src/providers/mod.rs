@@ -68,6 +68,19 @@ impl Failure {
         }
     }
 
+    /// A short stable name (`error.type` on trace spans).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Status { .. } => "http_status",
+            Self::Timeout => "timeout",
+            Self::DeadlineSpent => "deadline_spent",
+            Self::Connect(_) => "connect",
+            Self::Transport(_) => "transport",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::Untranslatable(_) => "untranslatable",
+        }
+    }
+
     /// One line for logs and the `attempts` list.
     pub fn describe(&self) -> String {
         match self {

@@ -66,6 +66,21 @@ impl Budgets {
         self.caps.is_empty()
     }
 
+    /// Every cap with today's spend against it: (what it covers, spent, cap), for the alerts.
+    pub fn levels(&self, spend: &Spend) -> Vec<(String, f64, f64)> {
+        self.caps
+            .iter()
+            .map(|cap| {
+                let spent = match &cap.scope {
+                    Scope::All => spend.total_usd(),
+                    Scope::Task(t) => spend.task_usd(*t),
+                    Scope::Group(_, name) => spend.group_usd(name),
+                };
+                (cap.label.clone(), spent, cap.daily_usd)
+            })
+            .collect()
+    }
+
     /// The first cap reached by a request of `task` routed to `target`.
     pub fn check(&self, spend: &Spend, task: usize, target: Target) -> Verdict {
         for cap in &self.caps {

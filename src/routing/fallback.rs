@@ -13,7 +13,7 @@ use super::Router;
 use super::budget::Verdict;
 use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
-use crate::config::ProviderKind;
+use crate::config::{ProviderKind, Shift};
 use crate::deployment::breaker::CircuitState;
 use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip, StreamAttempt};
 use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions, Usage};
@@ -89,6 +89,20 @@ struct Walk {
     only_rate_limited: bool,
     only_not_found: bool,
     only_over_cost: bool,
+    /// The provider of the first call: `extra_body` goes only to that provider.
+    first_provider: Option<ProviderKind>,
+}
+
+/// What every attempt of one request shares.
+#[derive(Clone, Copy)]
+struct Leg<'a> {
+    req: &'a Arc<ChatRequest>,
+    opts: &'a RequestOptions,
+    request_id: &'a Arc<str>,
+    sink: Option<&'a mpsc::Sender<Bytes>>,
+    /// Prompt estimate plus `max_tokens`: what a context window must hold.
+    needed_context: u64,
+    reason: &'a Arc<str>,
 }
 
 impl Walk {
@@ -118,21 +132,21 @@ impl Walk {
         self.deadline.is_some_and(|d| now >= d)
     }
 
-    fn fail(self, kind: ErrorKind, message: String) -> Failed {
+    fn fail(&mut self, kind: ErrorKind, message: String) -> Failed {
         // The failed call that ended the walk does not count as a fallback by itself.
         let fell_back = self.failed_calls > 1 || (self.failed_calls == 1 && self.records.len() > 1);
         Failed {
             kind,
             message,
             status: self.last_status,
-            attempts: self.records,
+            attempts: std::mem::take(&mut self.records),
             fell_back,
             usage: None,
             route_reason: None,
         }
     }
 
-    fn timeout(self) -> Failed {
+    fn timeout(&mut self) -> Failed {
         let spent = self.started.elapsed().as_millis();
         let calls = self.calls;
         self.fail(
@@ -206,166 +220,46 @@ impl Router {
             only_rate_limited: true,
             only_not_found: true,
             only_over_cost: true,
+            first_provider: None,
         };
         let groups: Vec<Option<usize>> = match route.target {
             Target::Group(g) => self.table.chain(g).map(Some).collect(),
             Target::Deployment(_) => vec![None],
         };
-        let needed_context = req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0));
-        let mut first_provider: Option<ProviderKind> = None;
+        let leg = Leg {
+            needed_context: req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0)),
+            req: &req,
+            opts,
+            request_id,
+            sink,
+            reason: &route.reason,
+        };
+        // A small share of requests still tries degraded deployments in their place, so that
+        // their recovery is measured and their alerts can clear.
+        let probing = self.shift != Shift::Off && rand::random::<f64>() < self.probe_share;
+        let deferring = self.shift == Shift::Skip && !probing;
+        let mut deferred = Vec::new();
 
         for (group_number, group) in groups.into_iter().enumerate() {
             let order = match (group, route.target) {
-                (Some(g), _) => self.order(g, &req, opts, strategy),
+                (Some(g), _) => self.order(g, &req, opts, strategy, probing),
                 (None, Target::Deployment(d)) => vec![d],
                 (None, Target::Group(_)) => Vec::new(),
             };
             for index in order {
-                let slot = &self.slots[index];
-                let c = slot.config();
-                let now = Instant::now();
-                if w.deadline_spent(now) {
-                    return Err(w.timeout());
-                }
-                if opts.exclude.contains(&c.name) {
-                    w.skip(
-                        c.name.as_str(),
-                        "skipped: excluded by the caller".into(),
-                        false,
-                        false,
-                    );
+                if deferring && self.slots[index].shared.degraded() {
+                    deferred.push((group_number, index));
                     continue;
                 }
-                if let Some(window) = c.context_window.filter(|w| needed_context > w.get()) {
-                    w.skip(
-                        c.name.as_str(),
-                        format!(
-                            "skipped: request needs ~{needed_context} tokens, context window is {window}"
-                        ),
-                        false,
-                        false,
-                    );
-                    continue;
+                if let Some(done) = self.try_one(&mut w, &leg, index, group_number).await {
+                    return done;
                 }
-                if let Some(max) = opts.max_cost_usd {
-                    let estimate = estimated_cost(slot, &req);
-                    if estimate > max {
-                        w.skip(
-                            c.name.as_str(),
-                            format!("skipped: estimated cost ${estimate:.6} over Llm-Max-Cost-Usd ${max}"),
-                            false,
-                            true,
-                        );
-                        continue;
-                    }
-                }
-                if slot.shared.circuit() == CircuitState::Open {
-                    w.skip(c.name.as_str(), Skip::CircuitOpen.describe(), false, false);
-                    continue;
-                }
-                let Some(actor) = slot.actor.load_full() else {
-                    w.skip(c.name.as_str(), Skip::Unreachable.describe(), false, false);
-                    continue;
-                };
-                let include_request_extra = *first_provider.get_or_insert(c.provider) == c.provider;
-                if !include_request_extra && req.extra_body().is_some() {
-                    tracing::debug!(
-                        request_id = %request_id,
-                        deployment = %c.name,
-                        "extra_body dropped: it was meant for another provider"
-                    );
-                }
-                let call = CallArgs {
-                    req: req.clone(),
-                    deadline: w.deadline,
-                    include_request_extra,
-                    request_id: request_id.clone(),
-                    attempt: w.calls + 1,
-                    batch: opts.batch,
-                };
-                let attempt = match sink {
-                    Some(sink) if req.stream => {
-                        match deployment::call_stream(&actor, &slot.args, call, sink).await {
-                            StreamAttempt::Skipped(skip) => Attempt::Skipped(skip),
-                            StreamAttempt::Failed {
-                                failure,
-                                decision,
-                                latency,
-                            } => Attempt::Done {
-                                result: Err((failure, decision)),
-                                latency,
-                            },
-                            StreamAttempt::Streamed {
-                                usage,
-                                cost_usd,
-                                latency,
-                                broken: None,
-                            } => Attempt::Done {
-                                result: Ok(ProviderReply {
-                                    body: Bytes::new(),
-                                    usage: usage.unwrap_or_default(),
-                                    cost_usd,
-                                }),
-                                latency,
-                            },
-                            StreamAttempt::Streamed {
-                                usage,
-                                latency,
-                                broken: Some((failure, decision)),
-                                ..
-                            } => {
-                                // Chunks already went out: no fallback now, the stream ends in error.
-                                w.calls += 1;
-                                w.failed_calls += 1;
-                                w.record_failure(&c.name, &failure, latency);
-                                let message = format!(
-                                    "{}: stream broken after the first chunk: {}",
-                                    c.name,
-                                    failure.describe()
-                                );
-                                let mut failed = w.fail(decision.kind, message);
-                                failed.usage = usage;
-                                return Err(failed);
-                            }
-                        }
-                    }
-                    _ => deployment::call(&actor, &slot.args, call).await,
-                };
-                match attempt {
-                    Attempt::Skipped(skip) => {
-                        let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
-                        w.skip(c.name.as_str(), skip.describe(), limited, false);
-                    }
-                    Attempt::Done {
-                        result: Ok(reply), ..
-                    } => {
-                        w.calls += 1;
-                        return Ok(Served {
-                            reply,
-                            index,
-                            deployment: slot.name.clone(),
-                            provider: c.provider.as_str(),
-                            attempts: w.calls,
-                            fallback: w.failed_calls > 0 || group_number > 0,
-                            route_reason: route.reason.clone(),
-                        });
-                    }
-                    Attempt::Done {
-                        result: Err((failure, decision)),
-                        latency,
-                    } => {
-                        w.calls += 1;
-                        w.failed_calls += 1;
-                        w.only_rate_limited &= decision.kind == ErrorKind::RateLimited;
-                        w.only_not_found &= decision.kind == ErrorKind::NotFound;
-                        w.only_over_cost = false;
-                        w.record_failure(&c.name, &failure, latency);
-                        if !decision.fall_back {
-                            let message = format!("{}: {}", c.name, failure.describe());
-                            return Err(w.fail(decision.kind, message));
-                        }
-                    }
-                }
+            }
+        }
+        // Degraded deployments (`alerts.shift = "skip"`) come after the whole chain.
+        for (group_number, index) in deferred {
+            if let Some(done) = self.try_one(&mut w, &leg, index, group_number).await {
+                return done;
             }
         }
         if w.deadline_spent(Instant::now()) {
@@ -401,6 +295,170 @@ impl Router {
         Err(w.fail(kind, message))
     }
 
+    /// Tries one candidate: `None` to go on with the next, `Some` when the walk is over.
+    async fn try_one(
+        &self,
+        w: &mut Walk,
+        leg: &Leg<'_>,
+        index: usize,
+        group_number: usize,
+    ) -> Option<Result<Served, Failed>> {
+        let Leg {
+            req,
+            opts,
+            request_id,
+            sink,
+            needed_context,
+            ..
+        } = *leg;
+        let slot = &self.slots[index];
+        let c = slot.config();
+        let now = Instant::now();
+        if w.deadline_spent(now) {
+            return Some(Err(w.timeout()));
+        }
+        if opts.exclude.contains(&c.name) {
+            w.skip(
+                c.name.as_str(),
+                "skipped: excluded by the caller".into(),
+                false,
+                false,
+            );
+            return None;
+        }
+        if let Some(window) = c.context_window.filter(|w| needed_context > w.get()) {
+            w.skip(
+                c.name.as_str(),
+                format!(
+                    "skipped: request needs ~{needed_context} tokens, context window is {window}"
+                ),
+                false,
+                false,
+            );
+            return None;
+        }
+        if let Some(max) = opts.max_cost_usd {
+            let estimate = estimated_cost(slot, req);
+            if estimate > max {
+                w.skip(
+                    c.name.as_str(),
+                    format!("skipped: estimated cost ${estimate:.6} over Llm-Max-Cost-Usd ${max}"),
+                    false,
+                    true,
+                );
+                return None;
+            }
+        }
+        if slot.shared.circuit() == CircuitState::Open {
+            w.skip(c.name.as_str(), Skip::CircuitOpen.describe(), false, false);
+            return None;
+        }
+        let Some(actor) = slot.actor.load_full() else {
+            w.skip(c.name.as_str(), Skip::Unreachable.describe(), false, false);
+            return None;
+        };
+        let include_request_extra = *w.first_provider.get_or_insert(c.provider) == c.provider;
+        if !include_request_extra && req.extra_body().is_some() {
+            tracing::debug!(
+                request_id = %request_id,
+                deployment = %c.name,
+                "extra_body dropped: it was meant for another provider"
+            );
+        }
+        let call = CallArgs {
+            req: req.clone(),
+            deadline: w.deadline,
+            include_request_extra,
+            request_id: request_id.clone(),
+            attempt: w.calls + 1,
+            batch: opts.batch,
+        };
+        let attempt = match sink {
+            Some(sink) if req.stream => {
+                match deployment::call_stream(&actor, &slot.args, call, sink).await {
+                    StreamAttempt::Skipped(skip) => Attempt::Skipped(skip),
+                    StreamAttempt::Failed {
+                        failure,
+                        decision,
+                        latency,
+                    } => Attempt::Done {
+                        result: Err((failure, decision)),
+                        latency,
+                    },
+                    StreamAttempt::Streamed {
+                        usage,
+                        cost_usd,
+                        latency,
+                        broken: None,
+                    } => Attempt::Done {
+                        result: Ok(ProviderReply {
+                            body: Bytes::new(),
+                            usage: usage.unwrap_or_default(),
+                            cost_usd,
+                        }),
+                        latency,
+                    },
+                    StreamAttempt::Streamed {
+                        usage,
+                        latency,
+                        broken: Some((failure, decision)),
+                        ..
+                    } => {
+                        // Chunks already went out: no fallback now, the stream ends in error.
+                        w.calls += 1;
+                        w.failed_calls += 1;
+                        w.record_failure(&c.name, &failure, latency);
+                        let message = format!(
+                            "{}: stream broken after the first chunk: {}",
+                            c.name,
+                            failure.describe()
+                        );
+                        let mut failed = w.fail(decision.kind, message);
+                        failed.usage = usage;
+                        return Some(Err(failed));
+                    }
+                }
+            }
+            _ => deployment::call(&actor, &slot.args, call).await,
+        };
+        match attempt {
+            Attempt::Skipped(skip) => {
+                let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
+                w.skip(c.name.as_str(), skip.describe(), limited, false);
+            }
+            Attempt::Done {
+                result: Ok(reply), ..
+            } => {
+                w.calls += 1;
+                return Some(Ok(Served {
+                    reply,
+                    index,
+                    deployment: slot.name.clone(),
+                    provider: c.provider.as_str(),
+                    attempts: w.calls,
+                    fallback: w.failed_calls > 0 || group_number > 0,
+                    route_reason: leg.reason.clone(),
+                }));
+            }
+            Attempt::Done {
+                result: Err((failure, decision)),
+                latency,
+            } => {
+                w.calls += 1;
+                w.failed_calls += 1;
+                w.only_rate_limited &= decision.kind == ErrorKind::RateLimited;
+                w.only_not_found &= decision.kind == ErrorKind::NotFound;
+                w.only_over_cost = false;
+                w.record_failure(&c.name, &failure, latency);
+                if !decision.fall_back {
+                    let message = format!("{}: {}", c.name, failure.describe());
+                    return Some(Err(w.fail(decision.kind, message)));
+                }
+            }
+        }
+        None
+    }
+
     /// The group's deployments, best first.
     fn order(
         &self,
@@ -408,6 +466,7 @@ impl Router {
         req: &ChatRequest,
         opts: &RequestOptions,
         strategy: Option<Strategy>,
+        probing: bool,
     ) -> Vec<usize> {
         let now = Instant::now();
         let mut candidates: Vec<Candidate> = self.table.groups[group]
@@ -439,6 +498,10 @@ impl Router {
             None => strategy
                 .unwrap_or(self.strategies[group])
                 .order(&mut candidates, &mut rand::rng()),
+        }
+        if self.shift == Shift::Deprioritize && !probing {
+            // Degraded deployments go last, in the strategy's order (the sort is stable).
+            candidates.sort_by_key(|c| self.slots[c.index].shared.degraded());
         }
         candidates.into_iter().map(|c| c.index).collect()
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicU64;
 use arc_swap::ArcSwapOption;
 use ractor::ActorRef;
 
-use crate::config::{Config, DeploymentConfig};
+use crate::config::{Config, DeploymentConfig, Shift};
 use crate::deployment::{self, Shared};
 use crate::observe::spend::Spend;
 use budget::Budgets;
@@ -48,7 +48,10 @@ pub struct Router {
     pub fallbacks: AtomicU64,
     /// Today's spend, for budgets and status.
     pub spend: Arc<Spend>,
-    budgets: Budgets,
+    pub budgets: Budgets,
+    /// `alerts.shift` and `alerts.probe_share`: where degraded deployments go in the order.
+    shift: Shift,
+    probe_share: f64,
 }
 
 impl Router {
@@ -68,6 +71,12 @@ impl Router {
             fallbacks: AtomicU64::new(0),
             spend,
             budgets,
+            shift: if config.alerts.enabled {
+                config.alerts.shift
+            } else {
+                Shift::Off
+            },
+            probe_share: config.alerts.probe_share,
         }
     }
 }

@@ -288,6 +288,11 @@ impl FakeProvider {
     }
 
     /// Queued faults not yet consumed.
+    /// Drops the faults still queued: the default answers from now on.
+    pub fn clear_script(&self) {
+        self.handle.shared.state().script.clear();
+    }
+
     pub fn pending(&self) -> usize {
         self.handle.shared.state().script.len()
     }

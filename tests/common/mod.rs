@@ -14,4 +14,5 @@ pub mod nats;
 
 pub use fake::{Dialect, FakeProvider, Fault, Recorded};
 pub use nats::NatsServer;
+pub mod cluster;
 pub mod jobs;

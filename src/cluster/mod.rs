@@ -1,0 +1,266 @@
+//! Several `serve` instances as one (config `[cluster]`). They share what they learn through one
+//! JetStream key-value bucket — NATS is the distributed engine, there is no other coordinator:
+//!
+//! - `circuit.<deployment>`: an instance whose breaker opens (or closes after a good probe) puts
+//!   it there; every instance watches the bucket and forces its own breaker the same way, until
+//!   the same wall-clock time (`sync.rs`).
+//! - `cooldown.<deployment>`: a `Retry-After` cool-down, held by every instance (`sync.rs`).
+//! - `quota.<deployment>`: per-second request and token counts of the last minute, taken with
+//!   compare-and-swap by the request's own task, so that `rpm`/`tpm` hold for the cluster, not per
+//!   instance (`quota.rs`).
+//! - `lease.batch.<id>`: which instance runs a batch over NATS (`lease.rs`).
+//!
+//! Actors never await NATS: a deployment actor hands what to publish to the `Link` (a bounded
+//! channel to the sync task, never waited on), and the sync task sends what others published to
+//! the actors as `deployment::Msg::Remote`. When NATS is unreachable every instance keeps its own
+//! windows and breakers, says so in its status (`cluster.shared = false`), and catches up when
+//! NATS returns.
+
+pub mod lease;
+pub mod quota;
+pub mod sync;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use async_nats::jetstream::kv::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::ClusterConfig;
+use crate::deployment::breaker::CircuitState;
+use crate::observe::events::now_rfc3339;
+use crate::observe::status::ClusterStatus;
+
+/// What a deployment actor asks the sync task to put in the bucket.
+#[derive(Debug, Clone)]
+pub enum Publish {
+    Circuit {
+        deployment: Arc<str>,
+        state: CircuitState,
+        /// Wall-clock ms until which an open circuit rejects calls; 0 otherwise.
+        until_ms: u64,
+    },
+    CoolDown {
+        deployment: Arc<str>,
+        until_ms: u64,
+    },
+}
+
+/// What another instance decided, as the sync task tells a deployment actor.
+#[derive(Debug, Clone)]
+pub enum Remote {
+    Circuit {
+        state: CircuitState,
+        until: Instant,
+        instance: Arc<str>,
+    },
+    CoolDown {
+        until: Instant,
+    },
+}
+
+/// The value of a `circuit.*` or `cooldown.*` key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// `open` | `closed` for circuits; absent for cool-downs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<CircuitState>,
+    /// Wall-clock ms (Unix epoch).
+    pub until_ms: u64,
+    pub instance: Arc<str>,
+    /// When it was decided, wall-clock ms: the newer of two records wins on catch-up.
+    pub at_ms: u64,
+}
+
+/// The handle every deployment actor and request holds. Cheap to read on the request path:
+/// lock-free loads of the bucket and of the outbox.
+pub struct Link {
+    instance: Arc<str>,
+    sync_timeout: Duration,
+    /// Set while the sync task runs.
+    outbox: ArcSwapOption<mpsc::Sender<Publish>>,
+    /// Set while the bucket is reachable.
+    kv: ArcSwapOption<Store>,
+    status: ArcSwap<ClusterStatus>,
+}
+
+impl Link {
+    pub fn new(instance: Arc<str>, config: &ClusterConfig) -> Self {
+        let detail = if config.enabled {
+            "local state: no NATS (not running under `serve`)"
+        } else {
+            "local state: [cluster] enabled = false"
+        };
+        Self {
+            instance,
+            sync_timeout: config.sync_timeout,
+            outbox: ArcSwapOption::empty(),
+            kv: ArcSwapOption::empty(),
+            status: ArcSwap::from_pointee(ClusterStatus {
+                shared: false,
+                since: now_rfc3339(),
+                detail: detail.into(),
+            }),
+        }
+    }
+
+    pub fn instance(&self) -> &Arc<str> {
+        &self.instance
+    }
+
+    pub fn sync_timeout(&self) -> Duration {
+        self.sync_timeout
+    }
+
+    /// Hands a record to the sync task; dropped (with a log line) if it is not running or is
+    /// far behind: an actor never waits on NATS.
+    pub fn publish(&self, p: Publish) {
+        if let Some(tx) = self.outbox.load().as_ref()
+            && let Err(e) = tx.try_send(p)
+        {
+            tracing::warn!(error = %e, "cluster outbox full: a state change is not shared");
+        }
+    }
+
+    /// The bucket, while it is reachable.
+    pub fn kv(&self) -> Option<Arc<Store>> {
+        self.kv.load_full()
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        (**self.status.load()).clone()
+    }
+
+    fn set_status(&self, shared: bool, detail: impl Into<String>) {
+        let detail = detail.into();
+        let old = self.status.load();
+        if old.shared == shared && old.detail == detail {
+            return;
+        }
+        let since = if old.shared == shared {
+            old.since.clone()
+        } else {
+            now_rfc3339()
+        };
+        if shared {
+            tracing::info!(%detail, "cluster state shared");
+        } else {
+            tracing::warn!(%detail, "cluster state local");
+        }
+        self.status.store(Arc::new(ClusterStatus {
+            shared,
+            since,
+            detail,
+        }));
+    }
+}
+
+/// Why a compare-and-swap write did not happen.
+pub enum Write {
+    /// Someone else wrote first: read again.
+    Conflict,
+    Failed(String),
+}
+
+/// Writes `value` at `key` if its last revision is still `revision` (0: the key must not exist);
+/// returns the new revision.
+pub async fn cas(kv: &Store, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, Write> {
+    use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+    if revision == 0 {
+        kv.create(key, value).await.map_err(|e| match e.kind() {
+            CreateErrorKind::AlreadyExists => Write::Conflict,
+            _ => Write::Failed(format!("cannot create {key}: {e}")),
+        })
+    } else {
+        kv.update(key, value, revision)
+            .await
+            .map_err(|e| match e.kind() {
+                UpdateErrorKind::WrongLastRevision => Write::Conflict,
+                _ => Write::Failed(format!("cannot update {key}: {e}")),
+            })
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `Instant` of a wall-clock time (as close as the two clocks allow).
+pub fn instant_of(ms: u64) -> Instant {
+    let now = wall_ms();
+    let now_i = Instant::now();
+    if ms >= now {
+        now_i + Duration::from_millis(ms - now)
+    } else {
+        now_i
+            .checked_sub(Duration::from_millis(now - ms))
+            .unwrap_or(now_i)
+    }
+}
+
+/// The wall-clock time of an `Instant`.
+pub fn ms_of(at: Instant) -> u64 {
+    let now = Instant::now();
+    let now_ms = wall_ms();
+    if at >= now {
+        now_ms + (at - now).as_millis() as u64
+    } else {
+        now_ms.saturating_sub((now - at).as_millis() as u64)
+    }
+}
+
+/// A deployment name as one KV key token: letters, digits, `-` and `_` stay; anything else is
+/// written `=XX` (hex), so that every name maps to one distinct valid key.
+pub fn key_token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn circuit_key(deployment: &str) -> String {
+    format!("circuit.{}", key_token(deployment))
+}
+
+pub fn cooldown_key(deployment: &str) -> String {
+    format!("cooldown.{}", key_token(deployment))
+}
+
+pub fn quota_key(deployment: &str) -> String {
+    format!("quota.{}", key_token(deployment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_distinct_valid_key_tokens() {
+        assert_eq!(key_token("gpt-4o_mini"), "gpt-4o_mini");
+        assert_eq!(key_token("a.b c"), "a=2Eb=20c");
+        assert_ne!(key_token("a.b"), key_token("a_b"));
+        assert_eq!(circuit_key("x.y"), "circuit.x=2Ey");
+    }
+
+    #[test]
+    fn wall_clock_and_instants_convert_both_ways() {
+        let later = Instant::now() + Duration::from_secs(30);
+        let back = instant_of(ms_of(later));
+        let diff = if back > later {
+            back - later
+        } else {
+            later - back
+        };
+        assert!(diff < Duration::from_millis(5), "{diff:?}");
+    }
+}

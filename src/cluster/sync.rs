@@ -1,0 +1,337 @@
+//! The sync task, one per `serve` instance: opens the cluster's bucket, watches it and tells the
+//! deployment actors what other instances decided (`deployment::Msg::Remote`), and puts in the
+//! bucket what its own actors decided (their `Publish`es, through the `Link`'s channel).
+//!
+//! When NATS goes away it says so (`cluster.shared = false`: every actor keeps its own breaker and
+//! windows) and keeps what its actors decided meanwhile. When NATS returns it opens the bucket
+//! again, re-reads every key (the watch starts with each key's last value), resumes watching,
+//! and republishes its own circuits and cool-downs unless a newer decision stands in the bucket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use async_nats::connection::State;
+use async_nats::jetstream::kv::{Entry, Operation, Store, Watch};
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Link, Publish, Record, Remote, circuit_key, cooldown_key, instant_of, key_token};
+use crate::config::ClusterConfig;
+use crate::deployment::{self, breaker::CircuitState};
+use crate::engine::Engine;
+use crate::routing::Slot;
+
+/// How often the connection state is looked at.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Unsent records kept for the sync task; beyond it an actor's record is dropped (and logged).
+const OUTBOX: usize = 1024;
+
+/// Opens (creating it if needed) the bucket: a `KV_<bucket>` stream made by hand, because
+/// async-nats 0.51's `create_key_value` fails against nats-server 2.9.
+pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<Store, String> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        duplicate_window: Duration::from_secs(120),
+        description: Some("Switchyard cluster state".into()),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("cannot create stream KV_{bucket}: {e}"))?;
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("cannot open bucket {bucket}: {e}"))
+}
+
+/// Starts the sync task for `engine`; it runs until `stop`.
+pub fn spawn(
+    client: Client,
+    engine: Arc<Engine>,
+    config: &ClusterConfig,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let link = engine.cluster().clone();
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    link.outbox.store(Some(Arc::new(tx)));
+    let slots = engine.slots().clone();
+    let by_key = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (key_token(&s.name), i))
+        .collect();
+    let sync = Sync {
+        js: jetstream::new(client.clone()),
+        client,
+        bucket: config.bucket.clone(),
+        timeout: config.sync_timeout,
+        link,
+        slots,
+        by_key,
+        own: HashMap::new(),
+    };
+    tokio::spawn(sync.run(rx, stop))
+}
+
+struct Sync {
+    client: Client,
+    js: jetstream::Context,
+    bucket: String,
+    timeout: Duration,
+    link: Arc<Link>,
+    slots: Arc<[Slot]>,
+    /// Deployment key token → slot index.
+    by_key: HashMap<String, usize>,
+    /// What this instance decided last, per key: republished after an outage.
+    own: HashMap<String, Record>,
+}
+
+enum Ended {
+    Stopped,
+    Lost(String),
+}
+
+impl Sync {
+    async fn run(mut self, mut rx: mpsc::Receiver<Publish>, stop: CancellationToken) {
+        loop {
+            if !self.wait_connected(&mut rx, &stop).await {
+                break;
+            }
+            let opened = tokio::time::timeout(self.timeout * 2, async {
+                let store = open_bucket(&self.js, &self.bucket).await?;
+                // Two watches rather than the whole bucket: every rpm/tpm take writes a quota key,
+                // and no instance needs to hear of those. (One consumer with two filters needs
+                // nats-server 2.10.)
+                let mut watches = Vec::new();
+                for keys in ["circuit.>", "cooldown.>"] {
+                    let w = store
+                        .watch_with_history(keys)
+                        .await
+                        .map_err(|e| format!("cannot watch bucket {}: {e}", self.bucket))?;
+                    watches.push(w);
+                }
+                Ok::<_, String>((store, futures::stream::select_all(watches)))
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("bucket {} did not answer", self.bucket)));
+            let (store, watch) = match opened {
+                Ok(x) => x,
+                Err(e) => {
+                    self.link.set_status(false, format!("local state: {e}"));
+                    if !self.pause(&mut rx, &stop, Duration::from_millis(500)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            self.link.kv.store(Some(Arc::new(store.clone())));
+            self.republish(&store).await;
+            self.link
+                .set_status(true, format!("shared through bucket {}", self.bucket));
+            let ended = self.serve(&store, watch, &mut rx, &stop).await;
+            self.link.kv.store(None);
+            match ended {
+                Ended::Stopped => break,
+                Ended::Lost(why) => self.link.set_status(false, format!("local state: {why}")),
+            }
+        }
+        self.link.outbox.store(None);
+        self.link.kv.store(None);
+    }
+
+    /// Waits for the NATS connection, remembering what the actors decide meanwhile. `false` on
+    /// stop.
+    async fn wait_connected(
+        &mut self,
+        rx: &mut mpsc::Receiver<Publish>,
+        stop: &CancellationToken,
+    ) -> bool {
+        while self.client.connection_state() != State::Connected {
+            self.link
+                .set_status(false, "local state: NATS unreachable".to_string());
+            if !self.pause(rx, stop, CHECK_EVERY).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sleeps `d` while remembering the actors' records. `false` on stop.
+    async fn pause(
+        &mut self,
+        rx: &mut mpsc::Receiver<Publish>,
+        stop: &CancellationToken,
+        d: Duration,
+    ) -> bool {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep_until(until) => return true,
+                p = rx.recv() => match p {
+                    Some(p) => { self.remember(p); }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        store: &Store,
+        mut watch: futures::stream::SelectAll<Watch>,
+        rx: &mut mpsc::Receiver<Publish>,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ended::Stopped,
+                e = watch.next() => match e {
+                    Some(Ok(entry)) => self.apply(entry),
+                    Some(Err(e)) => return Ended::Lost(format!("watch failed: {e}")),
+                    None => return Ended::Lost("watch ended".into()),
+                },
+                p = rx.recv() => {
+                    let Some(p) = p else { return Ended::Stopped };
+                    let (key, record) = self.remember(p);
+                    if let Err(e) = self.put(store, &key, &record).await {
+                        warn!(key, error = %e, "cannot share a state change");
+                        if self.client.connection_state() != State::Connected {
+                            return Ended::Lost("NATS connection lost".into());
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    if self.client.connection_state() != State::Connected {
+                        return Ended::Lost("NATS connection lost".into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, p: Publish) -> (String, Record) {
+        let now = super::wall_ms();
+        let (key, record) = match p {
+            Publish::Circuit {
+                deployment,
+                state,
+                until_ms,
+            } => (
+                circuit_key(&deployment),
+                Record {
+                    state: Some(state),
+                    until_ms,
+                    instance: self.link.instance.clone(),
+                    at_ms: now,
+                },
+            ),
+            Publish::CoolDown {
+                deployment,
+                until_ms,
+            } => (
+                cooldown_key(&deployment),
+                Record {
+                    state: None,
+                    until_ms,
+                    instance: self.link.instance.clone(),
+                    at_ms: now,
+                },
+            ),
+        };
+        self.own.insert(key.clone(), record.clone());
+        (key, record)
+    }
+
+    async fn put(&self, store: &Store, key: &str, record: &Record) -> Result<(), String> {
+        let body = serde_json::to_vec(record).unwrap_or_default();
+        match tokio::time::timeout(self.timeout, store.put(key, body.into())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// After an outage: puts this instance's decisions that still hold, unless the bucket has a
+    /// newer one for the same key.
+    async fn republish(&self, store: &Store) {
+        let now = super::wall_ms();
+        for (key, mine) in &self.own {
+            let lapsed = mine.state != Some(CircuitState::Closed) && mine.until_ms <= now;
+            if lapsed {
+                continue;
+            }
+            let newer = match store.entry(key.as_str()).await {
+                Ok(Some(e)) => {
+                    serde_json::from_slice::<Record>(&e.value).is_ok_and(|r| r.at_ms >= mine.at_ms)
+                }
+                _ => false,
+            };
+            if !newer && let Err(e) = self.put(store, key, mine).await {
+                warn!(key, error = %e, "cannot republish a state change");
+            }
+        }
+    }
+
+    /// Tells the deployment actor what another instance put in the bucket.
+    fn apply(&self, entry: Entry) {
+        if entry.operation != Operation::Put {
+            return;
+        }
+        let Some((kind, token)) = entry.key.split_once('.') else {
+            return;
+        };
+        if kind != "circuit" && kind != "cooldown" {
+            return;
+        }
+        let Some(slot) = self.by_key.get(token).map(|&i| &self.slots[i]) else {
+            return;
+        };
+        let record: Record = match serde_json::from_slice(&entry.value) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(key = %entry.key, error = %e, "unreadable cluster record");
+                return;
+            }
+        };
+        if record.instance == self.link.instance {
+            return;
+        }
+        // Older than what this instance decided since (an outage's backlog): ours stands, and
+        // `republish` puts it back.
+        if self
+            .own
+            .get(&entry.key)
+            .is_some_and(|mine| mine.at_ms > record.at_ms)
+        {
+            return;
+        }
+        let until = instant_of(record.until_ms);
+        let remote = match (kind, record.state) {
+            ("circuit", Some(state)) => Remote::Circuit {
+                state,
+                until,
+                instance: record.instance,
+            },
+            ("cooldown", _) => Remote::CoolDown { until },
+            _ => return,
+        };
+        debug!(key = %entry.key, ?remote, "cluster record");
+        if let Some(actor) = slot.actor.load_full() {
+            let _ = actor.send_message(deployment::Msg::Remote(remote));
+        }
+    }
+}
