@@ -38,7 +38,7 @@ use crate::protocol::{RequestOptions, Subjects};
 
 /// How long one pull request waits for jobs. Also bounds how long shutdown waits for the
 /// current pull to end (jobs it brings are still run), so it is kept short.
-const FETCH_EXPIRES: Duration = Duration::from_secs(2);
+const FETCH_EXPIRES: Duration = Duration::from_millis(500);
 /// How often the fetch loop looks at the connection, to drop a pull the server forgot (a
 /// restarted server keeps no pull requests).
 const CONNECTION_CHECK: Duration = Duration::from_millis(250);
