@@ -76,6 +76,10 @@ async fn the_metrics_page_parses_and_counts_the_requests_sent() {
     let m = parse(&resp.text().await.unwrap());
     let l = "deployment=\"primary\",group=\"main\",provider=\"openai\"";
     assert_eq!(m["switchyard_requests_total"], 7.0);
+    assert_eq!(
+        m["switchyard_cluster_shared"], 1.0,
+        "serve shares through the bucket"
+    );
     assert_eq!(m[&format!("switchyard_deployment_calls_total{{{l}}}")], 7.0);
     assert_eq!(
         m[&format!("switchyard_deployment_failures_total{{{l}}}")],

@@ -39,7 +39,17 @@ pub fn render(s: &StatusSnapshot) -> String {
         "gauge",
         "Seconds since the engine started.",
     );
+    family(
+        "switchyard_cluster_shared",
+        "gauge",
+        "1 while the instance shares circuits and limits through the cluster bucket.",
+    );
     let mut text = out;
+    let _ = writeln!(
+        text,
+        "switchyard_cluster_shared {}",
+        u8::from(s.cluster.shared)
+    );
     let _ = writeln!(text, "switchyard_requests_total {}", s.requests);
     let _ = writeln!(text, "switchyard_fallbacks_total {}", s.fallbacks);
     let _ = writeln!(text, "switchyard_uptime_seconds {}", s.uptime_s);
