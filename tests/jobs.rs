@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,64 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 
 /// Deliveries beyond the first of each job: the consumer numbers every delivery, the stream
 /// every job (all delivered, from sequence 1).
+/// Every job has exactly one result and nothing else is stored; no job whose result was stored
+/// before the kill was called twice. Answers the result counts and the calls per job.
+async fn check_exactly_once(
+    js: &jetstream::Context,
+    fake: &FakeProvider,
+    all: &[String],
+    stored_before: &HashSet<String>,
+) -> (HashMap<String, usize>, HashMap<String, usize>) {
+    let counts = result_counts(js).await;
+    for id in all {
+        assert_eq!(
+            counts.get(&format!("llm.result.{id}")),
+            Some(&1),
+            "job {id}: exactly one result"
+        );
+    }
+    assert_eq!(counts.len(), all.len(), "no result on any other subject");
+    let calls = calls_per_job(fake);
+    for id in stored_before {
+        assert_eq!(
+            calls.get(id),
+            Some(&1),
+            "job {id} had its result stored before the kill: one call only"
+        );
+    }
+    (counts, calls)
+}
+
+/// Submits `all`, SIGKILLs `serve` once `at` results are stored, and answers the ids of the
+/// jobs whose result was stored by then.
+async fn submit_then_kill(
+    js: &jetstream::Context,
+    all: &[String],
+    at: u64,
+    serve: &mut ServeProcess,
+) -> HashSet<String> {
+    submit_all(js, all).await;
+    wait_until("some results stored", LONG, || async {
+        results_total(js).await >= at
+    })
+    .await;
+    serve.kill();
+    result_counts(js)
+        .await
+        .into_keys()
+        .map(|s| s.trim_start_matches("llm.result.").to_string())
+        .collect()
+}
+
+/// Waits until `n` results are stored and every job is acked.
+async fn wait_all_results(js: &jetstream::Context, n: usize) {
+    wait_until("every job's result", LONG, || async {
+        results_total(js).await >= n as u64
+    })
+    .await;
+    wait_drained(js, n as u64).await;
+}
+
 async fn redeliveries(js: &jetstream::Context) -> u64 {
     let d = consumer_info(js).await.delivered;
     d.consumer_sequence - d.stream_sequence
@@ -92,18 +150,7 @@ async fn a_serve_killed_mid_run_loses_no_job_and_never_calls_twice_for_a_stored_
     let (fake, cfg, mut first, js) = (b.fake, b.cfg, b.serve, b.js);
 
     let all = ids("kill", 1000);
-    submit_all(&js, &all).await;
-    wait_until("some results stored", LONG, || async {
-        results_total(&js).await >= 300
-    })
-    .await;
-    first.kill();
-
-    let stored_before: HashSet<String> = result_counts(&js)
-        .await
-        .into_keys()
-        .map(|s| s.trim_start_matches("llm.result.").to_string())
-        .collect();
+    let stored_before = submit_then_kill(&js, &all, 300, &mut first).await;
     let calls_before = calls_per_job(&fake);
     let in_flight = calls_before
         .keys()
@@ -115,30 +162,9 @@ async fn a_serve_killed_mid_run_loses_no_job_and_never_calls_twice_for_a_stored_
     );
 
     let mut second = ServeProcess::start(&cfg, "second");
-    wait_until("every job's result", LONG, || async {
-        results_total(&js).await >= all.len() as u64
-    })
-    .await;
-    wait_drained(&js, all.len() as u64).await;
+    wait_all_results(&js, all.len()).await;
 
-    let counts = result_counts(&js).await;
-    for id in &all {
-        assert_eq!(
-            counts.get(&format!("llm.result.{id}")),
-            Some(&1),
-            "job {id}: exactly one result; logs:\n{}",
-            second.logs()
-        );
-    }
-    assert_eq!(counts.len(), all.len(), "no result on any other subject");
-    let calls = calls_per_job(&fake);
-    for id in &stored_before {
-        assert_eq!(
-            calls.get(id),
-            Some(&1),
-            "job {id} had its result stored before the kill: one call only"
-        );
-    }
+    let (counts, calls) = check_exactly_once(&js, &fake, &all, &stored_before).await;
     let recalled = calls.values().filter(|&&n| n > 1).count();
     let redelivered = redeliveries(&js).await;
     println!(
@@ -154,6 +180,37 @@ async fn a_serve_killed_mid_run_loses_no_job_and_never_calls_twice_for_a_stored_
     assert!(
         recalled <= in_flight,
         "only jobs in flight at the kill may be called again"
+    );
+    assert!(second.terminate(), "logs:\n{}", second.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_jobs_and_the_survivor_finishes_those_of_one_killed() {
+    let b = binary(Duration::from_millis(100), "ack_wait = \"3s\"").await;
+    let (fake, cfg, mut first, js) = (b.fake, b.cfg, b.serve, b.js);
+    // The second instance: same NATS and provider, its own storage file.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let cfg2 = cfg.with_file_name("second.toml");
+    std::fs::write(&cfg2, text.replace("switchyard.db", "second.db")).unwrap();
+    let mut second = ServeProcess::start(&cfg2, "second");
+
+    let all = ids("pair", 600);
+    let stored_before = submit_then_kill(&js, &all, 150, &mut first).await;
+    assert!(stored_before.len() < all.len(), "the kill came too late");
+
+    wait_all_results(&js, all.len()).await;
+    let (_, calls) = check_exactly_once(&js, &fake, &all, &stored_before).await;
+    // Both instances took jobs before the kill: the consumer is shared.
+    let served_by = |log: &str| log.matches("attempt succeeded").count();
+    let (by_first, by_second) = (served_by(&first.logs()), served_by(&second.logs()));
+    assert!(by_first > 0 && by_second > 0, "{by_first} / {by_second}");
+    println!(
+        "two instances: {} jobs, {} stored before the kill, first served {by_first}, \
+         second {by_second}, {} redeliveries, {} jobs called twice",
+        all.len(),
+        stored_before.len(),
+        redeliveries(&js).await,
+        calls.values().filter(|&&n| n > 1).count()
     );
     assert!(second.terminate(), "logs:\n{}", second.logs());
 }
