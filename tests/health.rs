@@ -82,7 +82,8 @@ async fn wait_event(
     what: &str,
     matches: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
     loop {
         let msg = tokio::time::timeout_at(deadline, events.next())
             .await
@@ -91,6 +92,8 @@ async fn wait_event(
         let e: Value = serde_json::from_slice(&msg.payload).expect("event JSON");
         log.push(e.clone());
         if matches(&e) {
+            // Called right after the step it waits on: this is how long the rules took.
+            eprintln!("{what}: {} ms", started.elapsed().as_millis());
             return e;
         }
     }
