@@ -472,6 +472,8 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
         cost_usd: 0.0,
         cooldown_s: None,
         degraded: slot.shared.degraded(),
+        cluster_rpm_used: None,
+        cluster_tpm_used: None,
         prompt_tokens: 0,
         completion_tokens: 0,
         latency_histogram: Vec::new(),

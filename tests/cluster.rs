@@ -170,6 +170,17 @@ async fn rpm_holds_for_the_cluster_not_per_instance() {
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(fake.calls(), 60, "the provider sees exactly the limit");
     assert_eq!((ok, limited), (60, 120));
+    // Each instance's status shows the cluster's use beside its own share of it.
+    let mut own = 0;
+    for r in [&a, &b, &c] {
+        let d = &r.engine.status().await.deployments[0];
+        assert_eq!(d.cluster_rpm_used, Some(60), "{}", r.engine.instance());
+        own += d.rpm_used;
+    }
+    assert_eq!(
+        own, 60,
+        "the instances' own windows add up to the cluster's"
+    );
     shutdown([a, b, c]).await;
 }
 

@@ -17,7 +17,7 @@
 //! written on their own a second later when no take comes.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
@@ -31,6 +31,8 @@ use super::Write;
 const SPAN_S: u64 = 60;
 /// CAS rounds before giving up on a busy key (then the attempt is judged locally).
 const MAX_ROUNDS: u32 = 64;
+/// How long what a take saw of the cluster's window is shown in status.
+const SEEN_FRESH: Duration = Duration::from_secs(5);
 /// How long a token correction waits for a take to carry it before it is written on its own.
 const CORRECTION_DELAY: Duration = Duration::from_secs(1);
 
@@ -46,6 +48,11 @@ pub struct SharedWindow {
     last: tokio::sync::Mutex<Option<(Counters, u64)>>,
     /// Attempts waiting for a slot; the next turn serves them all.
     queue: Mutex<Vec<Waiter>>,
+    /// The cluster's requests and tokens in the window as this instance last read or wrote them,
+    /// and when (unix ms), for status.
+    seen_requests: AtomicU64,
+    seen_tokens: AtomicU64,
+    seen_at_ms: AtomicU64,
     /// Token corrections not written yet: (second, real usage − estimate).
     pending: Mutex<Vec<(u64, i64)>>,
     flush_scheduled: AtomicBool,
@@ -92,6 +99,9 @@ impl SharedWindow {
             tpm,
             last: tokio::sync::Mutex::new(None),
             queue: Mutex::new(Vec::new()),
+            seen_requests: AtomicU64::new(0),
+            seen_tokens: AtomicU64::new(0),
+            seen_at_ms: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
             flush_scheduled: AtomicBool::new(false),
         })
@@ -218,6 +228,7 @@ impl SharedWindow {
                 continue;
             }
             if took == 0 {
+                self.saw(used, now_ms);
                 *last = Some(base);
                 return answers;
             }
@@ -230,6 +241,7 @@ impl SharedWindow {
             }
             match write(kv, &self.key, &counters, revision).await {
                 Ok(revision) => {
+                    self.saw(used, now_ms);
                     *last = Some((counters, revision));
                     return answers;
                 }
@@ -248,6 +260,26 @@ impl SharedWindow {
         }
         let why = format!("{} stayed busy for {MAX_ROUNDS} rounds", self.key);
         batch.iter().map(|_| Take::Unshared(why.clone())).collect()
+    }
+
+    fn saw(&self, (requests, tokens): (u64, u64), now_ms: u64) {
+        self.seen_requests.store(requests, Relaxed);
+        self.seen_tokens.store(tokens, Relaxed);
+        self.seen_at_ms.store(now_ms, Relaxed);
+    }
+
+    /// The cluster's (requests, tokens) in the current window, as this instance saw them at its
+    /// last take; `None` if that was more than `SEEN_FRESH` ago (the window has moved on since).
+    pub fn seen(&self) -> Option<(u64, u64)> {
+        let at = self.seen_at_ms.load(Relaxed);
+        (at != 0 && super::wall_ms().saturating_sub(at) <= SEEN_FRESH.as_millis() as u64).then(
+            || {
+                (
+                    self.seen_requests.load(Relaxed),
+                    self.seen_tokens.load(Relaxed),
+                )
+            },
+        )
     }
 
     /// Replaces a slot's token estimate with the real usage: carried by the next take, or

@@ -100,9 +100,14 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
     );
     for a in answers {
         for d in &a.deployments {
+            // The cluster's use when this instance knows it (`c`), else its own.
+            let (used, mark) = match d.cluster_rpm_used {
+                Some(n) => (n, "c"),
+                None => (d.rpm_used, ""),
+            };
             let rpm = match d.rpm_limit {
-                Some(l) => format!("{}/{l}", d.rpm_used),
-                None => d.rpm_used.to_string(),
+                Some(l) => format!("{used}/{l}{mark}"),
+                None => used.to_string(),
             };
             let circuit = if d.degraded {
                 format!("{}*", d.circuit)

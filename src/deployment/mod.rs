@@ -596,6 +596,7 @@ impl State {
         let c = &self.args.adapter.config;
         let latency = self.stats.latency();
         let (error_rate, timeout_rate) = self.stats.rates();
+        let cluster_seen = self.args.quota.as_ref().and_then(|q| q.seen());
         DeploymentStatus {
             name: c.name.clone(),
             group: c.group.clone(),
@@ -623,6 +624,8 @@ impl State {
                 .filter(|u| *u > now)
                 .map(|u| (u - now).as_secs_f64()),
             degraded: self.args.shared.degraded(),
+            cluster_rpm_used: cluster_seen.filter(|_| c.rpm.is_some()).map(|s| s.0),
+            cluster_tpm_used: cluster_seen.filter(|_| c.tpm.is_some()).map(|s| s.1),
             prompt_tokens: self.stats.prompt_tokens,
             completion_tokens: self.stats.completion_tokens,
             latency_histogram: self.stats.histogram.to_vec(),

@@ -39,6 +39,12 @@ pub struct DeploymentStatus {
     /// A degradation alert is raised: traffic is shifted away (`alerts.shift`).
     #[serde(default)]
     pub degraded: bool,
+    /// The whole cluster's `rpm`/`tpm` use of this deployment, as this instance saw it at its
+    /// last call there (within 5 s); absent without cluster sharing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_rpm_used: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_tpm_used: Option<u64>,
     #[serde(default)]
     pub prompt_tokens: u64,
     #[serde(default)]
