@@ -139,6 +139,68 @@ async fn a_circuit_opened_on_one_instance_is_open_on_all_within_a_second() {
     shutdown([a, b, c]).await;
 }
 
+/// After the open period, the cluster sends one half-open probe, not one per instance: the
+/// others find the probe claimed and skip the deployment while it is under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_half_open_probe_for_the_whole_cluster() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start().await;
+    fake.set_default(Fault::status(500));
+    let breaker = "[breaker]\nfailure_threshold = 3\nreset_timeout = \"1s\"\n";
+    let [a, b, c] = three(&nats, solo(&nats, &fake, breaker, "")).await;
+    for _ in 0..3 {
+        assert_eq!(chat_on(&a).await, Err("unavailable".into()));
+    }
+    for r in [&b, &c] {
+        let open = eventually(Duration::from_secs(5), || async {
+            r.engine.status().await.deployments[0].circuit == "open"
+        })
+        .await;
+        assert!(open, "{} never saw the circuit open", r.engine.instance());
+    }
+    // The provider has recovered, slowly: the probe is in flight while the others ask.
+    fake.set_default(Fault::delay(Duration::from_millis(1500), Fault::Ok));
+    // The 1 s open period must pass: no event marks it (half-open is decided at the next call).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let probe = tokio::spawn({
+        let engine = a.engine.clone();
+        async move {
+            engine
+                .chat(
+                    "chat",
+                    Ok(RequestOptions::default()),
+                    HELLO.as_bytes(),
+                    None,
+                )
+                .await
+                .result
+                .is_ok()
+        }
+    });
+    assert!(fake.wait_calls(4, Duration::from_secs(5)).await, "no probe");
+    assert_eq!(chat_on(&b).await, Err("unavailable".into()));
+    assert_eq!(chat_on(&c).await, Err("unavailable".into()));
+    assert_eq!(
+        fake.calls(),
+        4,
+        "one probe for the cluster: 3 failures + 1 probe"
+    );
+    assert!(probe.await.unwrap(), "the probe succeeded");
+    // Its success closes the circuit everywhere.
+    for r in [&b, &c] {
+        let closed = eventually(Duration::from_secs(5), || async {
+            r.engine.status().await.deployments[0].circuit == "closed"
+        })
+        .await;
+        assert!(
+            closed,
+            "{} never saw the circuit close",
+            r.engine.instance()
+        );
+    }
+    shutdown([a, b, c]).await;
+}
+
 /// Offers 180 requests over the three instances at once; returns (served, rate_limited).
 async fn offer_180(a: &Running) -> (usize, usize) {
     let replies = futures::future::join_all(

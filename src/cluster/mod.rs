@@ -8,6 +8,7 @@
 //! - `quota.<deployment>`: per-second request and token counts of the last minute, taken with
 //!   compare-and-swap by the request's own task, so that `rpm`/`tpm` hold for the cluster, not per
 //!   instance (`quota.rs`).
+//! - `probe.<deployment>`: which instance sends the half-open probe, so that the cluster sends one.
 //! - `lease.batch.<id>`: which instance runs a batch over NATS (`lease.rs`).
 //!
 //! Actors never await NATS: a deployment actor hands what to publish to the `Link` (a bounded
@@ -238,6 +239,65 @@ pub fn cooldown_key(deployment: &str) -> String {
 
 pub fn quota_key(deployment: &str) -> String {
     format!("quota.{}", key_token(deployment))
+}
+
+pub fn probe_key(deployment: &str) -> String {
+    format!("probe.{}", key_token(deployment))
+}
+
+/// Who holds a deployment's half-open probe, and until when (wall-clock ms; 0: released).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ProbeClaim {
+    instance: String,
+    until_ms: u64,
+}
+
+/// Claims the cluster's one half-open probe of `deployment` for at most `hold` (the call's
+/// timeout): `Ok(true)` when this instance may send it, `Ok(false)` when another instance's
+/// probe is under way. Without this every instance would probe a recovering provider at once.
+pub async fn claim_probe(
+    kv: &Store,
+    deployment: &str,
+    instance: &str,
+    hold: Duration,
+) -> Result<bool, String> {
+    let key = probe_key(deployment);
+    for _ in 0..4 {
+        let now = wall_ms();
+        let revision = match kv.entry(key.as_str()).await {
+            Ok(Some(e)) => {
+                let held = serde_json::from_slice::<ProbeClaim>(&e.value).unwrap_or_default();
+                if held.until_ms > now {
+                    return Ok(false);
+                }
+                e.revision
+            }
+            Ok(None) => 0,
+            Err(e) => return Err(format!("cannot read {key}: {e}")),
+        };
+        let claim = ProbeClaim {
+            instance: instance.to_string(),
+            until_ms: now + hold.as_millis() as u64,
+        };
+        let value = serde_json::to_vec(&claim).unwrap_or_default().into();
+        match cas(kv, &key, value, revision).await {
+            Ok(_) => return Ok(true),
+            // Another instance claimed it between the read and the write.
+            Err(Write::Conflict) => continue,
+            Err(Write::Failed(e)) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Gives a finished probe's claim back, so that the next half-open period need not wait for it
+/// to expire. Best effort: an unreleased claim expires by itself.
+pub async fn release_probe(kv: &Store, deployment: &str) {
+    let key = probe_key(deployment);
+    let value = serde_json::to_vec(&ProbeClaim::default()).unwrap_or_default();
+    if let Err(e) = kv.put(key.as_str(), value.into()).await {
+        tracing::debug!(error = %e, key, "could not release a probe claim");
+    }
 }
 
 #[cfg(test)]

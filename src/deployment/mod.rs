@@ -656,9 +656,35 @@ async fn admit<'a>(
         rpm_ticket: permit.rpm_ticket,
         tpm_ticket: permit.tpm_ticket,
         shared: None,
+        probe_claim: None,
         started: Instant::now(),
         sent: false,
     };
+    // A half-open probe is the cluster's one probe, not one per instance.
+    if report.probe
+        && let Some(kv) = args.cluster.kv()
+    {
+        let claim = cluster::claim_probe(
+            &kv,
+            &args.name,
+            args.cluster.instance(),
+            args.adapter.config.timeout,
+        );
+        match tokio::time::timeout(args.cluster.sync_timeout(), claim).await {
+            Ok(Ok(true)) => report.probe_claim = Some((kv, args.name.clone())),
+            Ok(Ok(false)) => {
+                report.send(Duration::ZERO, Outcome::Refused);
+                return Err(Skip::CircuitOpen);
+            }
+            Ok(Err(why)) => {
+                warn!(deployment = %args.name, %why, "probe claim failed: probing locally");
+            }
+            Err(_) => {
+                warn!(deployment = %args.name, "probe claim timed out: probing locally");
+            }
+        }
+        report.started = Instant::now();
+    }
     // The cluster-wide window, after the local one: only deployments with limits pay for it,
     // and only while the bucket is reachable (else the local windows guard alone).
     if let (Some(quota), Some(kv)) = (&args.quota, args.cluster.kv()) {
@@ -997,6 +1023,9 @@ struct Report<'a> {
         Arc<async_nats::jetstream::kv::Store>,
         Taken,
     )>,
+    /// This call is the cluster's half-open probe of this deployment: its claim is released at
+    /// the end.
+    probe_claim: Option<(Arc<async_nats::jetstream::kv::Store>, Arc<str>)>,
     started: Instant,
     sent: bool,
 }
@@ -1004,6 +1033,14 @@ struct Report<'a> {
 impl Report<'_> {
     fn send(&mut self, latency: Duration, outcome: Outcome) {
         self.sent = true;
+        if let Some((kv, name)) = self.probe_claim.take()
+            && !matches!(outcome, Outcome::Failed(..))
+        {
+            // The others learn the probe's outcome from the circuit record. A failed probe keeps
+            // its claim until it expires, so that no other instance probes in the moment before
+            // the re-opened circuit reaches it; any other outcome gives the claim back.
+            tokio::spawn(async move { cluster::release_probe(&kv, &name).await });
+        }
         if let (
             Some((quota, kv, taken)),
             Outcome::Ok {
