@@ -608,6 +608,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_for_real_providers_is_valid() {
+        let text = include_str!("../../config/switchyard.toml");
+        let c = Config::parse(text, "config/switchyard.toml", &|_| Some("key".into()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.alerts.enabled && c.cluster.enabled && c.jobs.enabled);
+    }
+
+    #[test]
     fn the_embedded_demo_config_is_valid() {
         let c = Config::demo();
         assert!(c.deployments.len() >= 3);
