@@ -562,6 +562,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_restarted_actor_keeps_the_circuit_another_instance_opened() {
+        use crate::cluster::Remote;
+        use crate::deployment::breaker::CircuitState;
+
+        let engine = Engine::start(&Config::demo(), "t").await.unwrap();
+        let slot = &engine.router.slots[0];
+        let actor = slot.actor.load_full().unwrap();
+        let remote = Remote::Circuit {
+            state: CircuitState::Open,
+            until: Instant::now() + Duration::from_secs(30),
+            instance: "other".into(),
+        };
+        // What the sync task does with a record from another instance.
+        slot.shared.remember(&remote);
+        actor.send_message(deployment::Msg::Remote(remote)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while slot.shared.circuit() != CircuitState::Open {
+            assert!(Instant::now() < deadline, "the record was not applied");
+            tokio::task::yield_now().await;
+        }
+        actor.kill();
+        loop {
+            let now = slot.actor.load_full().map(|a| a.get_id());
+            if now.is_some_and(|id| id != actor.get_id()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not restart the actor"
+            );
+            tokio::task::yield_now().await;
+        }
+        let status = engine.status().await;
+        assert_eq!(status.deployments[0].circuit, "open", "restarted closed");
+        engine.stop().await;
+    }
+
+    #[tokio::test]
     async fn a_dead_deployment_actor_is_restarted_and_serves_again() {
         let engine = Engine::start(&Config::demo(), "t").await.unwrap();
         let slot = &engine.router.slots[0];

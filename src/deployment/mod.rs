@@ -63,6 +63,10 @@ pub struct Shared {
     degraded: AtomicBool,
     /// The alert rules' latency baseline (P95, µs); 0 until learned.
     baseline_us: AtomicU64,
+    /// The last circuit and cool-down records another instance shared, kept here (the slot
+    /// outlives its actor) so that an actor restarted by the supervisor starts from them.
+    remote_circuit: arc_swap::ArcSwapOption<Remote>,
+    remote_cooldown: arc_swap::ArcSwapOption<Remote>,
 }
 
 impl Shared {
@@ -78,6 +82,8 @@ impl Shared {
             tpm_used: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
             baseline_us: AtomicU64::new(0),
+            remote_circuit: arc_swap::ArcSwapOption::empty(),
+            remote_cooldown: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -130,6 +136,15 @@ impl Shared {
         self.degraded.store(degraded, Relaxed);
         let us = baseline_ms.map_or(0, |ms| ((ms * 1000.0) as u64).max(1));
         self.baseline_us.store(us, Relaxed);
+    }
+
+    /// Keeps what another instance shared, for a restarted actor to start from.
+    pub fn remember(&self, r: &Remote) {
+        let kept = Some(Arc::new(r.clone()));
+        match r {
+            Remote::Circuit { .. } => self.remote_circuit.store(kept),
+            Remote::CoolDown { .. } => self.remote_cooldown.store(kept),
+        }
     }
 
     /// The P95 latency baseline the alert rules judge this deployment against, in ms.
@@ -279,7 +294,7 @@ impl Actor for DeploymentActor {
     type State = State;
     type Arguments = Args;
 
-    async fn pre_start(&self, _me: ActorRef<Msg>, args: Args) -> Result<State, ActorProcessingErr> {
+    async fn pre_start(&self, me: ActorRef<Msg>, args: Args) -> Result<State, ActorProcessingErr> {
         let c = &args.adapter.config;
         let seed = c.simulated.as_ref().map_or(0, |s| s.seed);
         // A restarted actor starts afresh; what it publishes must say so.
@@ -287,7 +302,8 @@ impl Actor for DeploymentActor {
             .circuit
             .store(CircuitState::Closed.to_u8(), Relaxed);
         args.shared.in_flight.store(0, Relaxed);
-        Ok(State {
+        let shared = args.shared.clone();
+        let mut state = State {
             breaker: Breaker::new(&args.breaker),
             rpm: c.rpm.map(|n| WindowBudget::per_minute(u64::from(n.get()))),
             tpm: c.tpm.map(|n| WindowBudget::per_minute(n.get())),
@@ -297,7 +313,18 @@ impl Actor for DeploymentActor {
             rng: SmallRng::seed_from_u64(seed),
             started: Instant::now(),
             args,
-        })
+        };
+        // What the cluster decided still holds for a restarted actor (expired records do
+        // nothing).
+        for kept in [
+            shared.remote_circuit.load_full(),
+            shared.remote_cooldown.load_full(),
+        ] {
+            if let Some(r) = kept {
+                state.remote(&me, (*r).clone());
+            }
+        }
+        Ok(state)
     }
 
     async fn handle(
