@@ -561,6 +561,24 @@ mod tests {
         assert_eq!(format_usd(0.0), "0");
     }
 
+    /// Kills the slot's actor and waits for the supervisor to put a new one in its place.
+    async fn kill_and_wait_restart(slot: &Slot) {
+        let old = slot.actor.load_full().unwrap();
+        old.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = slot.actor.load_full().map(|a| a.get_id());
+            if now.is_some_and(|id| id != old.get_id()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not restart the actor"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_restarted_actor_keeps_the_circuit_another_instance_opened() {
         use crate::cluster::Remote;
@@ -582,18 +600,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the record was not applied");
             tokio::task::yield_now().await;
         }
-        actor.kill();
-        loop {
-            let now = slot.actor.load_full().map(|a| a.get_id());
-            if now.is_some_and(|id| id != actor.get_id()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the supervisor did not restart the actor"
-            );
-            tokio::task::yield_now().await;
-        }
+        kill_and_wait_restart(slot).await;
         let status = engine.status().await;
         assert_eq!(status.deployments[0].circuit, "open", "restarted closed");
         engine.stop().await;
@@ -603,20 +610,7 @@ mod tests {
     async fn a_dead_deployment_actor_is_restarted_and_serves_again() {
         let engine = Engine::start(&Config::demo(), "t").await.unwrap();
         let slot = &engine.router.slots[0];
-        let old = slot.actor.load_full().unwrap();
-        old.kill();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let now = slot.actor.load_full().map(|a| a.get_id());
-            if now.is_some_and(|id| id != old.get_id()) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the supervisor did not restart the actor"
-            );
-            tokio::task::yield_now().await;
-        }
+        kill_and_wait_restart(slot).await;
         let body = br#"{"model":"flash-sim","messages":[{"role":"user","content":"hi"}]}"#;
         let outcome = engine
             .chat("chat", Ok(RequestOptions::default()), body, None)

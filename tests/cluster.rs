@@ -232,9 +232,11 @@ async fn rpm_holds_for_the_cluster_not_per_instance() {
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_eq!(fake.calls(), 60, "the provider sees exactly the limit");
     assert_eq!((ok, limited), (60, 120));
-    // Each instance's status shows the cluster's use beside its own share of it.
+    // Each instance's status shows the cluster's use beside its own share of it, as it saw it
+    // at its last call: one more (refused) call on each brings that up to date.
     let mut own = 0;
     for r in [&a, &b, &c] {
+        assert_eq!(chat_on(r).await, Err("rate_limited".into()));
         let d = &r.engine.status().await.deployments[0];
         assert_eq!(d.cluster_rpm_used, Some(60), "{}", r.engine.instance());
         own += d.rpm_used;

@@ -316,13 +316,12 @@ impl Actor for DeploymentActor {
         };
         // What the cluster decided still holds for a restarted actor (expired records do
         // nothing).
-        for kept in [
+        let kept = [
             shared.remote_circuit.load_full(),
             shared.remote_cooldown.load_full(),
-        ] {
-            if let Some(r) = kept {
-                state.remote(&me, (*r).clone());
-            }
+        ];
+        for r in kept.into_iter().flatten() {
+            state.remote(&me, (*r).clone());
         }
         Ok(state)
     }
