@@ -1,0 +1,483 @@
+//! One attempt at one deployment, run in the request's own task: ask the actor for a permit,
+//! take the cluster's slot or probe claim if there is one, call the provider within the
+//! deployment's timeout and the caller's deadline, trace and log it, and report the outcome back
+//! to the actor (also when the task is dropped mid-call).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use tracing::{Instrument, debug, info, warn};
+
+use super::limiter::Ticket;
+use super::{Args, Finished, Msg, Outcome, Permit, Skip};
+use crate::cluster;
+use crate::cluster::quota::{SharedWindow, Take, Taken};
+use crate::protocol::{ChatRequest, Usage};
+use crate::providers::{CallContext, Decision, Failure, ProviderReply, classify};
+
+/// One try of one request at this deployment.
+pub struct CallArgs {
+    pub req: Arc<ChatRequest>,
+    pub deadline: Option<Instant>,
+    pub include_request_extra: bool,
+    pub request_id: Arc<str>,
+    /// 1-based number of this call within the request.
+    pub attempt: u32,
+    /// Batch work, which only takes the batch share of the limits.
+    pub batch: bool,
+}
+
+pub enum Attempt {
+    Skipped(Skip),
+    Done {
+        result: Result<ProviderReply, (Failure, Decision)>,
+        latency: Duration,
+    },
+}
+
+/// Asks the actor for a permit, and arms the report that will tell it how the call went.
+async fn admit<'a>(
+    actor: &'a ActorRef<Msg>,
+    args: &Args,
+    call: &CallArgs,
+) -> Result<(Permit, Report<'a>), Skip> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let estimate = call.req.estimated_total_tokens();
+    actor
+        .send_message(Msg::Admit {
+            estimate,
+            batch: call.batch,
+            reply: tx.into(),
+        })
+        .map_err(|_| Skip::Unreachable)?;
+    let permit = rx.await.map_err(|_| Skip::Unreachable)??;
+    let mut report = Report {
+        actor,
+        probe: permit.probe,
+        rpm_ticket: permit.rpm_ticket,
+        tpm_ticket: permit.tpm_ticket,
+        shared: None,
+        probe_claim: None,
+        started: Instant::now(),
+        sent: false,
+    };
+    // A half-open probe is the cluster's one probe, not one per instance.
+    if report.probe
+        && let Some(kv) = args.cluster.kv()
+    {
+        let claim = cluster::claim_probe(
+            &kv,
+            &args.name,
+            args.cluster.instance(),
+            args.adapter.config.timeout,
+        );
+        match tokio::time::timeout(args.cluster.sync_timeout(), claim).await {
+            Ok(Ok(true)) => report.probe_claim = Some((kv, args.name.clone())),
+            Ok(Ok(false)) => {
+                report.send(Duration::ZERO, Outcome::Refused);
+                return Err(Skip::CircuitOpen);
+            }
+            Ok(Err(why)) => {
+                warn!(deployment = %args.name, %why, "probe claim failed: probing locally");
+            }
+            Err(_) => {
+                warn!(deployment = %args.name, "probe claim timed out: probing locally");
+            }
+        }
+        report.started = Instant::now();
+    }
+    // The cluster-wide window, after the local one: only deployments with limits pay for it,
+    // and only while the bucket is reachable (else the local windows guard alone).
+    if let (Some(quota), Some(kv)) = (&args.quota, args.cluster.kv()) {
+        let share = if call.batch { args.batch_share } else { 1.0 };
+        match quota
+            .take(&kv, estimate, share, args.cluster.sync_timeout())
+            .await
+        {
+            Take::Taken(t) => report.shared = Some((quota.clone(), kv, t)),
+            Take::Full { limit, retry_in } => {
+                report.send(Duration::ZERO, Outcome::Refused);
+                return Err(Skip::AtLimit { limit, retry_in });
+            }
+            Take::Unshared(why) => {
+                warn!(deployment = %args.name, %why, "cluster window unreachable: local limits only");
+            }
+        }
+        report.started = Instant::now();
+    }
+    Ok((permit, report))
+}
+
+/// How long a call may take: the deployment's `limit`, or less if the caller's deadline comes
+/// first (then running out is the caller's `timeout`, not the deployment's failure).
+fn bound(limit: Duration, deadline: Option<Instant>, from: Instant) -> (Duration, Failure) {
+    match deadline {
+        Some(d) if d.saturating_duration_since(from) < limit => {
+            (d.saturating_duration_since(from), Failure::DeadlineSpent)
+        }
+        _ => (limit, Failure::Timeout),
+    }
+}
+
+/// One attempt at one deployment, run in the caller's task: asks the actor for a permit, makes
+/// the call bounded by the deployment's timeout and the caller's deadline (whichever comes first),
+/// logs it, and reports the outcome to the actor.
+pub async fn call(actor: &ActorRef<Msg>, args: &Args, call: CallArgs) -> Attempt {
+    let span = attempt_span(args, &call);
+    call_inner(actor, args, call, &span)
+        .instrument(span.clone())
+        .await
+}
+
+/// A child span of the request's for one attempt, with the OpenTelemetry GenAI attributes.
+fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
+    let c = &args.adapter.config;
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = %format_args!("chat {}", c.model),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.system = crate::engine::gen_ai_system(c.provider),
+        gen_ai.request.model = %c.model,
+        gen_ai.request.max_tokens = tracing::field::Empty,
+        gen_ai.request.temperature = tracing::field::Empty,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        server.address = %c.api_base,
+        llm.deployment = %args.name,
+        llm.attempt = call.attempt,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    );
+    if let Some(n) = call.req.max_tokens {
+        span.record("gen_ai.request.max_tokens", n);
+    }
+    if let Some(t) = call.req.body.get("temperature").and_then(|t| t.as_f64()) {
+        span.record("gen_ai.request.temperature", t);
+    }
+    span
+}
+
+/// What an attempt's span learns when it ends.
+fn close_span(span: &tracing::Span, model: &str, usage: Option<&Usage>, failure: Option<&Failure>) {
+    match failure {
+        None => {
+            span.record("gen_ai.response.model", model);
+            span.record("http.response.status_code", 200);
+            if let Some(u) = usage {
+                span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
+                span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+            }
+        }
+        Some(f) => {
+            if let Some(status) = f.status() {
+                span.record("http.response.status_code", status);
+            }
+            span.record("error.type", f.kind_name());
+        }
+    }
+}
+
+async fn call_inner(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    span: &tracing::Span,
+) -> Attempt {
+    let (permit, mut report) = match admit(actor, args, &call).await {
+        Ok(p) => p,
+        Err(skip) => return Attempt::Skipped(skip),
+    };
+    let ctx = CallContext {
+        include_request_extra: call.include_request_extra,
+        fate: permit.fate,
+    };
+    let (limit, expired) = bound(args.adapter.config.timeout, call.deadline, report.started);
+    let result = match tokio::time::timeout(limit, args.adapter.call(&call.req, ctx)).await {
+        Ok(r) => r,
+        Err(_) => Err(expired),
+    };
+    let latency = report.started.elapsed();
+    let result = result.map_err(|f| {
+        let d = classify(&f, &args.breaker, args.fallback_on_auth);
+        (f, d)
+    });
+    let model = args.adapter.config.model.as_str();
+    match &result {
+        Ok(r) => close_span(span, model, Some(&r.usage), None),
+        Err((f, _)) => close_span(span, model, None, Some(f)),
+    }
+    let outcome = match &result {
+        Ok(r) => {
+            log_success(args, &call, latency, r.usage.total_tokens);
+            Outcome::Ok {
+                prompt_tokens: r.usage.prompt_tokens,
+                completion_tokens: r.usage.completion_tokens,
+                cost_usd: r.cost_usd,
+            }
+        }
+        Err((f, d)) => {
+            log_failure(args, &call, latency, f, d);
+            Outcome::Failed(f.clone(), *d)
+        }
+    };
+    // The actor hears of the outcome before the caller goes on, so that the caller's next
+    // request already sees the breaker it caused.
+    report.send(latency, outcome);
+    Attempt::Done { result, latency }
+}
+
+/// How a streamed attempt went.
+pub enum StreamAttempt {
+    Skipped(Skip),
+    /// Failed before its first chunk: nothing was sent, the walk may fall back.
+    Failed {
+        failure: Failure,
+        decision: Decision,
+        latency: Duration,
+    },
+    /// Chunks went out. `broken` says why the stream ended early, if it did.
+    Streamed {
+        usage: Option<Usage>,
+        cost_usd: f64,
+        latency: Duration,
+        broken: Option<(Failure, Decision)>,
+    },
+}
+
+/// A streamed attempt: the first chunk must come within `first_token_timeout` (else it is a
+/// failure the walk can fall back from); after it, chunks go to `sink` as they come, each within
+/// the deployment's `timeout` of the last. `sink` is bounded, so a slow subscriber slows the read
+/// from the provider instead of growing memory.
+pub async fn call_stream(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> StreamAttempt {
+    let span = attempt_span(args, &call);
+    let attempt = call_stream_inner(actor, args, call, sink)
+        .instrument(span.clone())
+        .await;
+    let model = args.adapter.config.model.as_str();
+    match &attempt {
+        StreamAttempt::Skipped(_) => {}
+        StreamAttempt::Failed { failure, .. } => close_span(&span, model, None, Some(failure)),
+        StreamAttempt::Streamed { usage, broken, .. } => {
+            close_span(
+                &span,
+                model,
+                usage.as_ref(),
+                broken.as_ref().map(|(f, _)| f),
+            );
+        }
+    }
+    attempt
+}
+
+async fn call_stream_inner(
+    actor: &ActorRef<Msg>,
+    args: &Args,
+    call: CallArgs,
+    sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+) -> StreamAttempt {
+    use futures::StreamExt;
+
+    let (permit, mut report) = match admit(actor, args, &call).await {
+        Ok(p) => p,
+        Err(skip) => return StreamAttempt::Skipped(skip),
+    };
+    let ctx = CallContext {
+        include_request_extra: call.include_request_extra,
+        fate: permit.fate,
+    };
+    let c = &args.adapter.config;
+    let mut usage = None;
+    let (limit, expired) = bound(c.first_token_timeout, call.deadline, report.started);
+    let opened = tokio::time::timeout(limit, async {
+        let mut stream = args.adapter.open_stream(&call.req, ctx).await?;
+        loop {
+            match stream.next().await {
+                Some(Ok(p)) if !p.chunks.is_empty() => return Ok((stream, p)),
+                Some(Ok(p)) => usage = p.usage.or(usage),
+                Some(Err(f)) => return Err(f),
+                None => {
+                    return Err(Failure::InvalidBody(
+                        "the stream ended before any chunk".into(),
+                    ));
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or(Err(expired));
+    let (mut stream, first) = match opened {
+        Ok(x) => x,
+        Err(f) => {
+            let latency = report.started.elapsed();
+            let d = classify(&f, &args.breaker, args.fallback_on_auth);
+            log_failure(args, &call, latency, &f, &d);
+            report.send(latency, Outcome::Failed(f.clone(), d));
+            return StreamAttempt::Failed {
+                failure: f,
+                decision: d,
+                latency,
+            };
+        }
+    };
+
+    let mut pending = first.chunks;
+    usage = first.usage.or(usage);
+    let broken = loop {
+        for chunk in pending.drain(..) {
+            if sink.send(chunk).await.is_err() {
+                // The caller's side is gone: stop reading; no one to tell.
+                report.send(report.started.elapsed(), Outcome::Abandoned);
+                return StreamAttempt::Streamed {
+                    usage,
+                    cost_usd: 0.0,
+                    latency: report.started.elapsed(),
+                    broken: None,
+                };
+            }
+        }
+        let (limit, expired) = bound(c.timeout, call.deadline, Instant::now());
+        match tokio::time::timeout(limit, stream.next()).await {
+            Ok(Some(Ok(p))) => {
+                usage = p.usage.or(usage);
+                pending = p.chunks;
+            }
+            Ok(None) => break None,
+            Ok(Some(Err(f))) => break Some(f),
+            Err(_) => break Some(expired),
+        }
+    };
+    let latency = report.started.elapsed();
+    let cost_usd = usage.map_or(0.0, |u| args.adapter.price(&u));
+    let broken = broken.map(|f| {
+        let d = classify(&f, &args.breaker, args.fallback_on_auth);
+        log_failure(args, &call, latency, &f, &d);
+        report.send(latency, Outcome::Failed(f.clone(), d));
+        (f, d)
+    });
+    if broken.is_none() {
+        let u = usage.unwrap_or_default();
+        log_success(args, &call, latency, u.total_tokens);
+        report.send(
+            latency,
+            Outcome::Ok {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                cost_usd,
+            },
+        );
+    }
+    StreamAttempt::Streamed {
+        usage,
+        cost_usd,
+        latency,
+        broken,
+    }
+}
+
+fn log_success(args: &Args, call: &CallArgs, latency: Duration, tokens: u64) {
+    let c = &args.adapter.config;
+    info!(
+        request_id = %call.request_id,
+        deployment = %args.name,
+        provider = c.provider.as_str(),
+        model = %c.model,
+        attempt = call.attempt,
+        status = 200,
+        latency_ms = latency.as_millis() as u64,
+        tokens,
+        "attempt succeeded"
+    );
+}
+
+fn log_failure(args: &Args, call: &CallArgs, latency: Duration, f: &Failure, d: &Decision) {
+    let c = &args.adapter.config;
+    warn!(
+        request_id = %call.request_id,
+        deployment = %args.name,
+        provider = c.provider.as_str(),
+        model = %c.model,
+        attempt = call.attempt,
+        status = f.status(),
+        latency_ms = latency.as_millis() as u64,
+        error = %f.describe(),
+        falls_back = d.fall_back,
+        "attempt failed"
+    );
+}
+
+/// Reports the outcome of a permitted call exactly once, also when the caller's task is dropped.
+struct Report<'a> {
+    actor: &'a ActorRef<Msg>,
+    probe: bool,
+    rpm_ticket: Option<Ticket>,
+    tpm_ticket: Option<Ticket>,
+    /// The slot taken in the cluster-wide window, corrected with real usage at the end.
+    shared: Option<(
+        Arc<SharedWindow>,
+        Arc<async_nats::jetstream::kv::Store>,
+        Taken,
+    )>,
+    /// This call is the cluster's half-open probe of this deployment: its claim is released at
+    /// the end.
+    probe_claim: Option<(Arc<async_nats::jetstream::kv::Store>, Arc<str>)>,
+    started: Instant,
+    sent: bool,
+}
+
+impl Report<'_> {
+    fn send(&mut self, latency: Duration, outcome: Outcome) {
+        self.sent = true;
+        if let Some((kv, name)) = self.probe_claim.take()
+            && !matches!(outcome, Outcome::Failed(..))
+        {
+            // The others learn the probe's outcome from the circuit record. A failed probe keeps
+            // its claim until it expires, so that no other instance probes in the moment before
+            // the re-opened circuit reaches it; any other outcome gives the claim back.
+            tokio::spawn(async move { cluster::release_probe(&kv, &name).await });
+        }
+        if let (
+            Some((quota, kv, taken)),
+            Outcome::Ok {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            },
+        ) = (self.shared.take(), &outcome)
+        {
+            // The reply does not wait for the bookkeeping: the next take carries it.
+            if quota.correct(taken, prompt_tokens + completion_tokens) {
+                tokio::spawn(async move { quota.flush_later(&kv).await });
+            }
+        }
+        let finished = Finished {
+            probe: self.probe,
+            rpm_ticket: self.rpm_ticket,
+            tpm_ticket: self.tpm_ticket,
+            latency,
+            outcome,
+        };
+        if self
+            .actor
+            .send_message(Msg::Finished(Box::new(finished)))
+            .is_err()
+        {
+            debug!("deployment actor gone before the call finished");
+        }
+    }
+}
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.send(self.started.elapsed(), Outcome::Abandoned);
+        }
+    }
+}
