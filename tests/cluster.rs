@@ -160,24 +160,28 @@ async fn one_half_open_probe_for_the_whole_cluster() {
     }
     // The provider has recovered, slowly: the probe is in flight while the others ask.
     fake.set_default(Fault::delay(Duration::from_millis(1500), Fault::Ok));
-    // The 1 s open period must pass: no event marks it (half-open is decided at the next call).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let probe = tokio::spawn({
+    // Ask through one instance until the 1 s open period is over and a request becomes the
+    // probe (it reaches the fake); until then each is refused without a call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe = loop {
         let engine = a.engine.clone();
-        async move {
+        let ask = tokio::spawn(async move {
+            let opts = Ok(RequestOptions::default());
             engine
-                .chat(
-                    "chat",
-                    Ok(RequestOptions::default()),
-                    HELLO.as_bytes(),
-                    None,
-                )
+                .chat("chat", opts, HELLO.as_bytes(), None)
                 .await
                 .result
                 .is_ok()
+        });
+        if fake.wait_calls(4, Duration::from_millis(500)).await {
+            break ask;
         }
-    });
-    assert!(fake.wait_calls(4, Duration::from_secs(5)).await, "no probe");
+        assert!(!ask.await.unwrap(), "served without reaching the provider");
+        assert!(
+            Instant::now() < deadline,
+            "the circuit never went half-open"
+        );
+    };
     assert_eq!(chat_on(&b).await, Err("unavailable".into()));
     assert_eq!(chat_on(&c).await, Err("unavailable".into()));
     assert_eq!(
