@@ -356,6 +356,59 @@ fn untranslatable(what: impl Into<String>) -> Failure {
     Failure::Untranslatable(what.into())
 }
 
+/// The texts of an assistant message whose `content` is an array of parts: only `text` and
+/// `refusal` parts have an equivalent at other providers. `None` when `content` is not an array.
+fn assistant_texts(m: &Value) -> Option<Result<Vec<&str>, Failure>> {
+    let Some(Value::Array(parts)) = m.get("content") else {
+        return None;
+    };
+    Some(
+        parts
+            .iter()
+            .map(
+                |p| match (part_type(p), p.get("text").or(p.get("refusal"))) {
+                    ("text" | "refusal", Some(Value::String(t))) => Ok(t.as_str()),
+                    (other, _) => Err(untranslatable(format!(
+                        "a `{other}` content part in an assistant message"
+                    ))),
+                },
+            )
+            .collect(),
+    )
+}
+
+/// One tool call of an assistant message, its arguments parsed.
+struct ToolCall<'a> {
+    id: Option<&'a str>,
+    name: &'a str,
+    arguments: Value,
+}
+
+/// An assistant message's `tool_calls`; empty arguments read as `{}`.
+fn assistant_tool_calls(m: &Value) -> Result<Vec<ToolCall<'_>>, Failure> {
+    m.get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            let name = call
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let arguments = call.pointer("/function/arguments").and_then(Value::as_str);
+            let arguments = arguments.filter(|a| !a.trim().is_empty()).unwrap_or("{}");
+            let arguments = serde_json::from_str(arguments).map_err(|e| {
+                untranslatable(format!("arguments of tool call `{name}` are not JSON: {e}"))
+            })?;
+            Ok(ToolCall {
+                id: call.get("id").and_then(Value::as_str),
+                name,
+                arguments,
+            })
+        })
+        .collect()
+}
+
 /// The caller's `messages` (validated as a non-empty array of objects at parse time).
 fn messages(req: &ChatRequest) -> &[Value] {
     req.body

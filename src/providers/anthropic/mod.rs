@@ -264,41 +264,14 @@ fn assistant_blocks(m: &Value) -> Result<Vec<Value>, Failure> {
     if m.get("function_call").is_some_and(|f| !f.is_null()) {
         return Err(untranslatable("legacy `function_call` (use `tool_calls`)"));
     }
-    let mut blocks = match m.get("content") {
-        Some(Value::Array(parts)) => {
-            let mut out = Vec::new();
-            for p in parts {
-                match (super::part_type(p), p.get("text").or(p.get("refusal"))) {
-                    ("text" | "refusal", Some(Value::String(t))) => out.extend(text_block(t)),
-                    (other, _) => {
-                        return Err(untranslatable(format!(
-                            "a `{other}` content part in an assistant message"
-                        )));
-                    }
-                }
-            }
-            out
-        }
-        other => content_blocks(other)?,
+    let mut blocks = match super::assistant_texts(m) {
+        Some(texts) => texts?.into_iter().filter_map(text_block).collect(),
+        None => content_blocks(m.get("content"))?,
     };
-    for call in m
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let f = &call["function"];
-        let name = f["name"].as_str().unwrap_or_default();
-        let arguments = f["arguments"].as_str().unwrap_or("{}");
-        let arguments = if arguments.trim().is_empty() {
-            "{}"
-        } else {
-            arguments
-        };
-        let input: Value = serde_json::from_str(arguments).map_err(|e| {
-            untranslatable(format!("arguments of tool call `{name}` are not JSON: {e}"))
-        })?;
-        blocks.push(json!({"type": "tool_use", "id": call["id"], "name": name, "input": input}));
+    for call in super::assistant_tool_calls(m)? {
+        blocks.push(json!({
+            "type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments
+        }));
     }
     Ok(blocks)
 }

@@ -270,42 +270,15 @@ fn inline_data(url: &str, what: &str) -> Result<Value, Failure> {
 }
 
 fn model_parts(m: &Value, calls: &mut Vec<(String, String)>) -> Result<Vec<Value>, Failure> {
-    let mut out = match m.get("content") {
-        Some(Value::Array(items)) => {
-            let mut out = Vec::new();
-            for p in items {
-                match (super::part_type(p), p.get("text").or(p.get("refusal"))) {
-                    ("text" | "refusal", Some(Value::String(t))) => out.extend(text_part(t)),
-                    (other, _) => {
-                        return Err(untranslatable(format!(
-                            "a `{other}` content part in an assistant message"
-                        )));
-                    }
-                }
-            }
-            out
-        }
-        other => parts(other)?,
+    let mut out = match super::assistant_texts(m) {
+        Some(texts) => texts?.into_iter().filter_map(text_part).collect(),
+        None => parts(m.get("content"))?,
     };
-    for call in m
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = call
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let arguments = call.pointer("/function/arguments").and_then(Value::as_str);
-        let arguments = arguments.filter(|a| !a.trim().is_empty()).unwrap_or("{}");
-        let args: Value = serde_json::from_str(arguments).map_err(|e| {
-            untranslatable(format!("arguments of tool call `{name}` are not JSON: {e}"))
-        })?;
-        if let Some(id) = call.get("id").and_then(Value::as_str) {
-            calls.push((id.to_string(), name.to_string()));
+    for call in super::assistant_tool_calls(m)? {
+        if let Some(id) = call.id {
+            calls.push((id.to_string(), call.name.to_string()));
         }
-        out.push(json!({"functionCall": {"name": name, "args": args}}));
+        out.push(json!({"functionCall": {"name": call.name, "args": call.arguments}}));
     }
     Ok(out)
 }
