@@ -352,6 +352,28 @@ async fn send_stream(
     })
 }
 
+/// A JSON POST with the deployment's key in `key_header` (when it has one) and `extra` headers.
+fn post_json(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    key_header: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let mut builder = client
+        .post(url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    for (name, value) in extra {
+        builder = builder.header(*name, *value);
+    }
+    match &d.api_key {
+        Some(key) => builder.header(key_header, key.expose()),
+        None => builder,
+    }
+}
+
 fn untranslatable(what: impl Into<String>) -> Failure {
     Failure::Untranslatable(what.into())
 }

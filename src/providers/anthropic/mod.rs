@@ -110,15 +110,14 @@ fn request(
     d: &DeploymentConfig,
     body: Vec<u8>,
 ) -> reqwest::RequestBuilder {
-    let builder = client
-        .post(url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header("anthropic-version", VERSION)
-        .body(body);
-    match &d.api_key {
-        Some(key) => builder.header("x-api-key", key.expose()),
-        None => builder,
-    }
+    super::post_json(
+        client,
+        url,
+        d,
+        "x-api-key",
+        &[("anthropic-version", VERSION)],
+        body,
+    )
 }
 
 /// The Messages request for an OpenAI request.

@@ -114,14 +114,7 @@ fn request(
     d: &DeploymentConfig,
     body: Vec<u8>,
 ) -> reqwest::RequestBuilder {
-    let builder = client
-        .post(url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    match &d.api_key {
-        Some(key) => builder.header("x-goog-api-key", key.expose()),
-        None => builder,
-    }
+    super::post_json(client, url, d, "x-goog-api-key", &[], body)
 }
 
 /// The GenerateContentRequest for an OpenAI request (the same body serves streaming: Gemini picks
