@@ -55,6 +55,7 @@ pub struct Engine {
     errors: [AtomicU64; ErrorKind::ALL.len()],
     batch_items_ok: AtomicU64,
     batch_items_failed: AtomicU64,
+    limits: crate::config::LimitsConfig,
 }
 
 /// The result of one request, with what the reply needs.
@@ -151,7 +152,13 @@ impl Engine {
             errors: Default::default(),
             batch_items_ok: AtomicU64::new(0),
             batch_items_failed: AtomicU64::new(0),
+            limits: config.limits.clone(),
         })
+    }
+
+    /// `[limits]`: what the edges check requests against.
+    pub fn limits(&self) -> &crate::config::LimitsConfig {
+        &self.limits
     }
 
     pub fn instance(&self) -> &Arc<str> {

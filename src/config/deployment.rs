@@ -94,6 +94,10 @@ pub struct DeploymentConfig {
     pub price: Price,
     pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
     pub simulated: Option<SimulatedSpec>,
+    /// `[limits] max_provider_body`: the largest reply body read from this deployment.
+    pub max_reply_body: usize,
+    /// `[limits] max_stream_duration`: the longest a streamed reply may run in all.
+    pub max_stream_duration: Duration,
 }
 
 pub(super) fn validate(
@@ -191,6 +195,14 @@ pub(super) fn validate(
     if first_token_timeout.is_zero() {
         v.problem(key("first_token_timeout"), "must be > 0");
     }
+    for (field, t) in [
+        ("timeout", timeout),
+        ("first_token_timeout", first_token_timeout),
+    ] {
+        if t > super::limits::LONGEST {
+            v.problem(key(field), "must be at most ten years");
+        }
+    }
     // No price given: the built-in list price of the model, if known (simulated ones included, so
     // a demo deployment named after a real model costs what it would).
     let builtin = || super::prices::lookup(&d.model).unwrap_or_default();
@@ -271,5 +283,8 @@ pub(super) fn validate(
         price,
         extra_body: d.extra_body,
         simulated,
+        // Set from `[limits]` once the whole file is read.
+        max_reply_body: super::LimitsConfig::default().max_provider_body,
+        max_stream_duration: super::LimitsConfig::default().max_stream_duration,
     }
 }

@@ -6,6 +6,7 @@ mod alerts;
 mod cluster;
 mod deployment;
 mod jobs;
+mod limits;
 pub mod prices;
 mod raw;
 mod secret;
@@ -19,6 +20,7 @@ pub use alerts::{AlertsConfig, Shift};
 pub use cluster::ClusterConfig;
 pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
 pub use jobs::JobsConfig;
+pub use limits::LimitsConfig;
 pub use secret::Secret;
 
 use crate::routing::strategy::Strategy;
@@ -54,6 +56,11 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[jobs]`: durable async jobs over JetStream.
     pub jobs: JobsConfig,
+    /// `[limits]`: bounds on what callers and providers send, in flight, and shutdown.
+    pub limits: LimitsConfig,
+    /// `[batch] input_dir`, canonicalised: the only folder `llm.batch.submit` reads files from.
+    /// `None`: only inline jobs and items are taken.
+    pub batch_input_dir: Option<PathBuf>,
     pub deployments: Vec<DeploymentConfig>,
 }
 
@@ -130,6 +137,8 @@ pub struct BreakerConfig {
     pub reset_timeout: Duration,
     pub success_threshold: u32,
     pub ignored_status: Vec<u16>,
+    /// A `Retry-After` longer than this cools the deployment down for this long only.
+    pub max_retry_after: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -140,6 +149,7 @@ impl Default for BreakerConfig {
             reset_timeout: raw.reset_timeout,
             success_threshold: raw.success_threshold,
             ignored_status: raw.ignored_status,
+            max_retry_after: raw.max_retry_after,
         }
     }
 }
@@ -462,6 +472,29 @@ fn validate(
     if !(0.0..1.0).contains(&batch_live_reserve) {
         v.problem("batch.live_reserve", "must be at least 0 and below 1");
     }
+    let batch_input_dir = raw
+        .batch
+        .input_dir
+        .and_then(|dir| match std::fs::canonicalize(&dir) {
+            Ok(path) if path.is_dir() => Some(path),
+            Ok(_) => {
+                v.problem(
+                    "batch.input_dir",
+                    format!("`{}` is not a folder", dir.display()),
+                );
+                None
+            }
+            Err(e) => {
+                v.problem("batch.input_dir", format!("`{}`: {e}", dir.display()));
+                None
+            }
+        });
+    let limits = limits::validate(raw.limits, v);
+    let mut deployments = deployments;
+    for d in &mut deployments {
+        d.max_reply_body = limits.max_provider_body;
+        d.max_stream_duration = limits.max_stream_duration;
+    }
 
     let metrics_listen = raw.metrics.listen.as_deref().and_then(|l| {
         l.parse()
@@ -487,6 +520,14 @@ fn validate(
     }
     if b.reset_timeout.is_zero() {
         v.problem("breaker.reset_timeout", "must be > 0");
+    }
+    for (key, d) in [
+        ("breaker.reset_timeout", b.reset_timeout),
+        ("breaker.max_retry_after", b.max_retry_after),
+    ] {
+        if d > limits::LONGEST {
+            v.problem(key, "must be at most ten years");
+        }
     }
     for (i, s) in b.ignored_status.iter().enumerate() {
         if !(100..=599).contains(s) {
@@ -555,6 +596,8 @@ fn validate(
         alerts,
         cluster,
         jobs: jobs::validate(raw.jobs, v),
+        limits,
+        batch_input_dir,
         tasks: raw.tasks,
         groups,
         breaker: BreakerConfig {
@@ -562,6 +605,7 @@ fn validate(
             reset_timeout: b.reset_timeout,
             success_threshold: b.success_threshold,
             ignored_status: b.ignored_status,
+            max_retry_after: b.max_retry_after,
         },
         storage: StorageConfig {
             path: raw.storage.path,

@@ -38,6 +38,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub jobs: super::jobs::RawJobs,
     #[serde(default)]
+    pub limits: super::limits::RawLimits,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
 }
 
@@ -54,6 +56,8 @@ pub struct RawMetrics {
 pub struct RawBatch {
     /// Share of every deployment's `rpm`/`tpm` that batch work leaves to live requests.
     pub live_reserve: Option<f64>,
+    /// The only folder `llm.batch.submit` may read job and input files from.
+    pub input_dir: Option<PathBuf>,
 }
 
 /// `[budgets]`: daily spending caps.
@@ -183,6 +187,9 @@ pub struct RawBreaker {
     pub success_threshold: u32,
     #[serde(default = "default_ignored_status")]
     pub ignored_status: Vec<u16>,
+    /// The longest a provider's `Retry-After` may cool a deployment down.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
 }
 
 impl Default for RawBreaker {
@@ -192,6 +199,7 @@ impl Default for RawBreaker {
             reset_timeout: default_reset_timeout(),
             success_threshold: default_success_threshold(),
             ignored_status: default_ignored_status(),
+            max_retry_after: default_max_retry_after(),
         }
     }
 }
@@ -207,6 +215,9 @@ fn default_success_threshold() -> u32 {
 }
 fn default_ignored_status() -> Vec<u16> {
     vec![400, 404]
+}
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,7 +76,10 @@ async fn handle(
         return Some("no_reply_subject");
     };
     let task = subjects.task_of(&msg.subject).unwrap_or_default();
-    let options = RequestOptions::from_lookup(|name| header(msg.headers.as_ref(), name));
+    let options = RequestOptions::from_lookup(
+        |name| header(msg.headers.as_ref(), name),
+        engine.limits().max_deadline,
+    );
     let outcome = if may_stream(&msg.payload) {
         // Chunks are published as they come, by this same task, while the engine produces them;
         // the channel is small, so a slow NATS connection slows the provider read, not memory.

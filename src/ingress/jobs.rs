@@ -285,13 +285,15 @@ impl Jobs {
             .unwrap_or_default();
         let options = match job.problem {
             Some(p) => Err(p),
-            None => RequestOptions::from_lookup(|name| header(msg.headers.as_ref(), name)).map(
-                |mut o| {
-                    // The job id names the request in logs unless the caller named it.
-                    o.request_id.get_or_insert_with(|| job.id.clone());
-                    o
-                },
-            ),
+            None => RequestOptions::from_lookup(
+                |name| header(msg.headers.as_ref(), name),
+                self.engine.limits().max_deadline,
+            )
+            .map(|mut o| {
+                // The job id names the request in logs unless the caller named it.
+                o.request_id.get_or_insert_with(|| job.id.clone());
+                o
+            }),
         };
         let reply = self
             .engine

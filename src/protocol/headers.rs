@@ -40,33 +40,46 @@ pub struct RequestOptions {
     pub batch: bool,
 }
 
+/// The longest `Llm-Request-Id` taken: ids are echoed in every reply and log line.
+pub const MAX_REQUEST_ID: usize = 256;
+
 impl RequestOptions {
-    /// Reads the options through `get` (header name → value).
-    pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Self, String> {
+    /// Reads the options through `get` (header name → value). A deadline above `max_deadline` is
+    /// clamped to it; any value that cannot be read is the `invalid_request` message returned.
+    pub fn from_lookup<'a>(
+        get: impl Fn(&str) -> Option<&'a str>,
+        max_deadline: Duration,
+    ) -> Result<Self, String> {
         let deadline = match get(DEADLINE) {
             None => None,
-            Some(v) => match humantime::parse_duration(v.trim()) {
-                Ok(d) if !d.is_zero() => Some(d),
-                Ok(_) => return Err(format!("{DEADLINE} must be > 0")),
-                Err(e) => {
-                    return Err(format!(
-                        "{DEADLINE} `{v}` is not a duration like `20s`: {e}"
-                    ));
-                }
-            },
+            Some(v) => Some(parse_deadline(v, max_deadline)?),
         };
         let max_cost_usd = match get(MAX_COST_USD) {
             None => None,
             Some(v) => match v.trim().parse::<f64>() {
                 Ok(x) if x.is_finite() && x >= 0.0 => Some(x),
-                _ => return Err(format!("{MAX_COST_USD} `{v}` is not a number >= 0")),
+                _ => {
+                    return Err(format!(
+                        "{MAX_COST_USD} `{}` is not a number >= 0",
+                        shorten(v)
+                    ));
+                }
             },
         };
+        let request_id = match get(REQUEST_ID).map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(id) if id.len() <= MAX_REQUEST_ID && !id.chars().any(char::is_control) => {
+                Some(id.to_string())
+            }
+            Some(id) => {
+                return Err(format!(
+                    "{REQUEST_ID} `{}` is not an id: at most {MAX_REQUEST_ID} bytes, no control characters",
+                    shorten(id)
+                ));
+            }
+        };
         Ok(Self {
-            request_id: get(REQUEST_ID)
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            request_id,
             deadline,
             affinity: get(AFFINITY).map(str::to_string),
             strategy: get(STRATEGY).map(|s| s.trim().to_string()),
@@ -74,5 +87,83 @@ impl RequestOptions {
             exclude: Vec::new(),
             batch: false,
         })
+    }
+}
+
+/// A humantime duration above zero; above `max` it is `max`.
+fn parse_deadline(v: &str, max: Duration) -> Result<Duration, String> {
+    match humantime::parse_duration(v.trim()) {
+        Ok(d) if d.is_zero() => Err(format!("{DEADLINE} must be > 0")),
+        Ok(d) => Ok(d.min(max)),
+        // humantime refuses values past `Duration::MAX`; those are longer than any bound too.
+        Err(humantime::DurationError::NumberOverflow) => Ok(max),
+        Err(e) => Err(format!(
+            "{DEADLINE} `{}` is not a duration like `20s`: {e}",
+            shorten(v)
+        )),
+    }
+}
+
+/// A caller's value as quoted in an error: at most 64 characters of it.
+pub fn shorten(v: &str) -> String {
+    const MAX: usize = 64;
+    match v.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &v[..cut]),
+        None => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn read(pairs: &[(&str, &str)]) -> Result<RequestOptions, String> {
+        RequestOptions::from_lookup(
+            |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v),
+            DAY,
+        )
+    }
+
+    #[test]
+    fn absurd_deadlines_are_clamped_and_bad_ones_refused() {
+        let d = |v| read(&[(DEADLINE, v)]).map(|o| o.deadline);
+        assert_eq!(d("20s"), Ok(Some(Duration::from_secs(20))));
+        assert_eq!(d("300000000000y"), Ok(Some(DAY)));
+        assert_eq!(d("99999999999999999999999999s"), Ok(Some(DAY)));
+        assert_eq!(d("48h"), Ok(Some(DAY)));
+        for bad in ["-1s", "garbage", "0s", ""] {
+            assert!(d(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn costs_and_ids_are_checked() {
+        for bad in ["NaN", "-1", "inf", "1e400", "cheap"] {
+            assert!(read(&[(MAX_COST_USD, bad)]).is_err(), "{bad:?} was taken");
+        }
+        assert_eq!(
+            read(&[(MAX_COST_USD, "0.5")]).unwrap().max_cost_usd,
+            Some(0.5)
+        );
+        let long = "x".repeat(MAX_REQUEST_ID + 1);
+        let err = read(&[(REQUEST_ID, &long)]).unwrap_err();
+        assert!(err.len() < 200, "the whole value was quoted: {err}");
+        assert!(read(&[(REQUEST_ID, "a\u{7}b")]).is_err());
+        assert_eq!(
+            read(&[(REQUEST_ID, " r-1 ")])
+                .unwrap()
+                .request_id
+                .as_deref(),
+            Some("r-1")
+        );
+    }
+
+    #[test]
+    fn quoted_values_are_cut_on_a_character_boundary() {
+        assert_eq!(shorten("short"), "short");
+        let s = "é".repeat(100);
+        assert_eq!(shorten(&s).chars().count(), 65);
     }
 }
