@@ -56,6 +56,8 @@ pub struct Engine {
     batch_items_ok: AtomicU64,
     batch_items_failed: AtomicU64,
     limits: crate::config::LimitsConfig,
+    /// One permit per synchronous request held (`limits.max_in_flight`).
+    places: Arc<tokio::sync::Semaphore>,
 }
 
 /// The result of one request, with what the reply needs.
@@ -153,7 +155,19 @@ impl Engine {
             batch_items_ok: AtomicU64::new(0),
             batch_items_failed: AtomicU64::new(0),
             limits: config.limits.clone(),
+            places: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
         })
+    }
+
+    /// One of the `limits.max_in_flight` places for a synchronous request, held until dropped;
+    /// `None` when every place is taken (the caller answers `overloaded`).
+    pub fn hold(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.places.clone().try_acquire_owned().ok()
+    }
+
+    /// Counts a failure answered outside `chat` (overloaded, a failed task, shutdown).
+    pub fn count_failure(&self, kind: ErrorKind) {
+        self.errors[kind as usize].fetch_add(1, Relaxed);
     }
 
     /// `[limits]`: what the edges check requests against.
@@ -190,11 +204,7 @@ impl Engine {
         let started = Instant::now();
         let request_id: Arc<str> = match options.as_ref().ok().and_then(|o| o.request_id.clone()) {
             Some(id) => id.into(),
-            // Random (v4) from the thread's RNG: no syscall and no shared generator to contend on.
-            None => uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .to_string()
-                .into(),
+            None => headers::new_request_id().into(),
         };
         // One span per request (OpenTelemetry GenAI attribute names), parent of one span per
         // attempt; exported over OTLP when built with the `otlp` feature.
@@ -271,6 +281,13 @@ impl Engine {
     ) -> Result<Served, Failed> {
         let invalid = |m: String| Failed::new(ErrorKind::InvalidRequest, m);
         let options = options.map_err(invalid)?;
+        if body.len() > self.limits.max_body {
+            return Err(invalid(format!(
+                "the body is {} bytes, over limits.max_body ({} bytes)",
+                body.len(),
+                self.limits.max_body
+            )));
+        }
         let strategy = match &options.strategy {
             Some(s) => Some(
                 s.parse::<Strategy>()
@@ -507,6 +524,50 @@ pub fn format_usd(x: f64) -> String {
 }
 
 impl ChatOutcome {
+    /// A request answered with `failed` before or instead of the engine's own answer.
+    pub fn failed(request_id: Arc<str>, failed: Failed, streamed: bool) -> Self {
+        Self {
+            request_id,
+            latency: Duration::ZERO,
+            result: Err(failed),
+            streamed,
+        }
+    }
+
+    /// This outcome, or an `internal` error that says so if its reply would not fit in one NATS
+    /// message of `max_payload` bytes. The provider was called and paid; the caller is told
+    /// rather than left to time out, and a job stores this error instead of being redelivered.
+    pub fn fit(self, max_payload: usize) -> Self {
+        /// Room kept for the `Llm-*` headers and the protocol line.
+        const HEADROOM: usize = 2048;
+        let size = match &self.result {
+            Ok(s) => s.reply.body.len(),
+            Err(f) => {
+                f.message.len()
+                    + f.attempts
+                        .iter()
+                        .map(|a| a.error.len() + 128)
+                        .sum::<usize>()
+            }
+        };
+        if size.saturating_add(HEADROOM) <= max_payload {
+            return self;
+        }
+        let mut failed = Failed::new(
+            ErrorKind::Internal,
+            format!(
+                "the reply is {size} bytes, larger than the NATS server's max_payload ({max_payload} bytes): ask for a shorter answer, or raise max_payload"
+            ),
+        );
+        if let Err(f) = &self.result {
+            failed.status = f.status;
+        }
+        Self {
+            result: Err(failed),
+            ..self
+        }
+    }
+
     /// The reply of contract section 1: a `chat.completion` with success headers, or the error
     /// body with `Llm-Error`.
     pub fn into_reply(self) -> Reply {

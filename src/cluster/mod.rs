@@ -196,7 +196,9 @@ pub fn instant_of(ms: u64) -> Instant {
     let now = wall_ms();
     let now_i = Instant::now();
     if ms >= now {
-        now_i + Duration::from_millis(ms - now)
+        // A record from the far future (a clock or a peer gone wrong) must not overflow.
+        let ahead = Duration::from_millis(ms - now).min(FAR_AHEAD);
+        now_i.checked_add(ahead).unwrap_or(now_i)
     } else {
         now_i
             .checked_sub(Duration::from_millis(now - ms))
@@ -204,12 +206,15 @@ pub fn instant_of(ms: u64) -> Instant {
     }
 }
 
+/// How far ahead a shared record may point; callers cap it further by what it stands for.
+const FAR_AHEAD: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The wall-clock time of an `Instant`.
 pub fn ms_of(at: Instant) -> u64 {
     let now = Instant::now();
     let now_ms = wall_ms();
     if at >= now {
-        now_ms + (at - now).as_millis() as u64
+        now_ms.saturating_add(u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX))
     } else {
         now_ms.saturating_sub((now - at).as_millis() as u64)
     }

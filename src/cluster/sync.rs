@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use async_nats::connection::State;
@@ -319,7 +319,17 @@ impl Sync {
         {
             return;
         }
-        let until = instant_of(record.until_ms);
+        // What another instance shares is bounded like what a provider says here: no longer
+        // than this instance's own `reset_timeout` for an open circuit, `max_retry_after` for a
+        // cool-down (an instance with a larger cap, or an old record, cannot stall the cluster).
+        let breaker = &slot.args.breaker;
+        let cap = if kind == "circuit" {
+            breaker.reset_timeout
+        } else {
+            breaker.max_retry_after
+        };
+        let now = Instant::now();
+        let until = instant_of(record.until_ms).min(now.checked_add(cap).unwrap_or(now));
         let remote = match (kind, record.state) {
             ("circuit", Some(state)) => Remote::Circuit {
                 state,

@@ -15,6 +15,13 @@
 //! cool-downs to the cluster link, and is told other instances' as `Msg::Remote`; a deployment
 //! with `rpm`/`tpm` also takes its slot in the cluster-wide window, in the request's task, once
 //! the actor has admitted the call.
+//!
+//! The mailbox is ractor's, which has no bound; it cannot grow without one here because every
+//! message has a bounded source: each attempt sends one `Admit` and one `Finished`, and attempts
+//! in flight are bounded by `limits.max_in_flight` (synchronous requests), `[jobs] concurrency`
+//! and each batch's `concurrency`; `Remote` comes from the one cluster sync task per record it
+//! reads, `Snapshot` and `Window` from status and the alert task, which wait for each answer
+//! before asking again, and `Tick` is one timer per breaker opening.
 
 pub mod breaker;
 mod call;
@@ -355,11 +362,13 @@ impl State {
                     (_, false) => Sample::Neutral,
                 };
                 self.stats.record(now, f.latency, sample);
-                if let Some(d) = decision.cool_down {
-                    self.cool_down_until(now + d);
+                // `classify` capped the cool-down at `breaker.max_retry_after`; the sum is still
+                // checked, so no provider header can make this actor panic.
+                if let Some(until) = decision.cool_down.and_then(|d| now.checked_add(d)) {
+                    self.cool_down_until(until);
                     self.args.cluster.publish(Publish::CoolDown {
                         deployment: self.args.name.clone(),
-                        until_ms: cluster::ms_of(now + d),
+                        until_ms: cluster::ms_of(until),
                     });
                 }
                 if decision.count {
@@ -396,10 +405,10 @@ impl State {
     fn cool_down_until(&mut self, until: Instant) {
         self.cool_until = Some(until);
         let at = until.saturating_duration_since(self.args.shared.epoch);
-        self.args
-            .shared
-            .cool_until_ms
-            .store(at.as_millis() as u64 + 1, Relaxed);
+        self.args.shared.cool_until_ms.store(
+            u64::try_from(at.as_millis()).unwrap_or(u64::MAX - 1) + 1,
+            Relaxed,
+        );
     }
 
     /// Another instance's breaker opened or closed, or it saw a `Retry-After`.

@@ -1,21 +1,25 @@
-//! `llm.chat.<task>`: each request runs in its own task (tracked, so shutdown can wait for it) and
-//! always gets a reply, success or error.
+//! `llm.chat.<task>`: each request runs in its own task (tracked, so shutdown can wait for it),
+//! holds one of the instance's `limits.max_in_flight` places, and always gets exactly one reply:
+//! success, error, `overloaded`, `internal` if its task panicked, or `unavailable` when shutdown
+//! ran out of time.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_nats::{Client, HeaderMap, Message, Subscriber};
+use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{error, warn};
 
-use super::IngressError;
 use super::service::Counters;
-use crate::engine::Engine;
-use crate::protocol::{RequestOptions, Subjects};
+use super::{IngressError, Tasks};
+use crate::engine::{ChatOutcome, Engine};
+use crate::protocol::headers::new_request_id;
+use crate::protocol::{ErrorKind, RequestOptions, Subjects};
+use crate::routing::fallback::Failed;
 
 pub async fn subscribe(
     client: &Client,
@@ -30,16 +34,23 @@ pub async fn subscribe(
 }
 
 /// Takes requests until `stop`, then drains the subscription: requests NATS already delivered
-/// are still served; new ones go to the other instances of the queue group.
+/// are still served; new ones go to the other instances of the queue group. Each request holds
+/// one of the engine's `limits.max_in_flight` places while it runs; one that finds none is
+/// answered `overloaded` at once, here, without a task. `abort` (shutdown past its deadline)
+/// answers every request still running with `unavailable`.
 pub async fn serve(
     mut sub: Subscriber,
     client: Client,
     engine: Arc<Engine>,
     subjects: Subjects,
     counters: Arc<Counters>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
+    tasks: Tasks,
 ) {
+    let Tasks {
+        tracker,
+        stop,
+        abort,
+    } = tasks;
     let mut draining = false;
     loop {
         let msg = tokio::select! {
@@ -55,48 +66,142 @@ pub async fn serve(
         };
         let Some(msg) = msg else { break };
         let started = Instant::now();
+        let Some(place) = engine.hold() else {
+            let error = refuse(msg, &client, &engine).await;
+            counters.record(started, error);
+            continue;
+        };
         let (client, engine, subjects) = (client.clone(), engine.clone(), subjects.clone());
-        let counters = counters.clone();
+        let (counters, abort) = (counters.clone(), abort.clone());
         tracker.spawn(async move {
-            let error = handle(msg, &client, &engine, &subjects).await;
+            let error = handle(msg, &client, &engine, &subjects, &abort).await;
+            drop(place);
             counters.record(started, error);
         });
     }
 }
 
-/// Serves one request; answers the error kind it failed with, if it did.
+/// Answers `overloaded`: this instance holds `limits.max_in_flight` requests already.
+async fn refuse(msg: Message, client: &Client, engine: &Engine) -> Option<&'static str> {
+    let reply_to = msg.reply?;
+    let request_id = requested_id(&msg.headers).unwrap_or_else(new_request_id);
+    let failed = Failed::new(
+        ErrorKind::Overloaded,
+        format!(
+            "this instance already holds {} requests (limits.max_in_flight): try again, or another instance",
+            engine.limits().max_in_flight
+        ),
+    );
+    let outcome = ChatOutcome::failed(request_id.into(), failed, may_stream(&msg.payload));
+    engine.count_failure(ErrorKind::Overloaded);
+    publish(client, reply_to, outcome, None).await;
+    Some(ErrorKind::Overloaded.as_str())
+}
+
+/// Serves one request; answers the error kind it failed with, if it did. Whatever happens in
+/// the engine, the caller gets exactly one reply: a panic in the request's task becomes an
+/// `internal` error, a shutdown past its deadline `unavailable`.
 async fn handle(
     msg: Message,
     client: &Client,
     engine: &Engine,
     subjects: &Subjects,
+    abort: &CancellationToken,
 ) -> Option<&'static str> {
-    let Some(reply_to) = msg.reply else {
+    let Some(reply_to) = msg.reply.clone() else {
         warn!(subject = %msg.subject, "chat request without a reply subject: nowhere to answer");
         return Some("no_reply_subject");
     };
     let task = subjects.task_of(&msg.subject).unwrap_or_default();
-    let options = RequestOptions::from_lookup(
+    let mut options = RequestOptions::from_lookup(
         |name| header(msg.headers.as_ref(), name),
         engine.limits().max_deadline,
     );
-    let outcome = if may_stream(&msg.payload) {
-        // Chunks are published as they come, by this same task, while the engine produces them;
-        // the channel is small, so a slow NATS connection slows the provider read, not memory.
-        let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
-        let chat = async move { engine.chat(task, options, &msg.payload, Some(&tx)).await };
-        let publish = async {
-            while let Some(chunk) = rx.recv().await {
-                if let Err(e) = client.publish(reply_to.clone(), chunk).await {
-                    warn!(error = %e, "could not publish a stream chunk");
-                }
-            }
-        };
-        tokio::join!(chat, publish).0
-    } else {
-        engine.chat(task, options, &msg.payload, None).await
+    // The id is fixed here, so that a reply made outside the engine names it too.
+    let request_id: Arc<str> = match &mut options {
+        Ok(o) => o
+            .request_id
+            .get_or_insert_with(new_request_id)
+            .as_str()
+            .into(),
+        Err(_) => new_request_id().into(),
+    };
+    let streaming = may_stream(&msg.payload);
+    let served = AssertUnwindSafe(serve_one(
+        &msg,
+        reply_to.clone(),
+        client,
+        engine,
+        task,
+        options,
+        streaming,
+    ))
+    .catch_unwind();
+    let outcome = tokio::select! {
+        r = served => r.unwrap_or_else(|panic| {
+            error!(request_id = %request_id, panic = panic_text(&*panic), "the request's task failed");
+            engine.count_failure(ErrorKind::Internal);
+            let failed = Failed::new(
+                ErrorKind::Internal,
+                format!("the engine failed on this request (logged with request id {request_id})"),
+            );
+            ChatOutcome::failed(request_id.clone(), failed, streaming)
+        }),
+        () = abort.cancelled() => {
+            warn!(request_id = %request_id, "shutdown deadline passed: answering unavailable");
+            engine.count_failure(ErrorKind::Unavailable);
+            let failed = Failed::new(
+                ErrorKind::Unavailable,
+                "this instance shut down before the request finished (limits.shutdown_timeout): try again",
+            );
+            ChatOutcome::failed(request_id.clone(), failed, streaming)
+        }
     };
     let error = outcome.result.as_ref().err().map(|f| f.kind.as_str());
+    let max_payload = client.server_info().max_payload;
+    publish(client, reply_to, outcome, Some(max_payload)).await;
+    error
+}
+
+/// Runs the request through the engine; a streamed one publishes its chunks as they come.
+async fn serve_one(
+    msg: &Message,
+    reply_to: Subject,
+    client: &Client,
+    engine: &Engine,
+    task: &str,
+    options: Result<RequestOptions, String>,
+    streaming: bool,
+) -> ChatOutcome {
+    if !streaming {
+        return engine.chat(task, options, &msg.payload, None).await;
+    }
+    // Chunks are published as they come, by this same task, while the engine produces them;
+    // the channel is small, so a slow NATS connection slows the provider read, not memory.
+    let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    let chat = async move { engine.chat(task, options, &msg.payload, Some(&tx)).await };
+    let publish = async {
+        while let Some(chunk) = rx.recv().await {
+            if let Err(e) = client.publish(reply_to.clone(), chunk).await {
+                warn!(error = %e, "could not publish a stream chunk");
+            }
+        }
+    };
+    tokio::join!(chat, publish).0
+}
+
+/// Publishes the reply; one larger than the server's `max_payload` becomes an `internal` error
+/// that says so (the provider's answer is lost, but the caller is told instead of timing out).
+pub(super) async fn publish(
+    client: &Client,
+    reply_to: Subject,
+    outcome: ChatOutcome,
+    max_payload: Option<usize>,
+) {
+    let outcome = match max_payload {
+        Some(max) => outcome.fit(max),
+        None => outcome,
+    };
     let reply = outcome.into_reply();
     let mut headers = HeaderMap::new();
     for (name, value) in reply.headers {
@@ -108,7 +213,27 @@ async fn handle(
     {
         warn!(error = %e, "could not publish a reply");
     }
-    error
+}
+
+/// The `Llm-Request-Id` a caller sent, if it is one we echo.
+fn requested_id(headers: &Option<HeaderMap>) -> Option<String> {
+    header(headers.as_ref(), crate::protocol::headers::REQUEST_ID)
+        .map(str::trim)
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= crate::protocol::headers::MAX_REQUEST_ID
+                && !id.chars().any(char::is_control)
+        })
+        .map(str::to_string)
+}
+
+/// What a panic said, for the log line.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Chunks held between the provider and NATS for one streamed request.

@@ -18,23 +18,25 @@
 //! the streams and the consumer are looked up (or created) again after a failure.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use async_nats::{Client, HeaderMap};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::chat::header;
 use crate::config::{Config, JobsConfig};
-use crate::engine::Engine;
-use crate::protocol::headers::{JOB_ID, RESULT_SUBJECT};
-use crate::protocol::{RequestOptions, Subjects};
+use crate::engine::{ChatOutcome, Engine};
+use crate::protocol::headers::{JOB_ID, RESULT_SUBJECT, new_request_id};
+use crate::protocol::{ErrorKind, RequestOptions, Subjects};
+use crate::routing::fallback::Failed;
 
 /// How long one pull request waits for jobs. Also bounds how long shutdown waits for the
 /// current pull to end (jobs it brings are still run), so it is kept short.
@@ -55,6 +57,8 @@ struct Jobs {
     config: JobsConfig,
     /// Job ids running on this instance.
     running: RunningJobs,
+    /// Shutdown ran out of time: jobs still running stop unacked, to be redelivered elsewhere.
+    abort: CancellationToken,
 }
 
 /// The streams and consumer, as looked up (or created) by `setup`.
@@ -72,6 +76,7 @@ pub fn serve(
     config: &Config,
     tracker: TaskTracker,
     stop: CancellationToken,
+    abort: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     let jobs = Arc::new(Jobs {
         js: jetstream::new(client.clone()),
@@ -80,6 +85,7 @@ pub fn serve(
         subjects: Subjects::new(&config.nats.prefix),
         config: config.jobs.clone(),
         running: RunningJobs::default(),
+        abort,
     });
     serve_jobs(jobs, tracker, stop)
 }
@@ -235,6 +241,11 @@ impl Jobs {
         loop {
             tokio::select! {
                 () = &mut work => return,
+                () = self.abort.cancelled() => {
+                    // Not acked, not nacked: redelivered to another instance after `ack_wait`.
+                    warn!(subject = %msg.subject, "shutdown deadline passed: job left unacked for redelivery");
+                    return;
+                }
                 _ = progress.tick() => {
                     if let Err(e) = msg.ack_with(AckKind::Progress).await {
                         warn!(error = %e, "async jobs: could not send an in-progress ack");
@@ -283,7 +294,7 @@ impl Jobs {
             .subjects
             .submit_task_of(&msg.subject)
             .unwrap_or_default();
-        let options = match job.problem {
+        let mut options = match job.problem {
             Some(p) => Err(p),
             None => RequestOptions::from_lookup(
                 |name| header(msg.headers.as_ref(), name),
@@ -295,10 +306,30 @@ impl Jobs {
                 o
             }),
         };
-        let reply = self
-            .engine
-            .chat(task, options, &msg.payload, None)
-            .await
+        let request_id: Arc<str> = match &mut options {
+            Ok(o) => o
+                .request_id
+                .get_or_insert_with(new_request_id)
+                .as_str()
+                .into(),
+            Err(_) => new_request_id().into(),
+        };
+        let served = AssertUnwindSafe(self.engine.chat(task, options, &msg.payload, None))
+            .catch_unwind()
+            .await;
+        let outcome = served.unwrap_or_else(|panic| {
+            error!(request_id = %request_id, job = %job.id, panic = super::chat::panic_text(&*panic), "the job's task failed");
+            self.engine.count_failure(ErrorKind::Internal);
+            let failed = Failed::new(
+                ErrorKind::Internal,
+                format!("the engine failed on this job (logged with request id {request_id})"),
+            );
+            ChatOutcome::failed(request_id.clone(), failed, false)
+        });
+        // A result too large for one NATS message is stored as the error that says so: a
+        // redelivery would pay the provider again for the same too-large answer.
+        let reply = outcome
+            .fit(self.client.server_info().max_payload)
             .into_reply();
         let mut headers = HeaderMap::new();
         for (name, value) in reply.headers {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, NatsConfig};
 use crate::engine::Engine;
@@ -101,7 +101,19 @@ pub async fn connect(c: &NatsConfig, name: &str) -> Result<async_nats::Client, I
     Ok(client)
 }
 
-/// Serves until `shutdown` resolves, then drains.
+/// How a serving loop's tasks are tracked and ended: `stop` ends taking new work (drain),
+/// `abort` ends the work still running once the shutdown timeout has passed.
+#[derive(Clone)]
+pub struct Tasks {
+    pub tracker: TaskTracker,
+    pub stop: CancellationToken,
+    pub abort: CancellationToken,
+}
+
+/// How long answering what is left after the shutdown timeout may take.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves until `shutdown` resolves, then drains for at most `limits.shutdown_timeout`.
 pub async fn run(
     client: async_nats::Client,
     engine: Arc<Engine>,
@@ -110,6 +122,9 @@ pub async fn run(
 ) -> Result<(), IngressError> {
     let subjects = Subjects::new(&config.nats.prefix);
     let stop = CancellationToken::new();
+    // Cancelled when draining outlasts `limits.shutdown_timeout`: what still runs is answered
+    // (requests) or left unacked (jobs).
+    let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     let metrics = match config.metrics_listen {
@@ -151,8 +166,11 @@ pub async fn run(
         engine.clone(),
         subjects.clone(),
         service.endpoints.chat.clone(),
-        tracker.clone(),
-        stop.clone(),
+        Tasks {
+            tracker: tracker.clone(),
+            stop: stop.clone(),
+            abort: abort.clone(),
+        },
     ));
     let status_loop = tokio::spawn(status::serve(
         status,
@@ -177,6 +195,7 @@ pub async fn run(
             config,
             tracker.clone(),
             stop.clone(),
+            abort.clone(),
         ))
     });
     let cluster = config.cluster.enabled.then(|| {
@@ -195,20 +214,41 @@ pub async fn run(
     );
 
     shutdown.await;
+    let grace = config.limits.shutdown_timeout;
     info!(
         in_flight = tracker.len(),
+        timeout = %humantime::format_duration(grace),
         "shutting down: draining requests in flight"
     );
-    stop.cancel();
-    let _ = chat_loop.await;
-    // The batch service cancels its batches once `stop` is cancelled; their tasks are tracked.
-    let _ = batch_loop.await;
-    // The jobs loop lets its last pull end; the jobs it brought are tracked.
-    if let Some(j) = jobs_loop {
-        let _ = j.await;
+    let drained = tokio::time::timeout(grace, async {
+        stop.cancel();
+        let _ = chat_loop.await;
+        // The batch service cancels its batches once `stop` is cancelled; their tasks are tracked.
+        let _ = batch_loop.await;
+        // The jobs loop lets its last pull end; the jobs it brought are tracked.
+        if let Some(j) = jobs_loop {
+            let _ = j.await;
+        }
+        tracker.close();
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            left = tracker.len(),
+            "shutdown timeout passed: answering the requests left with `unavailable`, leaving unfinished jobs for redelivery"
+        );
+        abort.cancel();
+        tracker.close();
+        // Every request task answers at once on `abort`; a batch task that does not end within
+        // this is abandoned to its checkpoint, which a restart resumes.
+        if tokio::time::timeout(ABORT_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(left = tracker.len(), "tasks still running at exit");
+        }
     }
-    tracker.close();
-    tracker.wait().await;
     let _ = status_loop.await;
     let _ = srv_loop.await;
     if let Some(m) = metrics {

@@ -14,11 +14,13 @@ pub enum ErrorKind {
     Timeout,
     BudgetExceeded,
     InvalidOutput,
+    /// This instance already holds `limits.max_in_flight` requests.
+    Overloaded,
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         Self::InvalidRequest,
         Self::Auth,
         Self::NotFound,
@@ -27,6 +29,7 @@ impl ErrorKind {
         Self::Timeout,
         Self::BudgetExceeded,
         Self::InvalidOutput,
+        Self::Overloaded,
         Self::Internal,
     ];
 
@@ -40,6 +43,7 @@ impl ErrorKind {
             Self::Timeout => "timeout",
             Self::BudgetExceeded => "budget_exceeded",
             Self::InvalidOutput => "invalid_output",
+            Self::Overloaded => "overloaded",
             Self::Internal => "internal",
         }
     }

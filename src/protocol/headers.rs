@@ -40,6 +40,14 @@ pub struct RequestOptions {
     pub batch: bool,
 }
 
+/// A fresh request id: random (v4) from the thread's RNG, so no syscall and no shared
+/// generator to contend on.
+pub fn new_request_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 /// The longest `Llm-Request-Id` taken: ids are echoed in every reply and log line.
 pub const MAX_REQUEST_ID: usize = 256;
 

@@ -212,7 +212,8 @@ impl Router {
         let started = Instant::now();
         let mut w = Walk {
             started,
-            deadline: opts.deadline.map(|d| started + d),
+            // Deadlines are clamped to `limits.max_deadline` at the edge; the sum is checked anyway.
+            deadline: opts.deadline.and_then(|d| started.checked_add(d)),
             records: Vec::new(),
             calls: 0,
             failed_calls: 0,

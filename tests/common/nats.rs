@@ -34,6 +34,8 @@ pub struct NatsServer {
     port: u16,
     name: String,
     store: TempDir,
+    /// A config file of settings beyond the command line (e.g. `max_payload`), if any.
+    conf: Option<std::path::PathBuf>,
     child: Option<Child>,
 }
 
@@ -41,6 +43,17 @@ impl NatsServer {
     /// Starts a server on a free port with an empty JetStream store and
     /// waits until it accepts connections. Panics if that fails.
     pub fn start() -> NatsServer {
+        Self::start_conf(None)
+    }
+
+    /// Like `start`, with the server's `max_payload` (bytes a message may carry) set.
+    pub fn start_with_max_payload(bytes: usize) -> NatsServer {
+        let path = std::env::temp_dir().join(format!("{}.conf", unique_name()));
+        std::fs::write(&path, format!("max_payload: {bytes}\n")).expect("write nats config");
+        Self::start_conf(Some(path))
+    }
+
+    fn start_conf(conf: Option<std::path::PathBuf>) -> NatsServer {
         let store = tempfile::Builder::new()
             .prefix("switchyard-nats-")
             .tempdir()
@@ -49,12 +62,13 @@ impl NatsServer {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let name = unique_name();
-            match spawn_ready(port, &name, store.path()) {
+            match spawn_ready(port, &name, store.path(), conf.as_deref()) {
                 Ok(child) => {
                     return NatsServer {
                         port,
                         name,
                         store,
+                        conf,
                         child: Some(child),
                     };
                 }
@@ -104,7 +118,12 @@ impl NatsServer {
         self.stop();
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match spawn_ready(self.port, &self.name, self.store.path()) {
+            match spawn_ready(
+                self.port,
+                &self.name,
+                self.store.path(),
+                self.conf.as_deref(),
+            ) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -158,8 +177,17 @@ fn unique_name() -> String {
     )
 }
 
-fn spawn_ready(port: u16, name: &str, store: &Path) -> Result<Child, StartError> {
-    let mut child = Command::new(BINARY)
+fn spawn_ready(
+    port: u16,
+    name: &str,
+    store: &Path,
+    conf: Option<&Path>,
+) -> Result<Child, StartError> {
+    let mut command = Command::new(BINARY);
+    if let Some(conf) = conf {
+        command.arg("-c").arg(conf);
+    }
+    let mut child = command
         .args([
             "-a",
             "127.0.0.1",
