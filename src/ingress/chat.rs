@@ -3,6 +3,7 @@
 //! success, error, `overloaded`, `internal` if its task panicked, or `unavailable` when shutdown
 //! ran out of time.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -127,7 +128,7 @@ async fn handle(
         Err(_) => new_request_id().into(),
     };
     let streaming = may_stream(&msg.payload);
-    let served = AssertUnwindSafe(serve_one(
+    let served = serve_one(
         &msg,
         reply_to.clone(),
         client,
@@ -135,18 +136,9 @@ async fn handle(
         task,
         options,
         streaming,
-    ))
-    .catch_unwind();
+    );
     let outcome = tokio::select! {
-        r = served => r.unwrap_or_else(|panic| {
-            error!(request_id = %request_id, panic = panic_text(&*panic), "the request's task failed");
-            engine.count_failure(ErrorKind::Internal);
-            let failed = Failed::new(
-                ErrorKind::Internal,
-                format!("the engine failed on this request (logged with request id {request_id})"),
-            );
-            ChatOutcome::failed(request_id.clone(), failed, streaming)
-        }),
+        outcome = guarded(served, engine, &request_id, streaming) => outcome,
         () = abort.cancelled() => {
             warn!(request_id = %request_id, "shutdown deadline passed: answering unavailable");
             engine.count_failure(ErrorKind::Unavailable);
@@ -227,8 +219,31 @@ fn requested_id(headers: &Option<HeaderMap>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The engine's work on one request or job; should it panic (a fault of ours), the outcome is
+/// an `internal` error naming `request_id`, which the log line names too, so the caller still
+/// gets its one reply and the instance keeps serving.
+pub(super) async fn guarded(
+    work: impl Future<Output = ChatOutcome>,
+    engine: &Engine,
+    request_id: &Arc<str>,
+    streamed: bool,
+) -> ChatOutcome {
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            error!(request_id = %request_id, panic = panic_text(&*panic), "the request's task failed");
+            engine.count_failure(ErrorKind::Internal);
+            let failed = Failed::new(
+                ErrorKind::Internal,
+                format!("the engine failed on this request (logged with request id {request_id})"),
+            );
+            ChatOutcome::failed(request_id.clone(), failed, streamed)
+        }
+    }
+}
+
 /// What a panic said, for the log line.
-pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()
@@ -256,4 +271,25 @@ pub fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str>
         .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
         .and_then(|(_, v)| v.first())
         .map(|v| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn a_panic_in_the_engine_becomes_an_internal_reply_naming_the_request() {
+        let engine = Engine::start(&Config::demo(), "t").await.unwrap();
+        let id: Arc<str> = "req-42".into();
+        let outcome = guarded(async { panic!("a bug of ours") }, &engine, &id, true).await;
+        let failed = outcome.result.as_ref().unwrap_err();
+        assert_eq!(failed.kind, ErrorKind::Internal);
+        assert!(failed.message.contains("req-42"), "{}", failed.message);
+        let reply = outcome.into_reply();
+        let stream_end = reply.headers.iter().find(|(k, _)| *k == "Llm-Stream");
+        assert_eq!(stream_end.map(|(_, v)| v.as_str()), Some("error"));
+        assert_eq!(engine.status().await.errors["internal"], 1);
+        engine.stop().await;
+    }
 }

@@ -18,25 +18,23 @@
 //! the streams and the consumer are looked up (or created) again after a failure.
 
 use std::collections::HashSet;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use async_nats::{Client, HeaderMap};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::chat::header;
 use crate::config::{Config, JobsConfig};
-use crate::engine::{ChatOutcome, Engine};
+use crate::engine::Engine;
 use crate::protocol::headers::{JOB_ID, RESULT_SUBJECT, new_request_id};
-use crate::protocol::{ErrorKind, RequestOptions, Subjects};
-use crate::routing::fallback::Failed;
+use crate::protocol::{RequestOptions, Subjects};
 
 /// How long one pull request waits for jobs. Also bounds how long shutdown waits for the
 /// current pull to end (jobs it brings are still run), so it is kept short.
@@ -314,18 +312,8 @@ impl Jobs {
                 .into(),
             Err(_) => new_request_id().into(),
         };
-        let served = AssertUnwindSafe(self.engine.chat(task, options, &msg.payload, None))
-            .catch_unwind()
-            .await;
-        let outcome = served.unwrap_or_else(|panic| {
-            error!(request_id = %request_id, job = %job.id, panic = super::chat::panic_text(&*panic), "the job's task failed");
-            self.engine.count_failure(ErrorKind::Internal);
-            let failed = Failed::new(
-                ErrorKind::Internal,
-                format!("the engine failed on this job (logged with request id {request_id})"),
-            );
-            ChatOutcome::failed(request_id.clone(), failed, false)
-        });
+        let served = self.engine.chat(task, options, &msg.payload, None);
+        let outcome = super::chat::guarded(served, &self.engine, &request_id, false).await;
         // A result too large for one NATS message is stored as the error that says so: a
         // redelivery would pay the provider again for the same too-large answer.
         let reply = outcome

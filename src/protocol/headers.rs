@@ -124,6 +124,29 @@ pub fn shorten(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a caller puts in the headers, reading them returns (never panics), and a
+        /// deadline that is taken is above zero and at most the bound.
+        #[test]
+        fn no_header_value_panics_the_reader(
+            name in prop_oneof![
+                Just(DEADLINE), Just(MAX_COST_USD), Just(REQUEST_ID), Just(STRATEGY), Just(AFFINITY)
+            ],
+            value in any::<String>(),
+            digits in "[0-9]{1,40}(\\.[0-9]{0,20})?(ns|us|ms|s|m|h|d|w|y|M)?",
+        ) {
+            for v in [value.as_str(), digits.as_str()] {
+                let read = RequestOptions::from_lookup(|n| (n == name).then_some(v), DAY);
+                if let Ok(o) = read {
+                    prop_assert!(o.deadline.is_none_or(|d| !d.is_zero() && d <= DAY));
+                }
+            }
+        }
+    }
 
     const DAY: Duration = Duration::from_secs(86_400);
 

@@ -71,7 +71,7 @@ impl ChatRequest {
         };
         let mut tokens = 0u64;
         for (i, m) in messages.iter().enumerate() {
-            tokens += check_message(i, m)?;
+            tokens = tokens.saturating_add(check_message(i, m)?);
         }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
@@ -90,16 +90,16 @@ impl ChatRequest {
                 return Err(bad("`tools` must be an array"));
             };
             // Tool schemas count against the context like prompt text does.
-            tokens += tools
+            tokens = tools
                 .iter()
                 .map(|t| estimate_text_tokens(&t.to_string()))
-                .sum::<u64>();
+                .fold(tokens, u64::saturating_add);
         }
         if !matches!(body.get("extra_body"), None | Some(Value::Object(_))) {
             return Err(bad("`extra_body` must be an object"));
         }
         // Each message also costs a few tokens of framing (role, separators).
-        let estimated_prompt_tokens = tokens + 4 * messages.len() as u64;
+        let estimated_prompt_tokens = tokens.saturating_add(4 * messages.len() as u64);
         Ok(Self {
             model,
             stream,
@@ -113,7 +113,8 @@ impl ChatRequest {
     /// Tokens to reserve against a `tpm` budget before the call: the prompt plus the completion it
     /// may produce (its `max_tokens`, else a typical short reply).
     pub fn estimated_total_tokens(&self) -> u64 {
-        self.estimated_prompt_tokens + u64::from(self.max_tokens.unwrap_or(256))
+        self.estimated_prompt_tokens
+            .saturating_add(u64::from(self.max_tokens.unwrap_or(256)))
     }
 
     /// The caller's `extra_body`, for the provider it was meant for.
@@ -240,9 +241,53 @@ pub fn estimate_text_tokens(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse(s: &str) -> Result<ChatRequest, InvalidRequest> {
         ChatRequest::parse(s.as_bytes())
+    }
+
+    /// JSON-ish text: the parser sees mostly near-misses of real requests, not only noise.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just(",".to_string()),
+            Just(":".to_string()),
+            Just("\"messages\"".to_string()),
+            Just("\"role\"".to_string()),
+            Just("\"content\"".to_string()),
+            Just("\"user\"".to_string()),
+            Just("\"tools\"".to_string()),
+            Just("\"max_tokens\"".to_string()),
+            Just("\"temperature\"".to_string()),
+            Just("\"stream\"".to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("-1".to_string()),
+            Just("1e400".to_string()),
+            Just("18446744073709551616".to_string()),
+            "[a-z\\\\\"]{0,6}",
+        ];
+        proptest::collection::vec(piece, 0..60).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn no_byte_string_panics_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ChatRequest::parse(&bytes);
+        }
+
+        #[test]
+        fn no_json_like_text_panics_the_parser(text in jsonish()) {
+            if let Ok(r) = ChatRequest::parse(text.as_bytes()) {
+                prop_assert!(r.estimated_total_tokens() >= r.estimated_prompt_tokens);
+            }
+        }
     }
 
     #[test]
