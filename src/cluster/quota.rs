@@ -16,6 +16,8 @@
 //! Token corrections (real usage replacing the estimate) ride on the next take's write, or are
 //! written on their own a second later when no take comes.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -187,12 +189,14 @@ impl SharedWindow {
             };
             let now_ms = super::wall_ms();
             let now_s = now_ms / 1000;
-            counters.retain(|&(s, _, _)| s + SPAN_S >= now_s);
+            counters.retain(|&(s, _, _)| s.saturating_add(SPAN_S) >= now_s);
             let base = (counters.clone(), revision);
             apply(&mut counters, folded);
+            // The counters are what every instance wrote: summed without trusting them to be
+            // small.
             let mut used = (
-                counters.iter().map(|c| c.1).sum::<u64>(),
-                counters.iter().map(|c| c.2).sum::<u64>(),
+                counters.iter().map(|c| c.1).fold(0, u64::saturating_add),
+                counters.iter().map(|c| c.2).fold(0, u64::saturating_add),
             );
             let (mut took, mut tokens) = (0u64, 0u64);
             let answers: Vec<Take> = batch
@@ -205,15 +209,15 @@ impl SharedWindow {
                     .into_iter()
                     .find_map(|(name, cap, amount, column, used)| {
                         let cap = cap?;
-                        (used + amount > cap).then(|| Take::Full {
+                        (used.saturating_add(amount) > cap).then(|| Take::Full {
                             limit: name,
                             retry_in: retry_in(&counters, column, used, amount, cap, now_ms),
                         })
                     });
                     full.unwrap_or_else(|| {
-                        used = (used.0 + 1, used.1 + w.estimate);
-                        took += 1;
-                        tokens += w.estimate;
+                        used = (used.0.saturating_add(1), used.1.saturating_add(w.estimate));
+                        took = took.saturating_add(1);
+                        tokens = tokens.saturating_add(w.estimate);
                         Take::Taken(Taken {
                             sec: now_s,
                             tokens: w.estimate,
@@ -234,8 +238,8 @@ impl SharedWindow {
             }
             match counters.last_mut() {
                 Some(c) if c.0 == now_s => {
-                    c.1 += took;
-                    c.2 += tokens;
+                    c.1 = c.1.saturating_add(took);
+                    c.2 = c.2.saturating_add(tokens);
                 }
                 _ => counters.push((now_s, took, tokens)),
             }
@@ -289,7 +293,9 @@ impl SharedWindow {
         if self.tpm.is_none() || actual == taken.tokens {
             return false;
         }
-        let delta = actual as i64 - taken.tokens as i64;
+        let delta = i64::try_from(actual)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(taken.tokens).unwrap_or(i64::MAX));
         if let Ok(mut p) = self.pending.lock() {
             p.push((taken.sec, delta));
         }
@@ -369,9 +375,9 @@ fn retry_in(
     }
     let mut freed = 0;
     for c in counters {
-        freed += column_of(c, column);
-        if used - freed + amount <= cap {
-            let leaves_at_ms = (c.0 + SPAN_S + 1) * 1000;
+        freed = column_of(c, column).saturating_add(freed);
+        if used.saturating_sub(freed).saturating_add(amount) <= cap {
+            let leaves_at_ms = c.0.saturating_add(SPAN_S + 1).saturating_mul(1000);
             return Duration::from_millis(leaves_at_ms.saturating_sub(now_ms));
         }
     }

@@ -4,6 +4,8 @@
 //! Pure state: the deployment actor feeds it outcomes and the time. In a cluster, what another
 //! instance's breaker decided is forced onto this one (`force_open`, `force_closed`).
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -129,7 +131,7 @@ impl Breaker {
             }
             CircuitState::HalfOpen if probe => {
                 self.probe_in_flight = false;
-                self.successes += 1;
+                self.successes = self.successes.saturating_add(1);
                 if self.successes >= self.success_threshold {
                     self.failures = 0;
                     self.go(CircuitState::Closed)
@@ -142,12 +144,18 @@ impl Breaker {
         }
     }
 
+    /// When a circuit opened `now` goes half-open. `reset_timeout` is at most ten years (config
+    /// validation), so the sum cannot overflow; were it to, the circuit would probe at once.
+    fn reopen_at(&self, now: Instant) -> Instant {
+        now.checked_add(self.reset_timeout).unwrap_or(now)
+    }
+
     pub fn on_failure(&mut self, now: Instant, probe: bool) -> Option<Transition> {
         match self.state {
             CircuitState::Closed => {
-                self.failures += 1;
+                self.failures = self.failures.saturating_add(1);
                 if self.failures >= self.failure_threshold {
-                    self.open_until = Some(now + self.reset_timeout);
+                    self.open_until = Some(self.reopen_at(now));
                     self.go(CircuitState::Open)
                 } else {
                     None
@@ -155,7 +163,7 @@ impl Breaker {
             }
             CircuitState::HalfOpen if probe => {
                 self.probe_in_flight = false;
-                self.open_until = Some(now + self.reset_timeout);
+                self.open_until = Some(self.reopen_at(now));
                 self.go(CircuitState::Open)
             }
             CircuitState::HalfOpen | CircuitState::Open => None,

@@ -7,6 +7,8 @@
 //! holds one entry per admitted request of the last minute (at most `rpm` entries), so memory is
 //! bounded by the limit, and `tpm` reservations can be corrected once real usage is known.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -48,7 +50,7 @@ impl WindowBudget {
             if now.saturating_duration_since(at) < self.window {
                 break;
             }
-            self.used -= amount;
+            self.used = self.used.saturating_sub(amount);
             self.entries.pop_front();
         }
     }
@@ -73,13 +75,13 @@ impl WindowBudget {
         cap: u64,
     ) -> Result<Ticket, Duration> {
         self.expire(now);
-        if self.used + amount > cap.min(self.limit) {
+        if self.used.saturating_add(amount) > cap.min(self.limit) {
             return Err(self.wait_for(now, amount));
         }
         let ticket = self.next_ticket;
-        self.next_ticket += 1;
+        self.next_ticket = self.next_ticket.wrapping_add(1);
         self.entries.push_back((now, ticket, amount));
-        self.used += amount;
+        self.used = self.used.saturating_add(amount);
         Ok(Ticket(ticket))
     }
 
@@ -93,7 +95,7 @@ impl WindowBudget {
             return;
         };
         if let Some(entry) = self.entries.get_mut(index as usize) {
-            self.used = self.used - entry.2 + actual;
+            self.used = self.used.saturating_sub(entry.2).saturating_add(actual);
             entry.2 = actual;
         }
     }
@@ -105,9 +107,11 @@ impl WindowBudget {
         // Real usage can exceed what was reserved, so `used` may stand above the limit.
         let mut freed = self.limit.saturating_sub(self.used);
         for &(at, _, a) in &self.entries {
-            freed += a;
+            freed = freed.saturating_add(a);
             if freed >= amount {
-                return (at + self.window).saturating_duration_since(now);
+                return self
+                    .window
+                    .saturating_sub(now.saturating_duration_since(at));
             }
         }
         self.window

@@ -1,6 +1,8 @@
 //! What a deployment actor publishes for the request path to read without a mailbox round trip:
 //! circuit state, in-flight count, latency, usage, cool-down and health, all in atomics.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
