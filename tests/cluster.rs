@@ -430,47 +430,6 @@ async fn a_killed_instance_costs_only_its_requests_in_flight() {
     drop(procs);
 }
 
-/// Not a pass/fail check: prints what the cluster-wide window adds to each attempt (a
-/// deployment with `rpm` pays a KV compare-and-swap; one without pays nothing).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cost_of_the_cluster_window_per_attempt() {
-    let nats = NatsServer::start();
-    let fake = FakeProvider::start().await;
-    let deployments = format!(
-        "{}{}{}",
-        openai_deployment(
-            "rpm-tpm",
-            "chat",
-            &fake.base_url(),
-            "rpm = 100000\ntpm = 100000000\n"
-        ),
-        openai_deployment("rpm-only", "chat1", &fake.base_url(), "rpm = 100000\n"),
-        openai_deployment("free", "chat2", &fake.base_url(), "")
-    );
-    let a = Running::start(&nats, config(&nats.url(), "", &deployments)).await;
-    wait_shared(&a).await;
-    let mut p50 = Vec::new();
-    for model in ["free", "rpm-only", "rpm-tpm", "free", "rpm-only", "rpm-tpm"] {
-        let body = HELLO.replace("gpt-4o", model);
-        let mut lat = Vec::new();
-        for _ in 0..200 {
-            let t = Instant::now();
-            let o = a
-                .engine
-                .chat("chat", Ok(RequestOptions::default()), body.as_bytes(), None)
-                .await;
-            assert!(o.result.is_ok());
-            lat.push(t.elapsed());
-        }
-        lat.sort();
-        p50.push((model, lat[100], lat[190]));
-    }
-    for (m, p50, p95) in &p50 {
-        println!("{m}: p50 {p50:?} p95 {p95:?}");
-    }
-    a.shutdown().await;
-}
-
 const JOB: &str = r#"
 name = "triage"
 task = "classify"

@@ -93,9 +93,19 @@ async fn latency_based_moves_away_from_a_slow_deployment_and_back() {
         "the slow deployment got {slow_share} of 20"
     );
 
-    // It recovers; once its old figure is stale it is probed and wins traffic back.
+    // It recovers; once its old figure is stale (LATENCY_FRESH, 2 s) it is probed and wins
+    // traffic back. Requests keep flowing until that probe happens, however long it takes.
     g.fakes[0].set_default(Fault::Ok);
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let stale_at = calls(&g)[0];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while calls(&g)[0] == stale_at {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow deployment was never probed again"
+        );
+        g.sy.ask("chat", HELLO, &[]).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let before = calls(&g);
     for _ in 0..20 {
         g.sy.ask("chat", HELLO, &[]).await;
