@@ -650,7 +650,7 @@ mod tests {
     #[tokio::test]
     async fn a_restarted_actor_keeps_the_circuit_another_instance_opened() {
         use crate::cluster::Remote;
-        use crate::deployment::breaker::CircuitState;
+        use crate::protocol::CircuitState;
 
         let engine = Engine::start(&Config::demo(), "t").await.unwrap();
         let slot = &engine.router.slots[0];

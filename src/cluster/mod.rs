@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
-use crate::deployment::breaker::CircuitState;
 use crate::observe::events::now_rfc3339;
 use crate::observe::status::ClusterStatus;
+use crate::protocol::CircuitState;
 
 /// What a deployment actor asks the sync task to put in the bucket.
 #[derive(Debug, Clone)]

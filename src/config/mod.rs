@@ -10,6 +10,7 @@ mod limits;
 pub mod prices;
 mod raw;
 mod secret;
+mod strategy;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,8 +23,7 @@ pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpe
 pub use jobs::JobsConfig;
 pub use limits::LimitsConfig;
 pub use secret::Secret;
-
-use crate::routing::strategy::Strategy;
+pub use strategy::Strategy;
 
 /// The demo config, embedded so that `switchyard demo` runs on a fresh machine with no files.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::deployment::breaker::CircuitState;
+use crate::protocol::CircuitState;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -1,12 +1,14 @@
 //! What callers see on the wire: the OpenAI-shaped request and reply, the `Llm-*` headers, error
 //! kinds and subject names. No routing logic lives here.
 
+pub mod circuit;
 pub mod error;
 pub mod headers;
 pub mod request;
 pub mod response;
 pub mod subjects;
 
+pub use circuit::CircuitState;
 pub use error::{AttemptRecord, ErrorBody, ErrorDetail, ErrorKind};
 pub use headers::RequestOptions;
 pub use request::{ChatRequest, InvalidRequest};

@@ -14,8 +14,8 @@ use super::budget::Verdict;
 use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::{ProviderKind, Shift};
-use crate::deployment::breaker::CircuitState;
 use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip, StreamAttempt};
+use crate::protocol::CircuitState;
 use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions, Usage};
 use crate::providers::{Failure, ProviderReply};
 

@@ -5,56 +5,10 @@
 
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
-use std::str::FromStr;
 
 use rand::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Weighted random.
-    #[default]
-    SimpleShuffle,
-    /// Fewest calls in flight.
-    LeastBusy,
-    /// Most `rpm`/`tpm` headroom left this minute.
-    UsageBased,
-    /// Lowest recent latency (EWMA), power of two choices for the first pick.
-    LatencyBased,
-    /// Cheapest for this request's estimated tokens.
-    CostBased,
-}
-
-impl Strategy {
-    pub const NAMES: [&str; 5] = [
-        "simple-shuffle",
-        "least-busy",
-        "usage-based",
-        "latency-based",
-        "cost-based",
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        Self::NAMES[self as usize]
-    }
-}
-
-impl FromStr for Strategy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "simple-shuffle" => Ok(Self::SimpleShuffle),
-            "least-busy" => Ok(Self::LeastBusy),
-            "usage-based" | "usage-based-routing" => Ok(Self::UsageBased),
-            "latency-based" | "latency-based-routing" => Ok(Self::LatencyBased),
-            "cost-based" => Ok(Self::CostBased),
-            other => Err(format!(
-                "unknown strategy `{other}` ({})",
-                Self::NAMES.join(" | ")
-            )),
-        }
-    }
-}
+pub use crate::config::Strategy;
 
 /// Latency-based: within this share of the fastest counts as equally fast...
 const LATENCY_BUFFER: f64 = 0.5;
