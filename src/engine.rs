@@ -174,6 +174,10 @@ impl Engine {
         &self.router.slots
     }
 
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
+    }
+
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<events::Event> {
         self.events.subscribe()
     }
