@@ -125,7 +125,7 @@ impl Engine {
         )
         .await?;
         let spend = Arc::new(Spend::new(config));
-        let ledger = Ledger::open(&config.storage.path, spend.clone())?;
+        let ledger = Ledger::open(&config.storage.path, &instance, spend.clone()).await?;
         let router = Arc::new(Router::new(config, slots, spend));
         let alerts = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let stop = CancellationToken::new();
