@@ -433,6 +433,14 @@ impl BatchService {
             .map_err(|e| ("internal", format!("the submission could not be read: {e}")))??;
         let id = prepared.id.clone();
         let cancel = loop {
+            // A batch started now would hold the shutdown up until it ends.
+            if self.shutting_down.load(Relaxed) {
+                return Err((
+                    "unavailable",
+                    "this instance is shutting down: submit again (another instance takes it)"
+                        .into(),
+                ));
+            }
             match self.claim(&id) {
                 Claim::Mine(cancel) => break cancel,
                 Claim::Running => {
