@@ -151,7 +151,7 @@ pub enum BatchCommand {
     /// Start a batch inside a running `serve` (over NATS); prints its id.
     Submit {
         job: PathBuf,
-        /// The input file, as a path the serving machine can read.
+        /// The input file (JSONL or CSV), read here and sent inline with the job.
         #[arg(long)]
         input: PathBuf,
         /// Stay and print each result as it comes, until the batch ends.

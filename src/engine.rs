@@ -127,7 +127,7 @@ impl Engine {
         )
         .await?;
         let spend = Arc::new(Spend::new(config));
-        let ledger = Ledger::open(&config.storage.path, spend.clone())?;
+        let ledger = Ledger::open(&config.storage.path, &instance, spend.clone()).await?;
         let router = Arc::new(Router::new(config, slots, spend));
         let alerts = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let stop = CancellationToken::new();
@@ -186,6 +186,10 @@ impl Engine {
 
     pub(crate) fn slots(&self) -> &Arc<[Slot]> {
         &self.router.slots
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
     }
 
     pub fn events(&self) -> tokio::sync::broadcast::Receiver<events::Event> {

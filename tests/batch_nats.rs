@@ -26,6 +26,14 @@ fn items(n: usize) -> Vec<Value> {
 }
 
 async fn setup(db: &std::path::Path) -> (NatsServer, FakeProvider, switchyard::config::Config) {
+    setup_with(db, "").await
+}
+
+/// As `setup`, with more config sections.
+async fn setup_with(
+    db: &std::path::Path,
+    more: &str,
+) -> (NatsServer, FakeProvider, switchyard::config::Config) {
     let nats = NatsServer::start();
     let fake = FakeProvider::start_named("p").await;
     fake.set_default(Fault::delay(
@@ -37,7 +45,7 @@ async fn setup(db: &std::path::Path) -> (NatsServer, FakeProvider, switchyard::c
         },
     ));
     let rest = format!(
-        "[storage]\npath = {:?}\n[tasks]\nclassify = \"main\"\n",
+        "[storage]\npath = {:?}\n[tasks]\nclassify = \"main\"\n{more}",
         db.display().to_string()
     );
     let cfg = config(
@@ -270,7 +278,12 @@ async fn a_batch_takes_only_its_share_of_the_limits_and_live_requests_keep_their
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_batch_resumes_when_submitted_again() {
     let dir = tempfile::tempdir().unwrap();
-    let (nats, fake, cfg) = setup(&dir.path().join("sy.db")).await;
+    // Files are read only under `[batch] input_dir`.
+    let more = format!(
+        "[batch]\ninput_dir = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let (nats, fake, cfg) = setup_with(&dir.path().join("sy.db"), &more).await;
     let input = dir.path().join("tickets.jsonl");
     let lines: String = items(100).iter().map(|i| format!("{i}\n")).collect();
     std::fs::write(&input, lines).unwrap();

@@ -7,3 +7,4 @@ pub mod checkpoint;
 pub mod input;
 pub mod job;
 pub mod runner;
+pub mod source;

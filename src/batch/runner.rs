@@ -19,12 +19,12 @@ use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::checkpoint::{BatchState, Checkpoint, ItemResult, Status, output_line};
+use super::checkpoint::{BatchState, Checkpoint, Counts, ItemResult, Status, output_line};
 use super::input::Input;
 use super::job::Job;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::protocol::{ErrorKind, RequestOptions};
+use crate::protocol::{ChatRequest, ErrorKind, RequestOptions};
 
 pub struct RunArgs {
     pub job: PathBuf,
@@ -68,14 +68,21 @@ struct Progress {
 }
 
 /// What a caller can plug into a run: a channel that gets every item as it is checkpointed, a
-/// token that stops new calls, and a sink for progress counts.
+/// token that stops new calls, a sink for progress counts, and the batch's id when the caller
+/// names it.
 #[derive(Default)]
 pub struct Hooks {
     pub items: Option<tokio::sync::mpsc::UnboundedSender<ItemResult>>,
     pub cancel: tokio_util::sync::CancellationToken,
     /// (done, total, failed), sent every second.
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<(u64, u64, u64)>>,
+    /// The checkpoint's batch id (`serve` names batches by content); by default it is made from
+    /// the job name and the input path, so the same command run again resumes.
+    pub batch_id: Option<String>,
 }
+
+/// Records read ahead of the workers by the reading thread.
+const READ_AHEAD: usize = 256;
 
 /// `switchyard batch run`: its own engine on `config`, stopped at the end.
 pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<Summary> {
@@ -85,21 +92,22 @@ pub async fn run(config: &Config, args: RunArgs) -> anyhow::Result<Summary> {
     summary
 }
 
-/// A run through an engine that also serves other traffic (`serve`). Cancelled through
-/// `hooks.cancel`, it stops taking items at once; items in flight finish and are checkpointed, so
-/// the batch resumes where it stopped.
-pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow::Result<Summary> {
-    let started = Instant::now();
-    let job = Arc::new(Job::load(&args.job)?);
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| default_output(&args.input));
+/// Runs blocking work (files, SQLite) off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow::anyhow!("batch I/O task failed: {e}"))?
+}
 
-    // Pass 1: check every record before any call, and count them.
+/// Pass 1 of a run: every record of `input` must have the fields the prompt uses. Returns how
+/// many records there are, or names the first records that do not fit (line and field, never
+/// the record's text).
+pub fn check_input(job: &Job, input: &Path) -> anyhow::Result<u64> {
     let mut total = 0u64;
     let mut problems = Vec::new();
-    for record in Input::open(&args.input)? {
+    for record in Input::open(input)? {
         let record = record?;
         total += 1;
         if let Ok(fields) = &record.fields
@@ -117,24 +125,59 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
             .join("\n");
         anyhow::bail!(
             "{}: {} record(s) do not fit the prompt template; no call was made:\n{shown}",
-            args.input.display(),
+            input.display(),
             problems.len()
         );
     }
+    Ok(total)
+}
 
-    let checkpoint = Checkpoint::open(&args.db)?;
-    let batch_id = Checkpoint::batch_id_for(&job.name, &args.input);
-    let resume = checkpoint.begin(
-        &batch_id,
-        &job.name,
-        &job.hash(),
-        &args.input,
-        &Input::hash(&args.input)?,
-        args.restart,
-    )?;
-    checkpoint.set_total(&batch_id, total)?;
+/// A run through an engine that also serves other traffic (`serve`). Cancelled through
+/// `hooks.cancel`, it stops taking items at once; items in flight finish and are checkpointed, so
+/// the batch resumes where it stopped. Files and the checkpoint are read and written on blocking
+/// threads, never on the async workers that serve live requests.
+pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let job_path = args.job.clone();
+    let job = Arc::new(blocking(move || Ok(Job::load(&job_path)?)).await?);
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&args.input));
+
+    // Pass 1: check every record before any call, and count them.
+    let total = {
+        let (job, input) = (job.clone(), args.input.clone());
+        blocking(move || check_input(&job, &input)).await?
+    };
+
+    let (checkpoint, batch_id, resume, writer) = {
+        let (job, input, db, restart) = (
+            job.clone(),
+            args.input.clone(),
+            args.db.clone(),
+            args.restart,
+        );
+        let named = hooks.batch_id.clone();
+        blocking(move || {
+            let checkpoint = Checkpoint::open(&db)?;
+            let batch_id = named.unwrap_or_else(|| Checkpoint::batch_id_for(&job.name, &input));
+            let resume = checkpoint.begin(
+                &batch_id,
+                &job.name,
+                &job.hash(),
+                &input,
+                &Input::hash(&input)?,
+                restart,
+            )?;
+            checkpoint.set_total(&batch_id, total)?;
+            let writer = checkpoint.writer(&batch_id)?;
+            Ok((Arc::new(checkpoint), batch_id, resume, writer))
+        })
+        .await?
+    };
     let resumed = resume.done.len() as u64;
-    let writer = Arc::new(checkpoint.writer(&batch_id)?);
+    let writer = Arc::new(writer);
 
     let progress = Arc::new(Progress::default());
     progress.done.store(resumed, Relaxed);
@@ -143,18 +186,54 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         None => show_progress(progress.clone(), total, job.name.clone()),
     };
 
+    // Pass 2: a thread reads the records not done yet; the workers take them from a channel.
+    let (records_tx, mut records) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = {
+        let input = args.input.clone();
+        tokio::task::spawn_blocking(move || {
+            let opened = match Input::open(&input) {
+                Ok(i) => i,
+                Err(e) => {
+                    let _ = records_tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for record in opened {
+                if record.as_ref().is_ok_and(|r| resume.done.contains(&r.line)) {
+                    continue;
+                }
+                // The run stopped taking records (cancelled or failed): stop reading.
+                if records_tx.blocking_send(record).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
     let limit = Arc::new(Semaphore::new(job.concurrency));
     let mut workers = tokio::task::JoinSet::new();
     let mut cancelled = false;
-    for record in Input::open(&args.input)? {
-        let record = record?;
-        if resume.done.contains(&record.line) {
-            continue;
-        }
+    let mut read_error = None;
+    loop {
         if hooks.cancel.is_cancelled() {
             cancelled = true;
             break;
         }
+        let record = tokio::select! {
+            r = records.recv() => r,
+            _ = hooks.cancel.cancelled() => {
+                cancelled = true;
+                break;
+            }
+        };
+        let record = match record {
+            None => break,
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                read_error = Some(e);
+                break;
+            }
+        };
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => p?,
             _ = hooks.cancel.cancelled() => {
@@ -207,33 +286,28 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
             done???;
         }
     }
+    // The reading thread ends once it sees the channel closed.
+    drop(records);
     while let Some(done) = workers.join_next().await {
         done???;
     }
+    let _ = reader.await;
     display.abort();
     let writer =
         Arc::try_unwrap(writer).map_err(|_| anyhow::anyhow!("checkpoint writer still in use"))?;
-    tokio::task::spawn_blocking(move || writer.close()).await??;
+    blocking(move || Ok(writer.close()?)).await?;
+    if let Some(e) = read_error {
+        return Err(e.into());
+    }
 
-    if cancelled {
-        checkpoint.set_state(&batch_id, BatchState::Cancelled)?;
-    } else {
-        write_output(&checkpoint, &batch_id, &output)?;
-        checkpoint.set_state(&batch_id, BatchState::Done)?;
-    }
-    let counts = checkpoint.counts(&batch_id)?;
-    let mut failures = Vec::new();
-    if counts.failed > 0 {
-        for row in checkpoint.items_in_order(&batch_id)? {
-            let row = row?;
-            if row.status == Status::Failed {
-                failures.push((row.item_id, row.error.unwrap_or_default()));
-                if failures.len() == 10 {
-                    break;
-                }
-            }
-        }
-    }
+    let (counts, failures, output) = {
+        let batch_id = batch_id.clone();
+        blocking(move || {
+            let (counts, failures) = finish(&checkpoint, &batch_id, &output, cancelled)?;
+            Ok((counts, failures, output))
+        })
+        .await?
+    };
     Ok(Summary {
         cancelled,
         batch_id,
@@ -251,6 +325,36 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
     })
 }
 
+/// The end of a run, on a blocking thread: the output file (when every item is done), the
+/// batch's state, its counts and its first failures.
+fn finish(
+    checkpoint: &Checkpoint,
+    batch_id: &str,
+    output: &Path,
+    cancelled: bool,
+) -> anyhow::Result<(Counts, Vec<(String, String)>)> {
+    if cancelled {
+        checkpoint.set_state(batch_id, BatchState::Cancelled)?;
+    } else {
+        write_output(checkpoint, batch_id, output)?;
+        checkpoint.set_state(batch_id, BatchState::Done)?;
+    }
+    let counts = checkpoint.counts(batch_id)?;
+    let mut failures = Vec::new();
+    if counts.failed > 0 {
+        for row in checkpoint.items_in_order(batch_id)? {
+            let row = row?;
+            if row.status == Status::Failed {
+                failures.push((row.item_id, row.error.unwrap_or_default()));
+                if failures.len() == 10 {
+                    break;
+                }
+            }
+        }
+    }
+    Ok((counts, failures))
+}
+
 /// One item: a call, its output checked against the job's rule; an output that fails is retried
 /// on another candidate, up to `max_attempts` provider calls in all. Also says whether any call
 /// fell back.
@@ -266,6 +370,9 @@ async fn run_item(
         Ok(b) => b,
         Err(e) => return Some((failed(line, id, e.to_string()), false)),
     };
+    if let Some(why) = never_admitted(job, engine, &body) {
+        return Some((failed(line, id, why), false));
+    }
     let mut fell_back = false;
     let mut options = RequestOptions {
         request_id: Some(format!("{}-{line}", job.name)),
@@ -351,6 +458,20 @@ async fn run_item(
     Some((item, fell_back))
 }
 
+/// Why no candidate could ever admit this item, if none could: its token estimate is above
+/// every candidate's batch share of `tpm`, so waiting for room would wait forever.
+fn never_admitted(job: &Job, engine: &Engine, body: &[u8]) -> Option<String> {
+    // A body the engine refuses is answered by the engine, with its own reason.
+    let req = ChatRequest::parse(body).ok()?;
+    let ceiling = engine.router().batch_token_ceiling(&job.task, &req)?;
+    let needs = req.estimated_total_tokens();
+    (needs > ceiling).then(|| {
+        format!(
+            "needs ~{needs} tokens, above what every candidate's tpm allows a batch ({ceiling})"
+        )
+    })
+}
+
 fn failed(line: u64, id: &str, why: String) -> ItemResult {
     ItemResult {
         line,
@@ -371,8 +492,8 @@ fn completion_text(body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| {
-            v["choices"][0]["message"]["content"]
-                .as_str()
+            v.pointer("/choices/0/message/content")
+                .and_then(Value::as_str)
                 .map(str::to_string)
         })
         .unwrap_or_default()

@@ -9,6 +9,11 @@
 //! one holding its lease (`crate::cluster::lease`). Instances that share the folder next to
 //! `storage.path` (same host, or a shared volume) take over a batch whose owner died and resume it
 //! from its checkpoints; a `serve` stopped by SIGTERM gives its leases up at once.
+//!
+//! A batch is named by its content (`crate::batch::source`): submitting the same job over the
+//! same input while it runs answers the same `batch_id` and starts nothing, on this instance
+//! (the set of running batches) and on the others (the lease). Files are read only under
+//! `[batch] input_dir`, and every file and SQLite access runs on a blocking thread.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, Message};
+use async_nats::{Client, HeaderMap, Message};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -26,11 +31,14 @@ use tracing::{info, warn};
 use super::IngressError;
 use super::service::Counters;
 use crate::batch::checkpoint::{Checkpoint, output_line};
+use crate::batch::input::{Format, Input};
 use crate::batch::job::Job;
 use crate::batch::runner::{self, Hooks, RunArgs};
+use crate::batch::source;
 use crate::cluster::lease::{self, Acquired, RenewError};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::protocol::headers;
 
 pub struct BatchService {
     client: Client,
@@ -38,8 +46,11 @@ pub struct BatchService {
     prefix: String,
     db: PathBuf,
     dir: PathBuf,
-    /// Batches running on this instance, to cancel them.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// `[batch] input_dir`: the only folder `job_path` and `input_path` are read from.
+    input_dir: Option<PathBuf>,
+    /// Batches running on this instance (or about to), by id: a second submit of one of them
+    /// starts nothing.
+    running: Mutex<HashMap<String, Run>>,
     /// Batch tasks, so that shutdown waits for their in-flight items to be checkpointed.
     tracker: TaskTracker,
     /// Set at shutdown: a batch stopped then stays `running`, to be resumed by the next `serve`.
@@ -50,6 +61,46 @@ pub struct BatchService {
     lease_ttl: Option<Duration>,
     /// The leases this instance holds, by batch id.
     leases: Mutex<HashMap<String, Held>>,
+}
+
+/// A batch this instance runs.
+struct Run {
+    /// Stops the run (cancel, shutdown, lost lease).
+    cancel: CancellationToken,
+    /// The run has returned and its end is being recorded.
+    ending: bool,
+    /// Cancelled once the batch has left `running`: a submit waiting to start it again goes on.
+    gone: CancellationToken,
+}
+
+/// What `claim` found.
+enum Claim {
+    /// Now this instance's to start.
+    Mine(CancellationToken),
+    /// Running here already.
+    Running,
+    /// Stopping: claim again once this is cancelled.
+    Stopping(CancellationToken),
+}
+
+/// How long a submit waits for a stopping run of the same batch to end before it gives up.
+const STOPPING_WAIT: Duration = Duration::from_secs(30);
+
+/// A refused submission: its error kind and message.
+type Refusal = (&'static str, String);
+
+/// A submission that was read and checked: what the batch is and where its input comes from.
+struct Prepared {
+    id: String,
+    job_text: String,
+    input: Source,
+}
+
+enum Source {
+    /// `items`, as JSONL text.
+    Inline(String),
+    /// `input_path`, resolved under `input_dir`.
+    File(PathBuf),
 }
 
 /// A lease this instance holds (or is about to take: revision 0).
@@ -84,6 +135,7 @@ impl BatchService {
             prefix: config.nats.prefix.clone(),
             db,
             dir,
+            input_dir: config.batch_input_dir.clone(),
             running: Mutex::new(HashMap::new()),
             tracker,
             shutting_down: AtomicBool::new(false),
@@ -93,13 +145,36 @@ impl BatchService {
         })
     }
 
-    fn record_db(&self) -> rusqlite::Result<rusqlite::Connection> {
-        let db = rusqlite::Connection::open(&self.db)?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS served_batches (
-                 id TEXT PRIMARY KEY, dir TEXT NOT NULL, state TEXT NOT NULL);",
-        )?;
-        Ok(db)
+    /// Takes batch `id` for this instance unless it runs here already.
+    fn claim(&self, id: &str) -> Claim {
+        let Ok(mut running) = self.running.lock() else {
+            return Claim::Running;
+        };
+        match running.get(id) {
+            // Cancelled by a request: it is stopping, and a new submit resumes it afterwards.
+            Some(r) if r.ending || r.cancel.is_cancelled() => Claim::Stopping(r.gone.clone()),
+            Some(_) => Claim::Running,
+            None => {
+                let cancel = CancellationToken::new();
+                running.insert(
+                    id.to_string(),
+                    Run {
+                        cancel: cancel.clone(),
+                        ending: false,
+                        gone: CancellationToken::new(),
+                    },
+                );
+                Claim::Mine(cancel)
+            }
+        }
+    }
+
+    /// The batch left this instance (ended, handed over, or never started).
+    fn unclaim(&self, id: &str) {
+        let run = self.running.lock().ok().and_then(|mut r| r.remove(id));
+        if let Some(run) = run {
+            run.gone.cancel();
+        }
     }
 
     /// Subscribes and serves until `stop`; first resumes what a previous run left running.
@@ -129,13 +204,16 @@ impl BatchService {
             // Unfinished batches are resumed as their leases are taken.
             Some(ttl) => Some(tokio::spawn(self.clone().keep_leases(ttl, stop.clone()))),
             None => {
-                self.resume_unfinished();
+                self.resume_unfinished().await;
                 None
             }
         };
         loop {
             tokio::select! {
-                Some(m) = submit.next() => self.clone().submit(m).await,
+                // Each submit in its own task: reading and hashing an input file takes a while.
+                Some(m) = submit.next() => {
+                    self.tracker.spawn(self.clone().submit(m));
+                }
                 Some(m) = status.next() => self.status(m).await,
                 Some(m) = cancel.next() => self.cancel(m).await,
                 _ = stop.cancelled() => break,
@@ -148,7 +226,7 @@ impl BatchService {
         for token in self
             .running
             .lock()
-            .map(|r| r.values().cloned().collect::<Vec<_>>())
+            .map(|r| r.values().map(|r| r.cancel.clone()).collect::<Vec<_>>())
             .unwrap_or_default()
         {
             token.cancel();
@@ -160,13 +238,23 @@ impl BatchService {
     }
 
     /// Batches recorded as running, with their folders.
-    fn running_records(&self) -> Vec<(String, String)> {
-        match self.record_db().and_then(|db| {
-            let mut q = db.prepare("SELECT id, dir FROM served_batches WHERE state = 'running'")?;
-            let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        }) {
-            Ok(r) => r,
+    async fn running_records(&self) -> Vec<(String, String)> {
+        let db = self.db.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            record_db(&db).and_then(|db| {
+                let mut q =
+                    db.prepare("SELECT id, dir FROM served_batches WHERE state = 'running'")?;
+                let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<rusqlite::Result<Vec<(String, String)>>>()
+            })
+        })
+        .await;
+        match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read unfinished batches");
+                Vec::new()
+            }
             Err(e) => {
                 warn!(error = %e, "cannot read unfinished batches");
                 Vec::new()
@@ -244,7 +332,12 @@ impl BatchService {
         {
             h.lost = true;
         }
-        if let Some(token) = self.running.lock().ok().and_then(|r| r.get(id).cloned()) {
+        if let Some(token) = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(id).map(|r| r.cancel.clone()))
+        {
             token.cancel();
         }
     }
@@ -254,19 +347,21 @@ impl BatchService {
         let Some(kv) = self.engine.cluster().kv() else {
             return;
         };
-        for (id, dir) in self.running_records() {
-            let here = self.running.lock().is_ok_and(|r| r.contains_key(&id));
-            if here {
+        for (id, dir) in self.running_records().await {
+            let Claim::Mine(cancel) = self.claim(&id) else {
                 continue;
-            }
+            };
             match lease::acquire(&kv, &id, self.engine.instance(), ttl).await {
                 Ok(Acquired::Mine(revision)) => {
                     info!(batch = %id, "taking the batch's lease: resuming it here");
                     self.hold(&id, revision);
-                    self.start(id, PathBuf::from(dir));
+                    self.start(id, PathBuf::from(dir), cancel);
                 }
-                Ok(Acquired::Held(_)) => {}
-                Err(e) => warn!(batch = %id, error = %e, "cannot take a batch lease"),
+                Ok(Acquired::Held(_)) => self.unclaim(&id),
+                Err(e) => {
+                    self.unclaim(&id);
+                    warn!(batch = %id, error = %e, "cannot take a batch lease");
+                }
             }
         }
     }
@@ -307,95 +402,117 @@ impl BatchService {
         true
     }
 
-    fn resume_unfinished(self: &Arc<Self>) {
-        for (id, dir) in self.running_records() {
-            info!(batch = %id, "resuming a batch left running");
-            self.start(id, PathBuf::from(dir));
+    async fn resume_unfinished(self: &Arc<Self>) {
+        for (id, dir) in self.running_records().await {
+            if let Claim::Mine(cancel) = self.claim(&id) {
+                info!(batch = %id, "resuming a batch left running");
+                self.start(id, PathBuf::from(dir), cancel);
+            }
         }
     }
 
     async fn submit(self: Arc<Self>, msg: Message) {
         let started = std::time::Instant::now();
-        let (answer, error) = match self.clone().prepare(&msg.payload) {
-            Ok((id, dir)) => {
-                if self.lease_new(&id).await {
-                    self.start(id.clone(), dir);
-                }
-                (json!({ "batch_id": id }), None)
-            }
-            Err(e) => (
-                json!({ "error": { "kind": "invalid_request", "message": e } }),
-                Some("invalid_request"),
+        let (answer, error) = match self.clone().accept(msg.payload.clone()).await {
+            Ok(id) => (json!({ "batch_id": id }), None),
+            Err((kind, message)) => (
+                json!({ "error": { "kind": kind, "message": message } }),
+                Some(kind),
             ),
         };
-        self.reply(&msg, &answer).await;
+        self.reply_as(&msg, &answer, error).await;
         self.submits.record(started, error);
     }
 
-    /// Validates a submission and lays out its folder: `{job, items}` or `{job, input_path}`,
-    /// where `job` is the job file's TOML text or `job_path` a job file on this machine.
-    fn prepare(self: Arc<Self>, body: &[u8]) -> Result<(String, PathBuf), String> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
-        let text = match (v.get("job"), v.get("job_path")) {
-            (Some(Value::String(t)), None) => t.clone(),
-            (None, Some(Value::String(p))) => {
-                std::fs::read_to_string(p).map_err(|e| format!("cannot read job_path {p}: {e}"))?
+    /// Reads and checks a submission, then starts its batch unless it runs already (here or on
+    /// another instance); the answer is the batch's id either way.
+    async fn accept(self: Arc<Self>, body: bytes::Bytes) -> Result<String, Refusal> {
+        let input_dir = self.input_dir.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(input_dir.as_deref(), &body))
+            .await
+            .map_err(|e| ("internal", format!("the submission could not be read: {e}")))??;
+        let id = prepared.id.clone();
+        let cancel = loop {
+            // A batch started now would hold the shutdown up until it ends.
+            if self.shutting_down.load(Relaxed) {
+                return Err((
+                    "unavailable",
+                    "this instance is shutting down: submit again (another instance takes it)"
+                        .into(),
+                ));
             }
-            _ => return Err("give `job` (the job file's TOML text) or `job_path`".into()),
-        };
-        let job = Job::parse(&text, "submitted job").map_err(|e| e.to_string())?;
-        let work = self.dir.join(uuid::Uuid::new_v4().simple().to_string());
-        std::fs::create_dir_all(&work)
-            .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-        let input = match (v.get("items"), v.get("input_path")) {
-            (Some(Value::Array(items)), None) => {
-                let path = work.join("input.jsonl");
-                let lines: String = items.iter().map(|i| format!("{i}\n")).collect();
-                std::fs::write(&path, lines).map_err(|e| e.to_string())?;
-                path
+            match self.claim(&id) {
+                Claim::Mine(cancel) => break cancel,
+                Claim::Running => {
+                    info!(batch = %id, "submitted again while it runs: nothing started");
+                    return Ok(id);
+                }
+                Claim::Stopping(gone) => {
+                    if tokio::time::timeout(STOPPING_WAIT, gone.cancelled())
+                        .await
+                        .is_err()
+                    {
+                        return Err((
+                            "unavailable",
+                            format!("batch {id} is still stopping; submit it again in a moment"),
+                        ));
+                    }
+                }
             }
-            (None, Some(Value::String(p))) => PathBuf::from(p),
-            _ => return Err("give `items` (an array of records) or `input_path`".into()),
         };
-        std::fs::write(work.join("job.toml"), &text).map_err(|e| e.to_string())?;
-        std::fs::write(work.join("input_path"), input.display().to_string())
-            .map_err(|e| e.to_string())?;
-        let id = Checkpoint::batch_id_for(&job.name, &input);
-        self.record_db()
-            .and_then(|db| {
-                db.execute(
-                    "INSERT OR REPLACE INTO served_batches (id, dir, state) VALUES (?1, ?2, 'running')",
-                    rusqlite::params![id, work.display().to_string()],
-                )
-            })
-            .map_err(|e| format!("cannot record the batch: {e}"))?;
-        Ok((id, work))
+        if !self.lease_new(&id).await {
+            // Another instance runs it: same batch, nothing to start here.
+            self.unclaim(&id);
+            return Ok(id);
+        }
+        let (db, dir) = (self.db.clone(), self.dir.join(&id));
+        let laid_out = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || lay_out(&db, &dir, prepared))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+        };
+        if let Err(e) = laid_out {
+            warn!(batch = %id, error = %e, "cannot lay out a submitted batch");
+            self.leases.lock().ok().and_then(|mut l| l.remove(&id));
+            self.unclaim(&id);
+            return Err(("internal", format!("cannot store the batch: {e}")));
+        }
+        self.start(id.clone(), dir, cancel);
+        Ok(id)
     }
 
-    /// Runs a batch in the background, publishing items and progress.
-    fn start(self: &Arc<Self>, id: String, dir: PathBuf) {
-        let input = match std::fs::read_to_string(dir.join("input_path")) {
-            Ok(p) => PathBuf::from(p),
-            Err(e) => {
-                warn!(batch = %id, error = %e, "batch folder incomplete");
-                return;
-            }
-        };
-        let token = CancellationToken::new();
-        if let Ok(mut r) = self.running.lock() {
-            r.insert(id.clone(), token.clone());
-        }
+    /// Runs a claimed batch in the background, publishing items and progress; `cancel` is its
+    /// claim's token.
+    fn start(self: &Arc<Self>, id: String, dir: PathBuf, cancel: CancellationToken) {
         let (items_tx, mut items_rx) = tokio::sync::mpsc::unbounded_channel();
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let this = self.clone();
         self.tracker.spawn(async move {
+            let input = {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || std::fs::read_to_string(dir.join("input_path")))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+            };
+            let input = match input {
+                Ok(p) => PathBuf::from(p),
+                Err(e) => {
+                    warn!(batch = %id, error = %e, "batch folder incomplete");
+                    this.leases.lock().ok().and_then(|mut l| l.remove(&id));
+                    this.unclaim(&id);
+                    return;
+                }
+            };
             let results = format!("{}.batch.{id}.results", this.prefix);
             let progress = format!("{}.batch.{id}.progress", this.prefix);
             let hooks = Hooks {
                 items: Some(items_tx),
-                cancel: token,
+                cancel,
                 progress: Some(progress_tx),
+                batch_id: Some(id.clone()),
             };
             let args = RunArgs {
                 job: dir.join("job.toml"),
@@ -419,6 +536,12 @@ impl BatchService {
                     r = &mut run => break r,
                 }
             };
+            // From here a submit of the same batch waits for this run to be gone, then starts it.
+            if let Ok(mut r) = this.running.lock()
+                && let Some(run) = r.get_mut(&id)
+            {
+                run.ending = true;
+            }
             // Items that finished at the very end.
             while let Ok(item) = items_rx.try_recv() {
                 let body = serde_json::to_vec(&output_line(&item)).unwrap_or_default();
@@ -427,9 +550,7 @@ impl BatchService {
             let lease = this.leases.lock().ok().and_then(|mut l| l.remove(&id));
             if lease.as_ref().is_some_and(|h| h.lost) {
                 // Another instance runs it now: its record and progress are that one's.
-                if let Ok(mut r) = this.running.lock() {
-                    r.remove(&id);
-                }
+                this.unclaim(&id);
                 return;
             }
             let (state, last) = match &outcome {
@@ -441,16 +562,23 @@ impl BatchService {
                     ("failed", json!({"batch_id": id, "state": "failed", "error": e.to_string()}))
                 }
             };
-            let _ = this.client.publish(progress, last.to_string().into()).await;
-            let _ = this.record_db().and_then(|db| {
-                db.execute(
-                    "UPDATE served_batches SET state = ?2 WHERE id = ?1",
-                    rusqlite::params![id, state],
-                )
-            });
-            if let Ok(mut r) = this.running.lock() {
-                r.remove(&id);
+            // Recorded before the last progress message, so whoever hears it and asks for the
+            // status sees the end too.
+            let (db, record_id) = (this.db.clone(), id.clone());
+            let recorded = tokio::task::spawn_blocking(move || {
+                record_db(&db).and_then(|db| {
+                    db.execute(
+                        "UPDATE served_batches SET state = ?2 WHERE id = ?1",
+                        rusqlite::params![record_id, state],
+                    )
+                })
+            })
+            .await;
+            if !matches!(recorded, Ok(Ok(_))) {
+                warn!(batch = %id, state, "cannot record the batch's state");
             }
+            let _ = this.client.publish(progress, last.to_string().into()).await;
+            this.unclaim(&id);
             // Done, cancelled or stopped by shutdown: another instance may take it at once.
             if let (Some(h), Some(kv)) = (lease, this.engine.cluster().kv())
                 && h.revision != 0
@@ -471,17 +599,24 @@ impl BatchService {
         let Some(id) = self.id_of(&msg.subject).map(str::to_string) else {
             return;
         };
-        let state: Option<String> = self.record_db().ok().and_then(|db| {
-            db.query_row(
-                "SELECT state FROM served_batches WHERE id = ?1",
-                [&id],
-                |r| r.get(0),
-            )
-            .ok()
-        });
+        let (db, batch) = (self.db.clone(), id.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let state: Option<String> = record_db(&db).ok().and_then(|d| {
+                d.query_row(
+                    "SELECT state FROM served_batches WHERE id = ?1",
+                    [&batch],
+                    |r| r.get(0),
+                )
+                .ok()
+            });
+            state.map(|s| (s, Checkpoint::open(&db).and_then(|c| c.counts(&batch))))
+        })
+        .await;
         // Only the instance that has the batch answers.
-        let Some(state) = state else { return };
-        let answer = match Checkpoint::open(&self.db).and_then(|c| c.counts(&id)) {
+        let Ok(Some((state, counts))) = read else {
+            return;
+        };
+        let answer = match counts {
             Ok(c) => json!({
                 "batch_id": id, "state": state, "ok": c.ok, "failed": c.failed,
                 "done": c.ok + c.failed, "tokens": c.tokens, "cost_usd": c.cost_usd,
@@ -496,7 +631,11 @@ impl BatchService {
         let Some(id) = self.id_of(&msg.subject).map(str::to_string) else {
             return;
         };
-        let token = self.running.lock().ok().and_then(|r| r.get(&id).cloned());
+        let token = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&id).map(|r| r.cancel.clone()));
         // Only the instance running it answers.
         if let Some(token) = token {
             token.cancel();
@@ -506,13 +645,147 @@ impl BatchService {
     }
 
     async fn reply(&self, msg: &Message, body: &Value) {
-        if let Some(reply) = &msg.reply
-            && let Err(e) = self
-                .client
-                .publish(reply.clone(), body.to_string().into())
-                .await
-        {
+        self.reply_as(msg, body, None).await;
+    }
+
+    /// Answers `msg`; an error answer carries `Llm-Error: <kind>` like every error reply.
+    async fn reply_as(&self, msg: &Message, body: &Value, error: Option<&str>) {
+        let Some(reply) = &msg.reply else {
+            return;
+        };
+        let sent = match error {
+            Some(kind) => {
+                let mut h = HeaderMap::new();
+                h.insert(headers::ERROR, kind);
+                self.client
+                    .publish_with_headers(reply.clone(), h, body.to_string().into())
+                    .await
+            }
+            None => {
+                self.client
+                    .publish(reply.clone(), body.to_string().into())
+                    .await
+            }
+        };
+        if let Err(e) = sent {
             warn!(error = %e, "could not answer a batch request");
         }
     }
+}
+
+fn record_db(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open(path)?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS served_batches (
+             id TEXT PRIMARY KEY, dir TEXT NOT NULL, state TEXT NOT NULL);",
+    )?;
+    Ok(db)
+}
+
+/// Reads and checks a submission (on a blocking thread): `{job | job_path, items | input_path}`.
+/// Paths are read only under `input_dir`; no message quotes what a file holds.
+fn prepare(input_dir: Option<&Path>, body: &[u8]) -> Result<Prepared, Refusal> {
+    let invalid = |m: String| ("invalid_request", m);
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON: {e}")))?;
+    let (job_text, job) = match (v.get("job"), v.get("job_path")) {
+        (Some(Value::String(t)), None) => {
+            let job = Job::parse(t, "submitted job").map_err(|e| invalid(e.to_string()))?;
+            (t.clone(), job)
+        }
+        (None, Some(Value::String(given))) => {
+            let path = source::resolve(input_dir, "job_path", given)
+                .map_err(|e| invalid(e.to_string()))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(format!("job_path {given:?}: cannot be read ({})", e.kind()))
+            })?;
+            let job = Job::parse(&text, &format!("job_path {given:?}"))
+                .map_err(|e| invalid(e.to_string()))?;
+            (text, job)
+        }
+        _ => {
+            return Err(invalid(
+                "give `job` (the job file's TOML text) or `job_path`".into(),
+            ));
+        }
+    };
+    let (input, input_hash) = match (v.get("items"), v.get("input_path")) {
+        (Some(Value::Array(items)), None) => {
+            let mut lines = String::new();
+            for (i, item) in items.iter().enumerate() {
+                if let Value::Object(fields) = item
+                    && let Err(e) = job.check_record(i as u64 + 1, fields)
+                {
+                    return Err(invalid(format!("items: {e}; no batch was started")));
+                }
+                lines.push_str(&item.to_string());
+                lines.push('\n');
+            }
+            let hash = crate::batch::job::sha256_hex(lines.as_bytes());
+            (Source::Inline(lines), hash)
+        }
+        (None, Some(Value::String(given))) => {
+            let path = source::resolve(input_dir, "input_path", given)
+                .map_err(|e| invalid(e.to_string()))?;
+            let named = |e: &dyn std::fmt::Display| invalid(format!("input_path {given:?}: {e}"));
+            Format::of(&path).map_err(|_| {
+                invalid(format!(
+                    "input_path {given:?}: unknown format; name it .jsonl, .ndjson, .json or .csv"
+                ))
+            })?;
+            runner::check_input(&job, &path).map_err(|e| named(&e))?;
+            let hash = Input::hash(&path).map_err(|e| named(&e))?;
+            (Source::File(path), hash)
+        }
+        _ => {
+            return Err(invalid(
+                "give `items` (an array of records) or `input_path`".into(),
+            ));
+        }
+    };
+    Ok(Prepared {
+        id: source::batch_id(&job.hash(), &input_hash),
+        job_text,
+        input,
+    })
+}
+
+/// The batch's folder (named by its id) and its record, on a blocking thread. Files are
+/// replaced whole, so a run of the same batch reading them (another instance sharing the
+/// folder) never sees half of one.
+fn lay_out(db: &Path, dir: &Path, prepared: Prepared) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    write_whole(&dir.join("job.toml"), prepared.job_text.as_bytes())?;
+    let input = match prepared.input {
+        Source::Inline(lines) => {
+            let path = dir.join("input.jsonl");
+            write_whole(&path, lines.as_bytes())?;
+            path
+        }
+        Source::File(path) => path,
+    };
+    write_whole(
+        &dir.join("input_path"),
+        input.display().to_string().as_bytes(),
+    )?;
+    record_db(db)
+        .and_then(|db| {
+            db.execute(
+                "INSERT OR REPLACE INTO served_batches (id, dir, state) VALUES (?1, ?2, 'running')",
+                rusqlite::params![prepared.id, dir.display().to_string()],
+            )
+        })
+        .map_err(|e| format!("cannot record the batch: {e}"))?;
+    Ok(())
+}
+
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!("{}.partial", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", path.display())
+        })
 }

@@ -80,3 +80,34 @@ impl Router {
         }
     }
 }
+
+impl Router {
+    /// The largest `tpm` reservation batch work may make on any candidate `req` could be routed
+    /// to for `task`: each candidate's `tpm × (1 - batch.live_reserve)`, the best of them.
+    /// `None` when some candidate has no `tpm` limit (or there is no candidate: the walk reports
+    /// that itself). A batch item whose estimate is above this can never be admitted.
+    pub fn batch_token_ceiling(
+        &self,
+        task: &str,
+        req: &crate::protocol::ChatRequest,
+    ) -> Option<u64> {
+        let route = self.table.resolve(task, req);
+        let candidates: Vec<usize> = match route.target {
+            classify::Target::Group(g) => self
+                .table
+                .chain(g)
+                .filter_map(|g| self.table.groups.get(g))
+                .flat_map(|g| g.members.iter().copied())
+                .collect(),
+            classify::Target::Deployment(d) => vec![d],
+        };
+        let mut best: Option<u64> = None;
+        for slot in candidates.iter().filter_map(|&i| self.slots.get(i)) {
+            let tpm = slot.config().tpm?.get();
+            // As the actor's admission computes a batch's cap.
+            let cap = (tpm as f64 * slot.args.batch_share).floor() as u64;
+            best = Some(best.map_or(cap, |b| b.max(cap)));
+        }
+        best
+    }
+}

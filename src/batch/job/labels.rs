@@ -63,7 +63,7 @@ impl Labels {
                     key,
                     format!(
                         "already means {:?}, so it cannot mean {target:?}",
-                        labels[other]
+                        labels.get(other).map_or("", String::as_str)
                     ),
                 ),
                 _ => {
@@ -82,8 +82,8 @@ impl Labels {
     /// The canonical label that `answer` names, or why it names none.
     pub fn check(&self, answer: &str) -> Result<&str, String> {
         let key = normalise(answer);
-        if let Some(&i) = self.lookup.get(&key) {
-            return Ok(&self.labels[i]);
+        if let Some(label) = self.lookup.get(&key).and_then(|&i| self.labels.get(i)) {
+            return Ok(label);
         }
         let expected = self.labels.join(", ");
         if key.is_empty() {

@@ -134,7 +134,7 @@ impl Job {
     pub fn parse(text: &str, file: &str) -> Result<Self, JobError> {
         let parse_error = |e: toml::de::Error| JobError::Parse {
             file: file.to_string(),
-            message: e.to_string().trim_end().to_string(),
+            message: toml_message(e, text),
         };
         let raw: RawJob = toml::from_str(text).map_err(parse_error)?;
         let document: toml::Table = toml::from_str(text).map_err(parse_error)?;
@@ -205,6 +205,55 @@ impl Job {
             OutputRule::JsonSchema(rule) => rule.check(text),
         }
     }
+}
+
+/// A TOML error as its message and position only. The `toml` crate's own Display quotes the
+/// offending source line, and serde's type errors quote the value: neither may reach a reply,
+/// since the text may be a file the caller could not otherwise read.
+fn toml_message(mut e: toml::de::Error, text: &str) -> String {
+    let span = e.span();
+    // Without the input, Display is the message plus the key path (`in `concurrency``).
+    e.set_input(None);
+    let message = redact_quoted(e.to_string().trim_end()).replace('\n', " ");
+    match span {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message,
+    }
+}
+
+/// `message` with every double-quoted part replaced by `"…"`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    // Odd parts are inside quotes; an unclosed quote hides the rest.
+    let mut inside = true;
+    for part in parts {
+        if inside {
+            out.push_str("\"…\"");
+        } else {
+            out.push_str(part);
+        }
+        inside = !inside;
+    }
+    out
+}
+
+/// 1-based line and column (in characters) of byte `at` in `text`.
+pub(crate) fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 fn validate(raw: RawJob, file: &str, hash: String, problems: &mut Problems) -> Option<Job> {
@@ -316,7 +365,12 @@ fn validate_output(raw: RawOutput, job_name: &str, problems: &mut Problems) -> O
 fn hash_document(document: &toml::Table) -> String {
     let mut canonical = String::new();
     write_canonical_table(document, &mut canonical);
-    Sha256::digest(canonical.as_bytes())
+    sha256_hex(canonical.as_bytes())
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .fold(String::with_capacity(64), |mut hex, b| {
             let _ = write!(hex, "{b:02x}");

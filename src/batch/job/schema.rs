@@ -148,15 +148,14 @@ pub fn extract_json(answer: &str) -> Result<Value, String> {
 /// The body of the first fenced block whose info string is `json` (any case) or empty.
 fn fenced_block(text: &str) -> Option<&str> {
     let mut rest = text;
-    while let Some(start) = rest.find("```") {
-        let after = &rest[start + 3..];
+    while let Some((_, after)) = rest.split_once("```") {
         let (info, body) = after.split_once('\n')?;
-        let end = body.find("```")?;
+        let (inside, after_close) = body.split_once("```")?;
         let info = info.trim();
         if info.is_empty() || info.eq_ignore_ascii_case("json") {
-            return Some(&body[..end]);
+            return Some(inside);
         }
-        rest = &body[end + 3..];
+        rest = after_close;
     }
     None
 }
@@ -345,7 +344,7 @@ fn parse_number(text: &str, integer_only: bool) -> Option<Number> {
 /// `1,234,567.89` → `1234567.89`, when every comma separates a group of three digits.
 fn strip_thousands(t: &str) -> Option<String> {
     let (sign, body) = match t.strip_prefix(['-', '+']) {
-        Some(rest) => (&t[..1], rest),
+        Some(rest) => (t.get(..1).unwrap_or_default(), rest),
         None => ("", t),
     };
     let (int, frac) = match body.split_once('.') {

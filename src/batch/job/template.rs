@@ -40,17 +40,16 @@ impl Template {
         let mut literal_len = 0;
         let mut rest = text;
         let mut offset = 0;
-        while let Some(open) = rest.find("{{") {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_string()));
-                literal_len += open;
+        while let Some((literal, after)) = rest.split_once("{{") {
+            if !literal.is_empty() {
+                parts.push(Part::Literal(literal.to_string()));
+                literal_len += literal.len();
             }
-            let at = offset + open;
-            let after = &rest[open + 2..];
-            let Some(close) = after.find("}}") else {
+            let at = offset + literal.len();
+            let Some((inner, after_close)) = after.split_once("}}") else {
                 return Err(template_error(text, at, "\"{{\" is never closed by \"}}\""));
             };
-            let name = after[..close].trim();
+            let name = inner.trim();
             if name.is_empty() {
                 return Err(template_error(text, at, "a placeholder needs a field name"));
             }
@@ -62,9 +61,8 @@ impl Template {
                 ));
             }
             parts.push(Part::Field(name.to_string()));
-            let consumed = open + 2 + close + 2;
-            rest = &rest[consumed..];
-            offset += consumed;
+            offset = at + 2 + inner.len() + 2;
+            rest = after_close;
         }
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
@@ -76,7 +74,7 @@ impl Template {
     /// The fields the template uses, each once, in order of first use.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().enumerate().filter_map(|(i, p)| match p {
-            Part::Field(name) if !self.parts[..i].contains(p) => Some(name.as_str()),
+            Part::Field(name) if !self.parts.iter().take(i).any(|q| q == p) => Some(name.as_str()),
             _ => None,
         })
     }
@@ -124,9 +122,7 @@ impl fmt::Display for Template {
 
 /// A parse error placed by line and column, since prompts are usually several lines long.
 fn template_error(text: &str, at: usize, reason: &str) -> JobError {
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let (line, column) = super::line_column(text, at);
     JobError::Template(format!("{reason} (line {line}, column {column})"))
 }
 

@@ -436,3 +436,24 @@ fn the_contacts_example_allows_nulls() {
         .unwrap_err();
     assert!(reason.contains("/email"), "{reason}");
 }
+
+#[test]
+fn a_toml_error_gives_its_message_and_position_but_never_the_source_text() {
+    let secret = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n";
+    let err = parse(secret).unwrap_err().to_string();
+    assert!(err.starts_with("jobs/x.toml: "), "{err}");
+    assert!(err.contains("(line 1, column "), "{err}");
+    for quoted in ["root", "/bin/bash", "daemon", "nologin"] {
+        assert!(!err.contains(quoted), "quotes {quoted:?}: {err}");
+    }
+    assert!(!err.contains('\n'), "one line: {err}");
+    // A value of the wrong type is named by its key and place, not quoted.
+    let err = parse(&with_output(
+        "concurrency = \"sk-secret-value\"\noutput = { labels = [\"a\"] }",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("concurrency"), "{err}");
+    assert!(err.contains("line "), "{err}");
+    assert!(!err.contains("sk-secret-value"), "{err}");
+}
