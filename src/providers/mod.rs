@@ -645,6 +645,9 @@ fn usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> Value {
     })
 }
 
+#[cfg(test)]
+mod props;
+
 /// A provider that answers one request with a canned reply, for adapter tests of `call`.
 #[cfg(test)]
 mod one_shot {
