@@ -342,3 +342,49 @@ async fn the_anthropic_fake_refuses_repeated_tool_use_ids() {
     );
     sy.shutdown().await;
 }
+
+/// Streamed Gemini function calls get made-up ids too, different in every stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_gemini_tool_calls_get_unique_ids() {
+    let nats = NatsServer::start();
+    let gemini = FakeProvider::start_gemini("gemini").await;
+    let deployments = deployment("gemini", "gemini-flash", "main", &gemini.base_url(), "");
+    let sy = Running::start(
+        &nats,
+        config(
+            &nats.url(),
+            "[routing]\ndefault_group = \"main\"\n",
+            &deployments,
+        ),
+    )
+    .await;
+    let messages = [json!({"role": "user", "content": "Weather in Porto?"})];
+    let body = turn(&messages).replacen('{', r#"{"stream":true,"#, 1);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        gemini.push(Fault::ToolCall {
+            name: "get_weather".into(),
+            args: json!({"city": "Porto"}),
+        });
+        let s = ask_stream(&sy.client, "chat", &body, &[]).await;
+        assert_eq!(
+            s.last.header("Llm-Stream"),
+            Some("end"),
+            "{:?}",
+            s.last.body
+        );
+        let call = s
+            .chunks
+            .iter()
+            .find_map(|c| c["choices"][0]["delta"]["tool_calls"][0].as_object())
+            .unwrap_or_else(|| panic!("no tool call in {:?}", s.chunks));
+        assert_eq!(call["function"]["name"], "get_weather");
+        ids.push(call["id"].as_str().unwrap().to_string());
+    }
+    assert_ne!(ids[0], ids[1]);
+    for id in &ids {
+        let random = id.strip_prefix("call_").unwrap_or_default();
+        assert!(random.len() == 24, "{id}");
+    }
+    sy.shutdown().await;
+}

@@ -372,10 +372,9 @@ async fn call_stream_inner(
     let broken = 'stream: loop {
         for chunk in pending.drain(..) {
             // A subscriber too slow to take the chunks does not hold the stream open either.
-            let (limit, expired) = bounds(Duration::MAX, Instant::now());
-            match tokio::time::timeout(limit, sink.send(chunk)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
+            match deliver(sink, chunk, bounds(Duration::MAX, Instant::now())).await {
+                Delivery::Sent => {}
+                Delivery::Gone => {
                     // The caller's side is gone: stop reading; no one to tell.
                     report.send(report.started.elapsed(), Outcome::Abandoned);
                     return StreamAttempt::Streamed {
@@ -385,7 +384,7 @@ async fn call_stream_inner(
                         broken: None,
                     };
                 }
-                Err(_) => break 'stream Some(expired),
+                Delivery::Late(expired) => break 'stream Some(expired),
             }
         }
         let (limit, expired) = bounds(c.timeout, Instant::now());
@@ -424,6 +423,34 @@ async fn call_stream_inner(
         cost_usd,
         latency,
         broken,
+    }
+}
+
+enum Delivery {
+    Sent,
+    /// The caller's side of the channel is closed.
+    Gone,
+    /// The bound passed with the channel still full: the stream ends with this.
+    Late(Failure),
+}
+
+/// Hands a chunk to the caller's side: at once when there is room (no timer on the hot path),
+/// else waiting at most `limit`.
+async fn deliver(
+    sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    chunk: bytes::Bytes,
+    (limit, expired): (Duration, Failure),
+) -> Delivery {
+    use tokio::sync::mpsc::error::TrySendError;
+    let chunk = match sink.try_send(chunk) {
+        Ok(()) => return Delivery::Sent,
+        Err(TrySendError::Closed(_)) => return Delivery::Gone,
+        Err(TrySendError::Full(chunk)) => chunk,
+    };
+    match tokio::time::timeout(limit, sink.send(chunk)).await {
+        Ok(Ok(())) => Delivery::Sent,
+        Ok(Err(_)) => Delivery::Gone,
+        Err(_) => Delivery::Late(expired),
     }
 }
 
@@ -524,5 +551,36 @@ impl Drop for Report<'_> {
         if !self.sent {
             self.send(self.started.elapsed(), Outcome::Abandoned);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_ends_at_the_first_of_its_bounds() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let max = s(600);
+        let ends = now.checked_add(max);
+        let b = |limit, deadline: Option<Duration>, ends| {
+            stream_bound(limit, deadline.map(|d| now + d), ends, max, now)
+        };
+        assert_eq!(b(s(60), None, ends), (s(60), Failure::Timeout));
+        assert_eq!(b(s(60), Some(s(5)), ends), (s(5), Failure::DeadlineSpent));
+        assert_eq!(
+            b(s(6000), Some(s(5000)), ends),
+            (max, Failure::StreamDuration(max))
+        );
+        assert_eq!(
+            b(Duration::MAX, None, ends),
+            (max, Failure::StreamDuration(max))
+        );
+        // An `Instant` cannot hold the end: the other bounds alone.
+        assert_eq!(b(s(60), None, None), (s(60), Failure::Timeout));
+        // Later in the stream, less is left.
+        let later = stream_bound(s(60), None, ends, max, now + s(590));
+        assert_eq!(later, (s(10), Failure::StreamDuration(max)));
     }
 }
