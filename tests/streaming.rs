@@ -131,3 +131,47 @@ async fn when_every_candidate_fails_the_stream_closes_with_the_error() {
     );
     sy.shutdown().await;
 }
+
+/// The caller going away mid-stream stops the provider read: whether its side of the channel
+/// closes (the sink) or its whole task is dropped, the engine hangs up on the provider, and the
+/// attempt is not held against the deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_gone_mid_stream_stops_the_provider_read() {
+    use switchyard::protocol::RequestOptions;
+
+    let (_nats, primary, secondary, sy) = setup("").await;
+    for drop_task in [false, true] {
+        primary.push(Fault::Trickle {
+            every: Duration::from_millis(20),
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let engine = sy.engine.clone();
+        let task = tokio::spawn(async move {
+            let body = HELLO_STREAM.as_bytes();
+            engine
+                .chat("chat", Ok(RequestOptions::default()), body, Some(&tx))
+                .await
+        });
+        for _ in 0..3 {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a chunk within 10 s")
+                .expect("the stream is open");
+            assert!(!chunk.is_empty());
+        }
+        if drop_task {
+            task.abort();
+        } else {
+            drop(rx);
+        }
+        let hangups = if drop_task { 2 } else { 1 };
+        assert!(
+            primary.wait_hangups(hangups, Duration::from_secs(10)).await,
+            "the provider read stopped (task dropped: {drop_task})"
+        );
+    }
+    assert_eq!(secondary.calls(), 0);
+    let status = sy.status().await;
+    assert_eq!(status["deployments"][0]["failures"], 0);
+    sy.shutdown().await;
+}

@@ -120,6 +120,25 @@ fn bound(limit: Duration, deadline: Option<Instant>, from: Instant) -> (Duration
     }
 }
 
+/// `bound` for a stream, which also ends at `stream_ends` (its `max_stream_duration` after it was
+/// admitted, `None` if that is past what an `Instant` holds) whatever its other bounds.
+fn stream_bound(
+    limit: Duration,
+    deadline: Option<Instant>,
+    stream_ends: Option<Instant>,
+    max_stream_duration: Duration,
+    from: Instant,
+) -> (Duration, Failure) {
+    let (limit, expired) = bound(limit, deadline, from);
+    match stream_ends {
+        Some(end) if end.saturating_duration_since(from) < limit => (
+            end.saturating_duration_since(from),
+            Failure::StreamDuration(max_stream_duration),
+        ),
+        _ => (limit, expired),
+    }
+}
+
 /// One attempt at one deployment, run in the caller's task: asks the actor for a permit, makes
 /// the call bounded by the deployment's timeout and the caller's deadline (whichever comes first),
 /// logs it, and reports the outcome to the actor.
@@ -145,12 +164,20 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
         gen_ai.response.model = tracing::field::Empty,
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
-        server.address = %c.api_base,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
         llm.deployment = %args.name,
         llm.attempt = call.attempt,
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
+    // The host alone: `api_base` may carry credentials (`https://user:key@host`) or a `?key=`.
+    if let Some((host, port)) = args.adapter.server() {
+        span.record("server.address", host);
+        if let Some(port) = port {
+            span.record("server.port", port);
+        }
+    }
     if let Some(n) = call.req.max_tokens {
         span.record("gen_ai.request.max_tokens", n);
     }
@@ -249,8 +276,10 @@ pub enum StreamAttempt {
 
 /// A streamed attempt: the first chunk must come within `first_token_timeout` (else it is a
 /// failure the walk can fall back from); after it, chunks go to `sink` as they come, each within
-/// the deployment's `timeout` of the last. `sink` is bounded, so a slow subscriber slows the read
-/// from the provider instead of growing memory.
+/// the deployment's `timeout` of the last, and all of it within `max_stream_duration` (a stream
+/// cut by that ends broken with `Failure::StreamDuration`, an error of kind `timeout`). `sink` is
+/// bounded, so a slow subscriber slows the read from the provider instead of growing memory; the
+/// caller's side closing stops the read, and dropping the response closes the connection.
 pub async fn call_stream(
     actor: &ActorRef<Msg>,
     args: &Args,
@@ -295,7 +324,17 @@ async fn call_stream_inner(
     };
     let c = &args.adapter.config;
     let mut usage = None;
-    let (limit, expired) = bound(c.first_token_timeout, call.deadline, report.started);
+    let stream_ends = report.started.checked_add(c.max_stream_duration);
+    let bounds = |limit, from| {
+        stream_bound(
+            limit,
+            call.deadline,
+            stream_ends,
+            c.max_stream_duration,
+            from,
+        )
+    };
+    let (limit, expired) = bounds(c.first_token_timeout, report.started);
     let opened = tokio::time::timeout(limit, async {
         let mut stream = args.adapter.open_stream(&call.req, ctx).await?;
         loop {
@@ -330,20 +369,25 @@ async fn call_stream_inner(
 
     let mut pending = first.chunks;
     usage = first.usage.or(usage);
-    let broken = loop {
+    let broken = 'stream: loop {
         for chunk in pending.drain(..) {
-            if sink.send(chunk).await.is_err() {
-                // The caller's side is gone: stop reading; no one to tell.
-                report.send(report.started.elapsed(), Outcome::Abandoned);
-                return StreamAttempt::Streamed {
-                    usage,
-                    cost_usd: 0.0,
-                    latency: report.started.elapsed(),
-                    broken: None,
-                };
+            // A subscriber too slow to take the chunks does not hold the stream open either.
+            match deliver(sink, chunk, bounds(Duration::MAX, Instant::now())).await {
+                Delivery::Sent => {}
+                Delivery::Gone => {
+                    // The caller's side is gone: stop reading; no one to tell.
+                    report.send(report.started.elapsed(), Outcome::Abandoned);
+                    return StreamAttempt::Streamed {
+                        usage,
+                        cost_usd: 0.0,
+                        latency: report.started.elapsed(),
+                        broken: None,
+                    };
+                }
+                Delivery::Late(expired) => break 'stream Some(expired),
             }
         }
-        let (limit, expired) = bound(c.timeout, call.deadline, Instant::now());
+        let (limit, expired) = bounds(c.timeout, Instant::now());
         match tokio::time::timeout(limit, stream.next()).await {
             Ok(Some(Ok(p))) => {
                 usage = p.usage.or(usage);
@@ -379,6 +423,34 @@ async fn call_stream_inner(
         cost_usd,
         latency,
         broken,
+    }
+}
+
+enum Delivery {
+    Sent,
+    /// The caller's side of the channel is closed.
+    Gone,
+    /// The bound passed with the channel still full: the stream ends with this.
+    Late(Failure),
+}
+
+/// Hands a chunk to the caller's side: at once when there is room (no timer on the hot path),
+/// else waiting at most `limit`.
+async fn deliver(
+    sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    chunk: bytes::Bytes,
+    (limit, expired): (Duration, Failure),
+) -> Delivery {
+    use tokio::sync::mpsc::error::TrySendError;
+    let chunk = match sink.try_send(chunk) {
+        Ok(()) => return Delivery::Sent,
+        Err(TrySendError::Closed(_)) => return Delivery::Gone,
+        Err(TrySendError::Full(chunk)) => chunk,
+    };
+    match tokio::time::timeout(limit, sink.send(chunk)).await {
+        Ok(Ok(())) => Delivery::Sent,
+        Ok(Err(_)) => Delivery::Gone,
+        Err(_) => Delivery::Late(expired),
     }
 }
 
@@ -453,7 +525,7 @@ impl Report<'_> {
         ) = (self.shared.take(), &outcome)
         {
             // The reply does not wait for the bookkeeping: the next take carries it.
-            if quota.correct(taken, prompt_tokens + completion_tokens) {
+            if quota.correct(taken, prompt_tokens.saturating_add(*completion_tokens)) {
                 tokio::spawn(async move { quota.flush_later(&kv).await });
             }
         }
@@ -479,5 +551,36 @@ impl Drop for Report<'_> {
         if !self.sent {
             self.send(self.started.elapsed(), Outcome::Abandoned);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_ends_at_the_first_of_its_bounds() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let max = s(600);
+        let ends = now.checked_add(max);
+        let b = |limit, deadline: Option<Duration>, ends| {
+            stream_bound(limit, deadline.map(|d| now + d), ends, max, now)
+        };
+        assert_eq!(b(s(60), None, ends), (s(60), Failure::Timeout));
+        assert_eq!(b(s(60), Some(s(5)), ends), (s(5), Failure::DeadlineSpent));
+        assert_eq!(
+            b(s(6000), Some(s(5000)), ends),
+            (max, Failure::StreamDuration(max))
+        );
+        assert_eq!(
+            b(Duration::MAX, None, ends),
+            (max, Failure::StreamDuration(max))
+        );
+        // An `Instant` cannot hold the end: the other bounds alone.
+        assert_eq!(b(s(60), None, None), (s(60), Failure::Timeout));
+        // Later in the stream, less is left.
+        let later = stream_bound(s(60), None, ends, max, now + s(590));
+        assert_eq!(later, (s(10), Failure::StreamDuration(max)));
     }
 }

@@ -47,6 +47,8 @@ pub enum Failure {
     },
     /// The deployment's own `timeout` passed.
     Timeout,
+    /// A stream ran for the deployment's whole `max_stream_duration` (`[limits]`) and was cut.
+    StreamDuration(Duration),
     /// The caller's `Llm-Deadline` ran out during the call.
     DeadlineSpent,
     /// No connection could be made.
@@ -73,6 +75,7 @@ impl Failure {
         match self {
             Self::Status { .. } => "http_status",
             Self::Timeout => "timeout",
+            Self::StreamDuration(_) => "stream_duration",
             Self::DeadlineSpent => "deadline_spent",
             Self::Connect(_) => "connect",
             Self::Transport(_) => "transport",
@@ -88,6 +91,10 @@ impl Failure {
                 status, message, ..
             } => format!("HTTP {status}: {message}"),
             Self::Timeout => "timed out".into(),
+            Self::StreamDuration(d) => format!(
+                "the stream ran past max_stream_duration ({})",
+                humantime::format_duration(*d)
+            ),
             Self::DeadlineSpent => "request deadline spent".into(),
             Self::Connect(e) => format!("connect error: {e}"),
             Self::Transport(e) => format!("connection error: {e}"),
@@ -143,7 +150,7 @@ pub fn classify(failure: &Failure, breaker: &BreakerConfig, fallback_on_auth: bo
             }
             408 => fall(ErrorKind::Unavailable, true),
             429 => Decision {
-                cool_down: *retry_after,
+                cool_down: retry_after.map(|asked| capped_cool_down(asked, breaker)),
                 ..fall(ErrorKind::RateLimited, true)
             },
             // 500, 502, 503, 504, Anthropic's 529 overloaded, and every other server error.
@@ -156,6 +163,10 @@ pub fn classify(failure: &Failure, breaker: &BreakerConfig, fallback_on_auth: bo
         | Failure::Transport(_)
         | Failure::InvalidBody(_) => fall(ErrorKind::Unavailable, true),
         Failure::DeadlineSpent => stop(ErrorKind::Timeout),
+        // Our own bound on a stream, not the provider failing (a long answer is not an outage;
+        // a stalled one is caught by the idle `timeout`). It only happens once chunks went out,
+        // when falling back is no longer possible anyway.
+        Failure::StreamDuration(_) => fall(ErrorKind::Timeout, false),
         // The request, not the provider, is at fault here; a provider of another kind may take it.
         Failure::Untranslatable(_) => fall(ErrorKind::InvalidRequest, false),
     };
@@ -165,6 +176,22 @@ pub fn classify(failure: &Failure, breaker: &BreakerConfig, fallback_on_auth: bo
             ..decision
         },
         _ => decision,
+    }
+}
+
+/// A provider's `Retry-After`, at most `breaker.max_retry_after`: a misconfigured proxy's
+/// `Retry-After: 31536000` must not take a deployment away for a year.
+fn capped_cool_down(asked: Duration, breaker: &BreakerConfig) -> Duration {
+    let cap = breaker.max_retry_after;
+    if asked > cap {
+        tracing::warn!(
+            asked_s = asked.as_secs_f64(),
+            cap_s = cap.as_secs_f64(),
+            "Retry-After above breaker.max_retry_after: cooling down for the cap"
+        );
+        cap
+    } else {
+        asked
     }
 }
 
@@ -223,7 +250,10 @@ impl Adapter {
     ) -> Result<ProviderReply, Failure> {
         let url = || {
             self.endpoint.as_ref().ok_or_else(|| {
-                Failure::Connect(format!("api_base `{}` is not a URL", self.config.api_base))
+                Failure::Connect(format!(
+                    "api_base `{}` is not a URL",
+                    http::redact_url(&self.config.api_base)
+                ))
             })
         };
         let (client, d) = (&self.client, &self.config);
@@ -247,7 +277,10 @@ impl Adapter {
     ) -> Result<stream::PieceStream, Failure> {
         let url = || {
             self.stream_endpoint.as_ref().ok_or_else(|| {
-                Failure::Connect(format!("api_base `{}` is not a URL", self.config.api_base))
+                Failure::Connect(format!(
+                    "api_base `{}` is not a URL",
+                    http::redact_url(&self.config.api_base)
+                ))
             })
         };
         let (client, d) = (&self.client, &self.config);
@@ -257,6 +290,12 @@ impl Adapter {
             ProviderKind::Gemini => gemini::open_stream(client, url()?, d, req, &ctx).await,
             ProviderKind::Simulated => simulated::open_stream(d, req, ctx.fate).await,
         }
+    }
+
+    /// The host and port calls go to (for traces), never the userinfo; `None` for `simulated`.
+    pub fn server(&self) -> Option<(&str, Option<u16>)> {
+        let url = self.endpoint.as_ref()?;
+        Some((url.host_str()?, url.port_or_known_default()))
     }
 
     pub fn price(&self, usage: &Usage) -> f64 {
@@ -279,19 +318,16 @@ impl Adapter {
             Answer::Built(c) => c,
         };
         let usage = match completion.usage {
-            Some(u) if u.prompt_tokens + u.completion_tokens > 0 => Usage {
-                total_tokens: u.prompt_tokens + u.completion_tokens,
-                ..u
-            },
+            Some(u) if u.prompt_tokens.saturating_add(u.completion_tokens) > 0 => sane_usage(u),
             _ => {
                 let completion_tokens = crate::protocol::request::estimate_tokens(
                     completion.text().map_or(0, str::len),
                 );
-                Usage {
+                sane_usage(Usage {
                     prompt_tokens: req.estimated_prompt_tokens,
                     completion_tokens,
-                    total_tokens: req.estimated_prompt_tokens + completion_tokens,
-                }
+                    total_tokens: 0,
+                })
             }
         };
         completion.usage = Some(usage);
@@ -313,6 +349,21 @@ impl Adapter {
     }
 }
 
+/// More tokens than any model serves in a call: a provider's number above it is clamped, so that
+/// the sums kept by limits, stats and the ledger cannot overflow.
+pub const MAX_TOKENS: u64 = u32::MAX as u64;
+
+/// Usage with each count clamped to `MAX_TOKENS` and `total_tokens` their sum.
+pub fn sane_usage(u: Usage) -> Usage {
+    let prompt_tokens = u.prompt_tokens.min(MAX_TOKENS);
+    let completion_tokens = u.completion_tokens.min(MAX_TOKENS);
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    }
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -323,28 +374,31 @@ pub fn unix_now() -> u64 {
 // request and reply that read the same whichever wire format they are translated to.
 
 /// Sends a prepared request: the body of a 2xx answer, else a `Failure::Status` with the message
-/// that `error_message` reads out of the provider's error body.
+/// that `error_message` reads out of the provider's error body. Bodies longer than `limit` fail
+/// the call (`http::too_large`).
 async fn send(
     builder: reqwest::RequestBuilder,
     error_message: fn(&[u8]) -> String,
+    limit: usize,
 ) -> Result<Bytes, Failure> {
-    let response = send_stream(builder, error_message).await?;
-    response.bytes().await.map_err(openai::transport)
+    let response = send_stream(builder, error_message, limit).await?;
+    http::read_body(response, limit).await
 }
 
-/// Sends a prepared request and returns the 2xx response unread (for streaming), else a
-/// `Failure::Status` as `send` does.
+/// Sends a prepared request and returns the 2xx response unread (for streaming: read it through
+/// `stream::from_sse`, which bounds it too), else a `Failure::Status` as `send` does.
 async fn send_stream(
     builder: reqwest::RequestBuilder,
     error_message: fn(&[u8]) -> String,
+    limit: usize,
 ) -> Result<reqwest::Response, Failure> {
-    let response = builder.send().await.map_err(openai::transport)?;
+    let response = builder.send().await.map_err(http::transport)?;
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let retry_after = http::retry_after(response.headers());
-    let bytes = response.bytes().await.map_err(openai::transport)?;
+    let bytes = http::read_body(response, limit).await?;
     Err(Failure::Status {
         status: status.as_u16(),
         message: error_message(&bytes),
@@ -352,15 +406,25 @@ async fn send_stream(
     })
 }
 
-/// A JSON POST with the deployment's key in `key_header` (when it has one) and `extra` headers.
+/// Where a provider takes its key.
+#[derive(Clone, Copy)]
+enum Auth {
+    /// `Authorization: Bearer <key>` (OpenAI and the APIs that speak it).
+    Bearer,
+    /// The key alone in this header (`x-api-key`, `x-goog-api-key`).
+    Header(&'static str),
+}
+
+/// A JSON POST with the deployment's key (when it has one) and `extra` headers. The key header is
+/// marked sensitive, so that HTTP/2 never indexes it and debug output never shows it.
 fn post_json(
     client: &reqwest::Client,
     url: &reqwest::Url,
     d: &DeploymentConfig,
-    key_header: &str,
-    extra: &[(&str, &str)],
+    auth: Auth,
+    extra: &[(&'static str, &'static str)],
     body: Vec<u8>,
-) -> reqwest::RequestBuilder {
+) -> Result<reqwest::RequestBuilder, Failure> {
     let mut builder = client
         .post(url.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -368,10 +432,25 @@ fn post_json(
     for (name, value) in extra {
         builder = builder.header(*name, *value);
     }
-    match &d.api_key {
-        Some(key) => builder.header(key_header, key.expose()),
-        None => builder,
-    }
+    let Some(key) = &d.api_key else {
+        return Ok(builder);
+    };
+    let (name, value) = match auth {
+        Auth::Bearer => (
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", key.expose())),
+        ),
+        Auth::Header(name) => (
+            reqwest::header::HeaderName::from_static(name),
+            reqwest::header::HeaderValue::try_from(key.expose()),
+        ),
+    };
+    // The error would not quote the key, but say nothing of it anyway.
+    let mut value = value.map_err(|_| {
+        Failure::Transport("the deployment's API key is not a valid HTTP header value".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(builder.header(name, value))
 }
 
 fn untranslatable(what: impl Into<String>) -> Failure {
@@ -566,6 +645,9 @@ fn usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> Value {
     })
 }
 
+#[cfg(test)]
+mod props;
+
 /// A provider that answers one request with a canned reply, for adapter tests of `call`.
 #[cfg(test)]
 mod one_shot {
@@ -680,5 +762,162 @@ mod tests {
         );
         b.ignored_status.push(503);
         assert!(!classify(&status(503), &b, false).count);
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_max_retry_after() {
+        let b = BreakerConfig {
+            max_retry_after: Duration::from_secs(300),
+            ..BreakerConfig::default()
+        };
+        let asked = |d: Duration| {
+            let f = Failure::Status {
+                status: 429,
+                message: String::new(),
+                retry_after: Some(d),
+            };
+            classify(&f, &b, false).cool_down
+        };
+        let cap = Some(Duration::from_secs(300));
+        assert_eq!(asked(Duration::from_secs(31_536_000)), cap, "a year");
+        assert_eq!(asked(Duration::MAX), cap, "`Retry-After: 1e20`, saturated");
+        assert_eq!(asked(Duration::from_secs(u64::MAX / 2)), cap, "1e19");
+        assert_eq!(asked(Duration::from_secs(300)), cap);
+        assert_eq!(asked(Duration::from_secs(7)), Some(Duration::from_secs(7)));
+        assert_eq!(asked(Duration::ZERO), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_stream_cut_by_its_overall_bound_is_a_timeout_that_does_not_count() {
+        let f = Failure::StreamDuration(Duration::from_secs(600));
+        let d = classify(&f, &BreakerConfig::default(), false);
+        assert_eq!(
+            (d.kind, d.count, d.cool_down),
+            (ErrorKind::Timeout, false, None)
+        );
+        assert_eq!(f.kind_name(), "stream_duration");
+        assert_eq!(
+            f.describe(),
+            "the stream ran past max_stream_duration (10m)"
+        );
+    }
+
+    fn adapter(provider: ProviderKind, api_base: &str, limit: usize) -> Adapter {
+        let mut d = crate::config::Config::demo().deployments.remove(0);
+        d.provider = provider;
+        d.api_base = api_base.into();
+        d.api_key = Some(crate::config::Secret::new("sk-secret-key"));
+        d.max_reply_body = limit;
+        Adapter::new(d, http::client().unwrap())
+    }
+
+    fn hello() -> ChatRequest {
+        ChatRequest::parse(br#"{"messages":[{"role":"user","content":"Hello"}]}"#).unwrap()
+    }
+
+    fn ctx() -> CallContext {
+        CallContext {
+            include_request_extra: true,
+            fate: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_never_print_credentials_or_query_keys() {
+        for provider in [
+            ProviderKind::OpenAi,
+            ProviderKind::Anthropic,
+            ProviderKind::Gemini,
+        ] {
+            let a = adapter(
+                provider,
+                "http://user:secret@127.0.0.1:1/v1?key=abc",
+                1 << 20,
+            );
+            let f = a.call(&hello(), ctx()).await.unwrap_err();
+            assert!(matches!(f, Failure::Connect(_)), "{f:?}");
+            let text = f.describe();
+            assert!(text.contains("127.0.0.1:1"), "{text}");
+            for secret in ["secret", "abc", "sk-secret-key", "user"] {
+                assert!(!text.contains(secret), "{provider:?}: {text}");
+            }
+            assert_eq!(a.server(), Some(("127.0.0.1", Some(1))));
+
+            let a = adapter(provider, "http://user:secret@[bad/v1?key=abc", 1 << 20);
+            let f = a.call(&hello(), ctx()).await.unwrap_err();
+            assert_eq!(
+                f.describe(),
+                "connect error: api_base `http://[bad/v1` is not a URL"
+            );
+        }
+    }
+
+    #[test]
+    fn provider_keys_are_sensitive_headers() {
+        let client = http::client().unwrap();
+        let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
+        let mut d = crate::config::Config::demo().deployments.remove(0);
+        d.api_key = Some(crate::config::Secret::new("sk-secret-key"));
+        for (auth, header) in [
+            (Auth::Bearer, "authorization"),
+            (Auth::Header("x-api-key"), "x-api-key"),
+            (Auth::Header("x-goog-api-key"), "x-goog-api-key"),
+        ] {
+            let req = post_json(&client, &url, &d, auth, &[], Vec::new())
+                .unwrap()
+                .build()
+                .unwrap();
+            let value = req.headers().get(header).unwrap();
+            assert!(value.is_sensitive(), "{header}");
+            assert!(!format!("{:?}", req.headers()).contains("sk-secret-key"));
+        }
+        d.api_key = Some(crate::config::Secret::new("bad\nkey"));
+        let refused = post_json(&client, &url, &d, Auth::Bearer, &[], Vec::new()).unwrap_err();
+        assert!(!refused.describe().contains("key\n"));
+    }
+
+    #[tokio::test]
+    async fn reply_bodies_over_the_limit_fail_like_garbage() {
+        let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}"#;
+        let (base, _) = one_shot::serve(200, "", body).await;
+        let a = adapter(ProviderKind::OpenAi, &base, body.len());
+        assert!(a.call(&hello(), ctx()).await.is_ok(), "exactly the limit");
+        let (base, _) = one_shot::serve(200, "", body).await;
+        let a = adapter(ProviderKind::OpenAi, &base, body.len() - 1);
+        let f = a.call(&hello(), ctx()).await.unwrap_err();
+        let over = format!("reply body over {} bytes", body.len() - 1);
+        assert_eq!(f, Failure::InvalidBody(over.clone()));
+        let d = classify(&f, &BreakerConfig::default(), false);
+        assert!(d.fall_back && d.count);
+        // Error bodies too, at every provider.
+        for provider in [
+            ProviderKind::OpenAi,
+            ProviderKind::Anthropic,
+            ProviderKind::Gemini,
+        ] {
+            let (base, _) = one_shot::serve(500, "", body).await;
+            let a = adapter(provider, &base, body.len() - 1);
+            let f = a.call(&hello(), ctx()).await.unwrap_err();
+            assert_eq!(f, Failure::InvalidBody(over.clone()), "{provider:?}");
+        }
+    }
+
+    #[test]
+    fn token_counts_cannot_overflow() {
+        let u = sane_usage(Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: u64::MAX,
+            total_tokens: 3,
+        });
+        assert_eq!(u.prompt_tokens, MAX_TOKENS);
+        assert_eq!(u.total_tokens, 2 * MAX_TOKENS);
+        let huge = format!(
+            r#"{{"id":"x","model":"m","created":1,"choices":[{{"index":0,"message":{{"role":"assistant","content":"x"}}}}],"usage":{{"prompt_tokens":{m},"completion_tokens":{m},"total_tokens":{m}}}}}"#,
+            m = u64::MAX
+        );
+        match openai::parse_response(Bytes::from(huge)).unwrap() {
+            Answer::Wire { usage, .. } => assert_eq!(usage.total_tokens, 2 * MAX_TOKENS),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::stream::{self, Piece, PieceStream};
-use super::{Answer, CallContext, Failure, http};
+use super::{Answer, CallContext, Failure};
 use crate::config::DeploymentConfig;
 use crate::protocol::{ChatCompletion, ChatRequest, Usage};
 
@@ -21,9 +21,12 @@ pub async fn call(
     req: &ChatRequest,
     ctx: &CallContext,
 ) -> Result<Answer, Failure> {
-    let response = send(client, url, d, req, ctx).await?;
-    let bytes = response.bytes().await.map_err(transport)?;
-    parse_response(bytes)
+    let bytes = super::send(
+        request(client, url, d, req, ctx)?,
+        error_message,
+        d.max_reply_body,
+    );
+    parse_response(bytes.await?)
 }
 
 /// Opens a streamed completion: fails like `call` when the provider refuses it, else yields the
@@ -35,42 +38,25 @@ pub async fn open_stream(
     req: &ChatRequest,
     ctx: &CallContext,
 ) -> Result<PieceStream, Failure> {
-    let response = send(client, url, d, req, ctx).await?;
+    let builder = request(client, url, d, req, ctx)?;
+    let response = super::send_stream(builder, error_message, d.max_reply_body).await?;
     Ok(stream::from_sse(
         response,
+        d.max_reply_body,
         stream::Translator::OpenAi(StreamState::default()),
     ))
 }
 
-/// Sends the request; a non-success status becomes a `Failure::Status` with the provider's
-/// message.
-async fn send(
+/// The POST for this deployment, with `Authorization: Bearer`.
+fn request(
     client: &reqwest::Client,
     url: &reqwest::Url,
     d: &DeploymentConfig,
     req: &ChatRequest,
     ctx: &CallContext,
-) -> Result<reqwest::Response, Failure> {
+) -> Result<reqwest::RequestBuilder, Failure> {
     let body = build_body(d, req, ctx.include_request_extra);
-    let mut builder = client
-        .post(url.clone())
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    if let Some(key) = &d.api_key {
-        builder = builder.bearer_auth(key.expose());
-    }
-    let response = builder.send().await.map_err(transport)?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let retry_after = http::retry_after(response.headers());
-    let bytes = response.bytes().await.map_err(transport)?;
-    Err(Failure::Status {
-        status: status.as_u16(),
-        message: error_message(&bytes),
-        retry_after,
-    })
+    super::post_json(client, url, d, super::Auth::Bearer, &[], body)
 }
 
 /// Translation of OpenAI's own stream: the chunks pass through as sent; `[DONE]` ends it.
@@ -106,10 +92,7 @@ impl StreamState {
         }
         Ok(Piece {
             chunks: vec![Bytes::copy_from_slice(data.as_bytes())],
-            usage: check.usage.map(|u| Usage {
-                total_tokens: u.prompt_tokens + u.completion_tokens,
-                ..u
-            }),
+            usage: check.usage.map(super::sane_usage),
         })
     }
 
@@ -214,14 +197,11 @@ pub fn parse_response(bytes: Bytes) -> Result<Answer, Failure> {
             if e.id.is_some()
                 && e.model.is_some()
                 && e.created.is_some()
-                && usage.prompt_tokens + usage.completion_tokens > 0 =>
+                && usage.prompt_tokens.saturating_add(usage.completion_tokens) > 0 =>
         {
             Ok(Answer::Wire {
                 body: bytes,
-                usage: Usage {
-                    total_tokens: usage.prompt_tokens + usage.completion_tokens,
-                    ..usage
-                },
+                usage: super::sane_usage(usage),
             })
         }
         _ => {
@@ -246,25 +226,8 @@ pub fn error_message(bytes: &[u8]) -> String {
 }
 
 pub(super) fn snippet(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
+    let s = String::from_utf8_lossy(bytes.get(..120).unwrap_or(bytes));
     s.trim().to_string()
-}
-
-pub(super) fn transport(e: reqwest::Error) -> Failure {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    if e.is_connect() {
-        Failure::Connect(text)
-    } else if e.is_timeout() {
-        Failure::Timeout
-    } else {
-        Failure::Transport(text)
-    }
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ fn reply(d: &DeploymentConfig, req: &ChatRequest) -> ChatCompletion {
         // The same prompt gets the same answer from the same deployment, run after run.
         let key = format!("{}\u{0}{last_user}", d.name);
         let i = crate::config::stable_hash(key.as_bytes()) as usize % answers.len();
-        answers[i].clone()
+        answers.get(i).cloned().unwrap_or_default()
     };
     let completion_tokens = crate::protocol::request::estimate_tokens(text.len())
         .min(u64::from(req.max_tokens.unwrap_or(u32::MAX)));

@@ -5,10 +5,10 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 
-use super::{Failure, anthropic, gemini, openai};
+use super::{Failure, anthropic, gemini, http, openai};
 use crate::protocol::Usage;
 
 /// What one provider event turned into.
@@ -56,9 +56,18 @@ impl Translator {
 }
 
 /// Reads an SSE response body and translates each event. The stream ends after the event that
-/// completes the answer; a body that ends before it is a `Transport` failure (a cut stream).
-pub fn from_sse(response: reqwest::Response, translator: Translator) -> PieceStream {
-    let events = response.bytes_stream().eventsource();
+/// completes the answer; a body that ends before it is a `Transport` failure (a cut stream), and
+/// one that passes `limit` bytes in all fails as a reply body over the limit.
+pub fn from_sse(response: reqwest::Response, limit: usize, translator: Translator) -> PieceStream {
+    from_chunks(response.bytes_stream(), limit, translator)
+}
+
+/// `from_sse` over any body: the SSE framing, the bound and the translation, without a socket.
+pub fn from_chunks<S>(chunks: S, limit: usize, translator: Translator) -> PieceStream
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+{
+    let events = http::bounded(chunks, limit).eventsource();
     let state = (Box::pin(events), translator);
     Box::pin(futures::stream::unfold(Some(state), |state| async move {
         let (mut events, mut translator) = state?;
@@ -78,8 +87,17 @@ pub fn from_sse(response: reqwest::Response, translator: Translator) -> PieceStr
                         Err(f) => (Err(f), None),
                     });
                 }
-                Some(Err(e)) => {
-                    return Some((Err(Failure::Transport(format!("stream broken: {e}"))), None));
+                Some(Err(EventStreamError::Transport(e))) => {
+                    return Some((Err(e.into_failure()), None));
+                }
+                // Not quoted: the parser's error holds the rest of the body.
+                Some(Err(EventStreamError::Utf8(_))) => {
+                    let f = Failure::InvalidBody("the event stream is not UTF-8".into());
+                    return Some((Err(f), None));
+                }
+                Some(Err(EventStreamError::Parser(_))) => {
+                    let f = Failure::InvalidBody("the body is not an event stream".into());
+                    return Some((Err(f), None));
                 }
                 None if translator.done() => return None,
                 None => {

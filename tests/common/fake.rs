@@ -99,6 +99,24 @@ pub enum Fault {
     /// (for first-token timeouts). A request not asking for a stream gets
     /// the OK reply after `first`.
     StreamDelay { first: Duration },
+    /// 429 with the dialect's rate-limit body and `header: value` as sent
+    /// (`retry-after: 1e20`, `retry-after-ms: NaN`, ...).
+    RateLimitedRaw { header: String, value: String },
+    /// 200 whose body is `bytes` long (a JSON object padded with spaces):
+    /// with a `content-length` unless `chunked`. Written in pieces, so that
+    /// the fake stops when the client stops reading.
+    HugeBody { bytes: usize, chunked: bool },
+    /// 200 whose body never ends: for a plain request a chunked body with a
+    /// space every `every`; for a stream, the stream's head and first events,
+    /// then one more text event every `every`. Either way, forever, until the
+    /// client goes away ([`FakeProvider::hangups`] counts those).
+    Trickle { every: Duration },
+    /// 200 with the dialect's reply asking for one call of tool `name` with
+    /// `args`, and no text. Gemini's carries no call id, as Gemini sends
+    /// none. A streamed request gets the same reply as one event (Gemini's
+    /// stream events are whole replies); for the other dialects, only
+    /// non-streamed requests are meant.
+    ToolCall { name: String, args: Value },
 }
 
 impl Fault {
@@ -187,6 +205,8 @@ struct Shared {
     recorded: Notify,
     /// Numbers the answers, for their ids.
     answers: AtomicU64,
+    /// Endless answers ([`Fault::Trickle`]) ended by the client going away.
+    hangups: AtomicU64,
 }
 
 struct State {
@@ -238,6 +258,7 @@ impl FakeProvider {
             }),
             recorded: Notify::new(),
             answers: AtomicU64::new(0),
+            hangups: AtomicU64::new(0),
         });
         let (shutdown, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), stopped));
@@ -321,6 +342,29 @@ impl FakeProvider {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.calls() >= n;
+            }
+        }
+    }
+
+    /// How many [`Fault::Trickle`] answers the client ended by closing the
+    /// connection: the engine stopped reading.
+    pub fn hangups(&self) -> u64 {
+        self.handle.shared.hangups.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` trickled answers were hung up on; `false`
+    /// if `timeout` passes first.
+    pub async fn wait_hangups(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.handle.shared.recorded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.hangups() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.hangups() >= n;
             }
         }
     }
@@ -442,6 +486,14 @@ impl Dialect {
             Dialect::OpenAi => openai::body(a),
             Dialect::Anthropic => anthropic::body(a),
             Dialect::Gemini => gemini::body(a),
+        }
+    }
+
+    fn tool_call(self, a: &Answer<'_>, name: &str, args: &Value) -> Value {
+        match self {
+            Dialect::OpenAi => openai::tool_call(a, name, args),
+            Dialect::Anthropic => anthropic::tool_call(a, name, args),
+            Dialect::Gemini => gemini::tool_call(a, name, args),
         }
     }
 
@@ -676,6 +728,31 @@ async fn answer(
                 conn.idle(None).await;
                 return false;
             }
+            Fault::RateLimitedRaw { header, value } => {
+                let body = dialect.rate_limited(1).to_string();
+                conn.send(429, &[(&header, &value)], body.as_bytes(), close)
+                    .await
+            }
+            Fault::HugeBody { bytes, chunked } => {
+                return huge_body(conn, bytes, chunked).await && !close;
+            }
+            Fault::Trickle { every } => {
+                trickle(conn, shared, req, stream, every).await;
+                return false;
+            }
+            Fault::ToolCall { name, args } => {
+                let body = shared
+                    .answer(req, None, |a| dialect.tool_call(a, &name, &args))
+                    .to_string();
+                if stream && dialect == Dialect::Gemini {
+                    let event = format!("data: {body}\r\n\r\n");
+                    let sent = conn.start_chunks("text/event-stream", close).await.is_ok()
+                        && conn.send_chunk(event.as_bytes()).await.is_ok()
+                        && conn.end_chunks().await.is_ok();
+                    return sent && !close;
+                }
+                conn.send(200, &[], body.as_bytes(), close).await
+            }
         };
         return sent.is_ok() && !close;
     }
@@ -740,4 +817,65 @@ async fn succeed(
         return false;
     }
     conn.end_chunks().await.is_ok() && !close
+}
+
+/// A 200 with a `bytes`-long body; `true` if all of it was sent.
+async fn huge_body(conn: &mut Conn, bytes: usize, chunked: bool) -> bool {
+    const OPEN: &[u8] = b"{\"pad\":\"";
+    const PIECE: usize = 64 * 1024;
+    let head = if chunked {
+        conn.start_chunks("application/json", false).await
+    } else {
+        let head = response_head(200, &[], bytes, false);
+        conn.stream.write_all(head.as_bytes()).await
+    };
+    if head.is_err() {
+        return false;
+    }
+    let mut left = bytes;
+    let mut first = true;
+    let pad = vec![b' '; PIECE];
+    while left > 0 {
+        let mut piece = if first { OPEN.to_vec() } else { Vec::new() };
+        first = false;
+        let n = (PIECE - piece.len()).min(left.saturating_sub(piece.len()));
+        piece.extend_from_slice(&pad[..n]);
+        piece.truncate(left);
+        left -= piece.len();
+        let sent = if chunked {
+            conn.send_chunk(&piece).await
+        } else {
+            conn.stream.write_all(&piece).await
+        };
+        if sent.is_err() {
+            return false;
+        }
+    }
+    !chunked || conn.end_chunks().await.is_ok()
+}
+
+/// An answer that never ends (see [`Fault::Trickle`]); returns once the
+/// client hangs up, counting it.
+async fn trickle(conn: &mut Conn, shared: &Shared, req: &Request, stream: bool, every: Duration) {
+    let dialect = shared.dialect;
+    let (content_type, mut first, next): (_, Vec<String>, String) = if stream {
+        let events = shared.answer(req, Some(("tick tock tack", 1, 1)), |a| {
+            dialect.events(a, req)
+        });
+        let mut first = events.preamble;
+        let next = events.content.first().cloned().unwrap_or_default();
+        first.push(next.clone());
+        (events.content_type, first, next)
+    } else {
+        ("application/json", vec!["{".to_owned()], " ".to_owned())
+    };
+    let mut open = conn.start_chunks(content_type, false).await.is_ok();
+    for piece in first.drain(..) {
+        open = open && conn.send_chunk(piece.as_bytes()).await.is_ok();
+    }
+    while open && conn.idle(Some(every)).await {
+        open = conn.send_chunk(next.as_bytes()).await.is_ok();
+    }
+    shared.hangups.fetch_add(1, Ordering::Relaxed);
+    shared.recorded.notify_waiters();
 }

@@ -79,7 +79,7 @@ pub async fn call(
         d,
         build_body(d, req, ctx.include_request_extra, false)?,
     );
-    let bytes = super::send(builder, error_message).await?;
+    let bytes = super::send(builder?, error_message, d.max_reply_body).await?;
     parse_response(&bytes).map(Answer::Built)
 }
 
@@ -97,9 +97,10 @@ pub async fn open_stream(
         d,
         build_body(d, req, ctx.include_request_extra, true)?,
     );
-    let response = super::send_stream(builder, error_message).await?;
+    let response = super::send_stream(builder?, error_message, d.max_reply_body).await?;
     Ok(super::stream::from_sse(
         response,
+        d.max_reply_body,
         super::stream::Translator::Anthropic(StreamState::new(&d.model)),
     ))
 }
@@ -109,12 +110,12 @@ fn request(
     url: &reqwest::Url,
     d: &DeploymentConfig,
     body: Vec<u8>,
-) -> reqwest::RequestBuilder {
+) -> Result<reqwest::RequestBuilder, Failure> {
     super::post_json(
         client,
         url,
         d,
-        "x-api-key",
+        super::Auth::Header("x-api-key"),
         &[("anthropic-version", VERSION)],
         body,
     )
@@ -417,16 +418,18 @@ pub(super) fn usage_from(u: &Value, prior: Option<Usage>) -> Usage {
         "cache_creation_input_tokens",
     ];
     let prompt = if input.iter().any(|k| n(k).is_some()) {
-        input.iter().filter_map(|k| n(k)).sum()
+        input
+            .iter()
+            .filter_map(|k| n(k))
+            .fold(0u64, u64::saturating_add)
     } else {
         prior.map_or(0, |p| p.prompt_tokens)
     };
-    let completion = n("output_tokens").unwrap_or(0);
-    Usage {
+    super::sane_usage(Usage {
         prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
-    }
+        completion_tokens: n("output_tokens").unwrap_or(0),
+        total_tokens: 0,
+    })
 }
 
 /// `"{error.type}: {error.message}"` of an Anthropic error body, else the start of the body.

@@ -83,7 +83,7 @@ pub async fn call(
         d,
         build_body(d, req, ctx.include_request_extra)?,
     );
-    let bytes = super::send(builder, error_message).await?;
+    let bytes = super::send(builder?, error_message, d.max_reply_body).await?;
     parse_response(&bytes, &d.model).map(Answer::Built)
 }
 
@@ -101,9 +101,10 @@ pub async fn open_stream(
         d,
         build_body(d, req, ctx.include_request_extra)?,
     );
-    let response = super::send_stream(builder, error_message).await?;
+    let response = super::send_stream(builder?, error_message, d.max_reply_body).await?;
     Ok(super::stream::from_sse(
         response,
+        d.max_reply_body,
         super::stream::Translator::Gemini(StreamState::new(&d.model)),
     ))
 }
@@ -113,8 +114,15 @@ fn request(
     url: &reqwest::Url,
     d: &DeploymentConfig,
     body: Vec<u8>,
-) -> reqwest::RequestBuilder {
-    super::post_json(client, url, d, "x-goog-api-key", &[], body)
+) -> Result<reqwest::RequestBuilder, Failure> {
+    super::post_json(
+        client,
+        url,
+        d,
+        super::Auth::Header("x-goog-api-key"),
+        &[],
+        body,
+    )
 }
 
 /// The GenerateContentRequest for an OpenAI request (the same body serves streaming: Gemini picks
@@ -383,9 +391,8 @@ pub fn parse_response(bytes: &[u8], model: &str) -> Result<ChatCompletion, Failu
     let v: Value = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let candidates = v.get("candidates").and_then(Value::as_array);
     let mut choices = Vec::new();
-    let mut next_call = 0;
     for (i, c) in candidates.into_iter().flatten().enumerate() {
-        let (text, tool_calls) = read_parts(c, &mut next_call);
+        let (text, tool_calls) = read_parts(c);
         let mut extra = Map::new();
         if !tool_calls.is_empty() {
             extra.insert("tool_calls".into(), Value::Array(tool_calls));
@@ -441,8 +448,8 @@ pub(super) fn response_id(v: &Value) -> String {
 }
 
 /// A candidate's text (thought summaries left out) and its function calls as OpenAI tool calls,
-/// numbered `call_<n>` from `next_call` when Gemini gives them no id.
-pub(super) fn read_parts(candidate: &Value, next_call: &mut u64) -> (Option<String>, Vec<Value>) {
+/// with an id made up (`tool_call_id`) when Gemini gives them none.
+pub(super) fn read_parts(candidate: &Value) -> (Option<String>, Vec<Value>) {
     let mut text: Option<String> = None;
     let mut calls = Vec::new();
     let parts = candidate
@@ -456,9 +463,8 @@ pub(super) fn read_parts(candidate: &Value, next_call: &mut u64) -> (Option<Stri
         } else if let Some(f) = p.get("functionCall") {
             let id = match f["id"].as_str() {
                 Some(id) => id.to_string(),
-                None => format!("call_{next_call}"),
+                None => tool_call_id(),
             };
-            *next_call += 1;
             let args = f.get("args").cloned().unwrap_or_else(|| json!({}));
             calls.push(json!({
                 "id": id,
@@ -468,6 +474,19 @@ pub(super) fn read_parts(candidate: &Value, next_call: &mut u64) -> (Option<Stri
         }
     }
     (text, calls)
+}
+
+/// A tool call id as OpenAI makes them: `call_` and 24 random alphanumerics. Unique across
+/// replies, not numbered per reply: a conversation carries every earlier round's calls, and
+/// Anthropic refuses one whose `tool_use` ids repeat (a 400 that would not fall back).
+pub fn tool_call_id() -> String {
+    use rand::Rng;
+    let random: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(24)
+        .map(char::from)
+        .collect();
+    format!("call_{random}")
 }
 
 /// OpenAI's finish reason for Gemini's. Gemini ends a turn that calls functions with `STOP`;
@@ -486,16 +505,26 @@ pub fn finish_reason(reason: &str, has_tool_calls: bool) -> &'static str {
 /// OpenAI usage from `usageMetadata`: thinking tokens are billed as output, tool-use prompt tokens
 /// as input.
 pub(super) fn usage_from(u: &Value) -> Usage {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = n("promptTokenCount") + n("toolUsePromptTokenCount");
-    let completion = n("candidatesTokenCount") + n("thoughtsTokenCount");
-    Usage {
+    let n = |k: &str| {
+        u.get(k)
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(super::MAX_TOKENS)
+    };
+    let prompt = n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount"));
+    let completion = n("candidatesTokenCount").saturating_add(n("thoughtsTokenCount"));
+    let sane = super::sane_usage(Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
+        total_tokens: 0,
+    });
+    Usage {
+        // Gemini's own total where it gives one (it may count what the parts leave out).
         total_tokens: u
             .get("totalTokenCount")
             .and_then(Value::as_u64)
-            .unwrap_or(prompt + completion),
+            .map_or(sane.total_tokens, |t| t.min(2 * super::MAX_TOKENS)),
+        ..sane
     }
 }
 

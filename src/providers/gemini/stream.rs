@@ -17,7 +17,6 @@ pub struct StreamState {
     created: u64,
     usage: Option<Usage>,
     candidates: Vec<Candidate>,
-    next_call: u64,
     done: bool,
 }
 
@@ -37,7 +36,6 @@ impl StreamState {
             created: unix_now(),
             usage: None,
             candidates: Vec::new(),
-            next_call: 0,
             done: false,
         }
     }
@@ -69,27 +67,25 @@ impl StreamState {
         for (i, c) in candidates.into_iter().flatten().enumerate() {
             let index = c["index"].as_u64().unwrap_or(i as u64);
             let mut delta = Map::new();
-            let slot = match self.candidates.iter().position(|k| k.index == index) {
-                Some(slot) => slot,
-                None => {
-                    delta.insert("role".into(), json!("assistant"));
-                    self.candidates.push(Candidate {
-                        index,
-                        tool_calls: 0,
-                        finished: false,
-                    });
-                    self.candidates.len() - 1
-                }
+            if !self.candidates.iter().any(|k| k.index == index) {
+                delta.insert("role".into(), json!("assistant"));
+                self.candidates.push(Candidate {
+                    index,
+                    tool_calls: 0,
+                    finished: false,
+                });
+            }
+            let Some(state) = self.candidates.iter_mut().find(|k| k.index == index) else {
+                continue;
             };
-            let state = &mut self.candidates[slot];
-            let (text, calls) = read_parts(c, &mut self.next_call);
+            let (text, calls) = read_parts(c);
             if let Some(t) = text {
                 delta.insert("content".into(), json!(t));
             }
             if !calls.is_empty() {
                 let calls = calls.into_iter().map(|mut call| {
                     call["index"] = json!(state.tool_calls);
-                    state.tool_calls += 1;
+                    state.tool_calls = state.tool_calls.saturating_add(1);
                     call
                 });
                 delta.insert("tool_calls".into(), Value::Array(calls.collect()));
@@ -186,10 +182,14 @@ mod tests {
         let chunks = s
             .on_event(None, r#"{"candidates": [{"content": {"parts": [{"functionCall": {"name": "get_current_weather","args": {"location": "Boston, MA"}}}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 30,"candidatesTokenCount": 8,"totalTokenCount": 38}}"#)
             .unwrap();
+        let mut choice = chunks[0]["choices"][0].clone();
+        let id = choice["delta"]["tool_calls"][0]["id"].as_str().unwrap();
+        super::super::tests::assert_made_up_id(id);
+        choice["delta"]["tool_calls"][0]["id"] = json!("ID");
         assert_eq!(
-            chunks[0]["choices"][0],
+            choice,
             json!({"index": 0, "delta": {"role": "assistant", "tool_calls": [
-                {"index": 0, "id": "call_0", "type": "function", "function": {"name": "get_current_weather", "arguments": "{\"location\":\"Boston, MA\"}"}}
+                {"index": 0, "id": "ID", "type": "function", "function": {"name": "get_current_weather", "arguments": "{\"location\":\"Boston, MA\"}"}}
             ]}, "finish_reason": "tool_calls"})
         );
         assert_eq!(chunks[1]["choices"], json!([]));

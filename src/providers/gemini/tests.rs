@@ -346,19 +346,45 @@ fn a_function_call_reply_becomes_tool_calls() {
         }],
         "usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 12, "totalTokenCount": 42}
     });
-    let v = completion(reply);
+    let v = completion(reply.clone());
     assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(
         v["model"], "gemini-2.0-flash",
         "no modelVersion: the deployment's model"
     );
+    // Gemini sends no ids: they are made up like OpenAI's, and never repeat.
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    let ids: Vec<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    for id in &ids {
+        assert_made_up_id(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    let again = completion(reply);
+    let again = again["choices"][0]["message"]["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap();
+    assert!(!ids.contains(&again), "another reply, other ids");
+    let mut v = v;
+    for call in v["choices"][0]["message"]["tool_calls"]
+        .as_array_mut()
+        .unwrap()
+    {
+        call["id"] = json!("ID");
+    }
     assert_eq!(
         v["choices"],
         json!([{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
-            {"id": "call_0", "type": "function", "function": {"name": "get_current_weather", "arguments": "{\"location\":\"Boston, MA\"}"}},
-            {"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": "{\"location\":\"Paris\"}"}}
+            {"id": "ID", "type": "function", "function": {"name": "get_current_weather", "arguments": "{\"location\":\"Boston, MA\"}"}},
+            {"id": "ID", "type": "function", "function": {"name": "get_current_weather", "arguments": "{\"location\":\"Paris\"}"}}
         ]}, "finish_reason": "tool_calls"}])
     );
+}
+
+/// `call_` and 24 ASCII alphanumerics, as OpenAI's tool call ids.
+pub(super) fn assert_made_up_id(id: &str) {
+    let random = id.strip_prefix("call_").unwrap_or_else(|| panic!("{id}"));
+    assert_eq!(random.len(), 24, "{id}");
+    assert!(random.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
 }
 
 #[test]

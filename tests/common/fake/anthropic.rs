@@ -1,5 +1,5 @@
 //! The Anthropic Messages dialect: `POST /v1/messages`, checked the way the
-//! real API checks it, answered with a `message` or, for `"stream": true`,
+//! real API checks it (unique `tool_use` ids included), answered with a `message` or, for `"stream": true`,
 //! with the Messages event sequence (`message_start` … `message_stop`).
 
 use serde_json::{Map, Value, json};
@@ -73,6 +73,8 @@ fn check_messages(body: &Map<String, Value>) -> Result<(), String> {
         return Err("messages: at least one message is required".into());
     }
     let mut previous: Option<&str> = None;
+    // The real API refuses a conversation in which two `tool_use` blocks share an id.
+    let mut tool_use_ids: Vec<&str> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let role = match m.get("role").and_then(Value::as_str) {
             Some(role @ ("user" | "assistant")) => role,
@@ -90,6 +92,19 @@ fn check_messages(body: &Map<String, Value>) -> Result<(), String> {
                     "messages.{i}.content: Input should be a valid list"
                 ));
             }
+        }
+        let blocks = m.get("content").and_then(Value::as_array);
+        for (j, block) in blocks.into_iter().flatten().enumerate() {
+            if block.get("type").and_then(Value::as_str) != Some("tool_use") {
+                continue;
+            }
+            let id = block.get("id").and_then(Value::as_str).unwrap_or_default();
+            if tool_use_ids.contains(&id) {
+                return Err(format!(
+                    "messages.{i}.content.{j}: `tool_use` ids must be unique"
+                ));
+            }
+            tool_use_ids.push(id);
         }
         if previous.is_none() && role != "user" {
             return Err(r#"messages: first message must use the "user" role"#.into());
@@ -145,6 +160,20 @@ pub(super) fn body(a: &Answer<'_>) -> Value {
         "model": a.model,
         "content": [{"type": "text", "text": a.text}],
         "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": a.prompt_tokens, "output_tokens": a.completion_tokens},
+    })
+}
+
+/// A Messages `message` that asks for one tool call.
+pub(super) fn tool_call(a: &Answer<'_>, name: &str, args: &Value) -> Value {
+    json!({
+        "id": format!("msg_{}", a.n),
+        "type": "message",
+        "role": "assistant",
+        "model": a.model,
+        "content": [{"type": "tool_use", "id": format!("toolu_fake{}", a.n), "name": name, "input": args}],
+        "stop_reason": "tool_use",
         "stop_sequence": null,
         "usage": {"input_tokens": a.prompt_tokens, "output_tokens": a.completion_tokens},
     })

@@ -154,6 +154,25 @@ fn response(a: &Answer<'_>, text: &str, finished: bool, candidates_tokens: u32) 
     })
 }
 
+/// A `GenerateContentResponse` whose candidate calls one function. Like
+/// Gemini's, the `functionCall` has no id.
+pub(super) fn tool_call(a: &Answer<'_>, name: &str, args: &Value) -> Value {
+    json!({
+        "candidates": [{
+            "content": {"parts": [{"functionCall": {"name": name, "args": args}}], "role": "model"},
+            "finishReason": "STOP",
+            "index": 0,
+        }],
+        "usageMetadata": {
+            "promptTokenCount": a.prompt_tokens,
+            "candidatesTokenCount": a.completion_tokens,
+            "totalTokenCount": a.prompt_tokens + a.completion_tokens,
+        },
+        "modelVersion": a.model,
+        "responseId": format!("resp-{}", a.n),
+    })
+}
+
 /// A `GenerateContentResponse`.
 pub(super) fn body(a: &Answer<'_>) -> Value {
     response(a, a.text, true, a.completion_tokens)

@@ -69,6 +69,27 @@ pub(super) fn body(a: &Answer<'_>) -> Value {
     })
 }
 
+/// A `chat.completion` whose message asks for one tool call.
+pub(super) fn tool_call(a: &Answer<'_>, name: &str, args: &Value) -> Value {
+    json!({
+        "id": format!("chatcmpl-{}", a.n),
+        "object": "chat.completion",
+        "created": a.created,
+        "model": a.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": [{
+                "id": format!("call_fake{}", a.n),
+                "type": "function",
+                "function": {"name": name, "arguments": args.to_string()},
+            }]},
+            "logprobs": null,
+            "finish_reason": "tool_calls",
+        }],
+        "usage": usage(a),
+    })
+}
+
 fn usage(a: &Answer<'_>) -> Value {
     json!({
         "prompt_tokens": a.prompt_tokens,
