@@ -72,10 +72,10 @@ struct Progress {
 /// names it.
 #[derive(Default)]
 pub struct Hooks {
-    pub items: Option<tokio::sync::mpsc::UnboundedSender<ItemResult>>,
+    pub items: Option<tokio::sync::mpsc::Sender<ItemResult>>,
     pub cancel: tokio_util::sync::CancellationToken,
     /// (done, total, failed), sent every second.
-    pub progress: Option<tokio::sync::mpsc::UnboundedSender<(u64, u64, u64)>>,
+    pub progress: Option<tokio::sync::mpsc::Sender<(u64, u64, u64)>>,
     /// The checkpoint's batch id (`serve` names batches by content); by default it is made from
     /// the job name and the input path, so the same command run again resumes.
     pub batch_id: Option<String>,
@@ -272,8 +272,10 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
             progress
                 .cost
                 .fetch_add((result.cost_usd * 1e10) as u64, Relaxed);
+            // Bounded: a slow publisher slows the batch (the worker holds its concurrency
+            // permit meanwhile) instead of queueing results in memory.
             if let Some(tx) = &items {
-                let _ = tx.send(result.clone());
+                let _ = tx.send(result.clone()).await;
             }
             // The checkpoint is the item's end: it is written before the next one is taken.
             let w = writer.clone();
@@ -527,14 +529,16 @@ fn write_output(checkpoint: &Checkpoint, batch_id: &str, path: &Path) -> anyhow:
 fn report_progress(
     p: Arc<Progress>,
     total: u64,
-    tx: tokio::sync::mpsc::UnboundedSender<(u64, u64, u64)>,
+    tx: tokio::sync::mpsc::Sender<(u64, u64, u64)>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = (p.done.load(Relaxed), total, p.failed.load(Relaxed));
-            if tx.send(now).is_err() {
-                return;
+            // A report the publisher has not taken yet is stale anyway: this one replaces it.
+            match tx.try_send(now) {
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     })

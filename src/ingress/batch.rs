@@ -63,6 +63,9 @@ pub struct BatchService {
     leases: Mutex<HashMap<String, Held>>,
 }
 
+/// Item results held between a batch's workers and the NATS publisher.
+const ITEMS_BUFFER: usize = 64;
+
 /// A batch this instance runs.
 struct Run {
     /// Stops the run (cancel, shutdown, lost lease).
@@ -486,8 +489,10 @@ impl BatchService {
     /// Runs a claimed batch in the background, publishing items and progress; `cancel` is its
     /// claim's token.
     fn start(self: &Arc<Self>, id: String, dir: PathBuf, cancel: CancellationToken) {
-        let (items_tx, mut items_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Both bounded: item results wait for the publisher (the batch slows down), progress
+        // reports are dropped while one is waiting.
+        let (items_tx, mut items_rx) = tokio::sync::mpsc::channel(ITEMS_BUFFER);
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel(1);
         let this = self.clone();
         self.tracker.spawn(async move {
             let input = {
