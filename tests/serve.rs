@@ -11,6 +11,8 @@ use common::harness::{HELLO, ask, openai_deployment};
 use common::{FakeProvider, Fault, NatsServer};
 
 const SECRET: &str = "sk-live-DO-NOT-LEAK-7f3a9c";
+const URL_PASSWORD: &str = "url-password-DO-NOT-LEAK-41d0";
+const QUERY_KEY: &str = "query-key-DO-NOT-LEAK-93be";
 
 struct Serve {
     child: Child,
@@ -125,14 +127,62 @@ async fn sigterm_drains_requests_in_flight_then_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_calls_stuck_past_the_shutdown_timeout_answers_them_and_exits_zero() {
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start_named("stuck").await;
+    fake.set_default(Fault::Hang);
+    let text = config_text(&nats, &fake)
+        .replace("[tasks]", "[limits]\nshutdown_timeout = \"500ms\"\n[tasks]");
+    let serve = Serve::start(&text);
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    wait_ready(&client).await;
+    let pending: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { ask(&client, "chat", HELLO, &[]).await })
+        })
+        .collect();
+    assert!(
+        fake.wait_calls(2, Duration::from_secs(10)).await,
+        "2 requests in flight"
+    );
+    serve.signal("-TERM");
+    for p in pending {
+        let r = p.await.unwrap();
+        assert_eq!(r.error_kind(), "unavailable", "{:?}", r.body);
+    }
+    let (ok, logs) = tokio::task::spawn_blocking(move || serve.wait())
+        .await
+        .unwrap();
+    assert!(
+        ok,
+        "exit status 0 after the shutdown timeout; logs:\n{logs}"
+    );
+    assert!(logs.contains("shutdown timeout passed"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_never_appears_in_logs_replies_or_status() {
     let nats = NatsServer::start();
     let fake = FakeProvider::start_named("p").await;
-    let serve = Serve::start(&config_text(&nats, &fake));
+    // A deployment whose api_base carries credentials and a query key, and cannot be reached:
+    // its connect errors are logged, traced (the JSON log lines carry the spans) and replied.
+    let leaky = openai_deployment(
+        "leaky",
+        "leaky",
+        &format!("http://user:{URL_PASSWORD}@127.0.0.1:1/v1?key={QUERY_KEY}"),
+        "",
+    )
+    .replace("TEST_KEY_ENV", "SECRET_KEY");
+    let text = config_text(&nats, &fake).replace("[tasks]\n", "[tasks]\nleaky = \"leaky\"\n");
+    let serve = Serve::start(&format!("{text}{leaky}"));
     let client = async_nats::connect(nats.url()).await.unwrap();
     wait_ready(&client).await;
 
     let mut seen = Vec::new();
+    let r = ask(&client, "leaky", HELLO, &[]).await;
+    assert_eq!(r.error_kind(), "unavailable", "{}", r.body);
+    seen.push(format!("{:?} {}", r.headers, r.body));
     fake.push(Fault::Ok);
     fake.push(Fault::status(401));
     fake.push(Fault::status(500));
@@ -159,9 +209,15 @@ async fn the_api_key_never_appears_in_logs_replies_or_status() {
         "attempts are logged: {logs}"
     );
     assert!(logs.contains("\"request_id\""), "{logs}");
-    assert!(!logs.contains(SECRET), "key in logs:\n{logs}");
-    for s in seen {
-        assert!(!s.contains(SECRET), "key in a reply or status: {s}");
+    assert!(
+        logs.contains("connect"),
+        "the unreachable deployment is logged: {logs}"
+    );
+    for planted in [SECRET, URL_PASSWORD, QUERY_KEY] {
+        assert!(!logs.contains(planted), "{planted} in logs:\n{logs}");
+        for s in &seen {
+            assert!(!s.contains(planted), "{planted} in a reply or status: {s}");
+        }
     }
 }
 

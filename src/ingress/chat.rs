@@ -18,7 +18,7 @@ use tracing::{error, warn};
 use super::service::Counters;
 use super::{IngressError, Tasks};
 use crate::engine::{ChatOutcome, Engine};
-use crate::protocol::headers::new_request_id;
+use crate::protocol::headers::{self, new_request_id};
 use crate::protocol::{ErrorKind, RequestOptions, Subjects};
 use crate::routing::fallback::Failed;
 
@@ -119,14 +119,7 @@ async fn handle(
         engine.limits().max_deadline,
     );
     // The id is fixed here, so that a reply made outside the engine names it too.
-    let request_id: Arc<str> = match &mut options {
-        Ok(o) => o
-            .request_id
-            .get_or_insert_with(new_request_id)
-            .as_str()
-            .into(),
-        Err(_) => new_request_id().into(),
-    };
+    let request_id = headers::settle_request_id(&mut options);
     let streaming = may_stream(&msg.payload);
     let served = serve_one(
         &msg,

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use super::chat::header;
 use crate::config::{Config, JobsConfig};
 use crate::engine::Engine;
-use crate::protocol::headers::{JOB_ID, RESULT_SUBJECT, new_request_id};
+use crate::protocol::headers::{JOB_ID, RESULT_SUBJECT, settle_request_id};
 use crate::protocol::{RequestOptions, Subjects};
 
 /// How long one pull request waits for jobs. Also bounds how long shutdown waits for the
@@ -304,14 +304,7 @@ impl Jobs {
                 o
             }),
         };
-        let request_id: Arc<str> = match &mut options {
-            Ok(o) => o
-                .request_id
-                .get_or_insert_with(new_request_id)
-                .as_str()
-                .into(),
-            Err(_) => new_request_id().into(),
-        };
+        let request_id = settle_request_id(&mut options);
         let served = self.engine.chat(task, options, &msg.payload, None);
         let outcome = super::chat::guarded(served, &self.engine, &request_id, false).await;
         // A result too large for one NATS message is stored as the error that says so: a

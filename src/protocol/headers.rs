@@ -48,6 +48,20 @@ pub fn new_request_id() -> String {
         .to_string()
 }
 
+/// The request id of a request whose headers were read into `options`: the caller's, else a new
+/// one written into the options, so that the engine and any reply made outside it (overload, a
+/// failed task, shutdown) name the same id. Headers that could not be read get a fresh id.
+pub fn settle_request_id(options: &mut Result<RequestOptions, String>) -> std::sync::Arc<str> {
+    match options {
+        Ok(o) => o
+            .request_id
+            .get_or_insert_with(new_request_id)
+            .as_str()
+            .into(),
+        Err(_) => new_request_id().into(),
+    }
+}
+
 /// The longest `Llm-Request-Id` taken: ids are echoed in every reply and log line.
 pub const MAX_REQUEST_ID: usize = 256;
 
