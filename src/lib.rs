@@ -1,9 +1,28 @@
-//! Switchyard routes LLM requests across providers over NATS. The request path, in the order a
-//! request meets it: `ingress` (NATS subjects) → `engine` → `routing` (classify, strategy,
-//! fallback walk) → `deployment` (one actor per deployment: limits, breaker, stats) →
-//! `providers` (wire formats). `config` and `protocol` are shared vocabulary; `observe` is what
-//! the engine tells about itself. `batch` sends the records of a file through the same engine,
-//! one chat request per record, and checks each answer against the job's output rule.
+//! Switchyard routes LLM requests across providers over NATS.
+//!
+//! # Floors
+//! Each module names only modules on floors below its own (`tests/floors.rs` checks it, and that
+//! the files of one module form no cycle). Bottom to top, in the order a request meets them from
+//! the wire down to the provider and back:
+//!
+//! 0. `config` — the TOML file, validated into the `Config` every other floor reads.
+//! 1. `protocol` — what callers see: the OpenAI-shaped request and reply, `Llm-*` headers, error kinds, subjects, circuit states.
+//! 2. `observe` — what the engine tells about itself: status snapshot types, events, alert rules, spend ledger.
+//! 3. `providers` — wire formats: one adapter per provider API (OpenAI-compatible, Anthropic, Gemini) and the simulator.
+//! 4. `cluster` — state shared between instances through a JetStream KV bucket: circuits, cool-downs, rpm/tpm windows, leases.
+//! 5. `deployment` — one actor per deployment: limits, breaker, stats; one attempt at one provider.
+//! 6. `routing` — task → group, strategies, budgets, the fallback walk over deployments.
+//! 7. `engine` — the whole in-process: starts the actors and the router, serves one request (`chat`) and status.
+//! 8. `batch` — file batches through the engine, checkpointed in SQLite.
+//! 9. `ingress` — the NATS surfaces: chat, jobs, status, batches, `$SRV`, Prometheus, the cluster sync task.
+//! 10. `commands` — what each CLI verb does.
+//! 11. `cli` — the command line (clap); `main.rs` parses it and runs the command.
+//!
+//! # A request's shapes
+//! `ChatRequest` (parsed body) with `RequestOptions` (headers) → the router's `Ask` → one
+//! `CallArgs` per attempt at a deployment → the provider's `ProviderReply` or a `Failure`
+//! (whose `Decision` says fall back or stop) → the walk's `Served` or `Failed` → `ChatOutcome`
+//! → the `Reply` on the wire.
 
 pub mod batch;
 pub mod cli;
