@@ -1,9 +1,10 @@
-//! The command line: `switchyard serve | demo | request | submit | batch | status`.
+//! The command line: `switchyard serve | demo | request | submit | batch | status`. Each verb's
+//! arguments are one clap `Args` struct, which its command in `crate::commands` takes as it is.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,126 +29,31 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve `llm.chat.<task>` and `llm.status` over NATS until SIGTERM/SIGINT, then drain.
-    Serve {
-        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
+    Serve(ServeArgs),
     /// A batch on the demo config, in-process (no NATS, no API key): the embedded ticket-triage
     /// job over 20 tickets, in `./switchyard-demo/`. Run it twice: the second run resumes.
     /// With `--burst`: a burst of chat requests showing who served each, the fallbacks and the
     /// circuit transitions.
-    Demo {
-        /// The burst of chat requests instead of the batch.
-        #[arg(long)]
-        burst: bool,
-        /// A config file; without it, the embedded `config/demo.toml`.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// How many requests to send.
-        #[arg(long, default_value_t = 80)]
-        requests: usize,
-        /// Time between two requests being sent.
-        #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        /// Route every request of the burst with this strategy (sent as `Llm-Strategy`); implies
-        /// `--burst`.
-        #[arg(long)]
-        strategy: Option<String>,
-    },
+    Demo(DemoArgs),
     /// Send one chat request on `llm.chat.<TASK>` and print the reply (headers on stderr).
-    Request {
-        /// The task token of the subject.
-        task: String,
-        /// A prompt, sent as one user message.
-        prompt: Option<String>,
-        /// A file with the whole OpenAI-shaped request body.
-        #[arg(long, conflicts_with = "prompt")]
-        file: Option<PathBuf>,
-        /// A request header, `Llm-Deadline: 20s`; repeatable.
-        #[arg(long = "header", short = 'H', value_parser = crate::commands::request::parse_header)]
-        headers: Vec<(String, String)>,
-        /// How long to wait for the reply (for each chunk with --stream).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        /// Stream the reply (with a prompt: sets `"stream": true`).
-        #[arg(long)]
-        stream: bool,
-        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
+    Request(RequestArgs),
     /// Submit one durable async job on `llm.submit.<TASK>` (JetStream) and print its id; with
     /// --wait, also its result (headers on stderr), read from the results stream.
-    Submit {
-        /// The task token of the subject.
-        task: String,
-        /// A file with the whole OpenAI-shaped request body; `-` reads stdin.
-        #[arg(long)]
-        file: PathBuf,
-        /// Wait for the result and print it; exit non-zero if it is an error.
-        #[arg(long)]
-        wait: bool,
-        /// The job id (sent as `Nats-Msg-Id`); a new UUID v7 when absent.
-        #[arg(long)]
-        job_id: Option<String>,
-        /// A job header, `Llm-Deadline: 20s`; repeatable.
-        #[arg(long = "header", short = 'H', value_parser = crate::commands::request::parse_header)]
-        headers: Vec<(String, String)>,
-        /// How long to wait for the server to store the job, and with --wait for the result.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
+    Submit(SubmitArgs),
     /// Batch jobs from files (contract section 5).
     Batch {
         #[command(subcommand)]
         command: BatchCommand,
     },
     /// Gather every instance's `llm.status` answer and print it as a table.
-    Status {
-        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-        config: PathBuf,
-        /// Print the raw JSON answers, one per line.
-        #[arg(long)]
-        json: bool,
-        /// Refresh in place until interrupted.
-        #[arg(long)]
-        watch: bool,
-        /// How long to gather answers from instances.
-        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-        gather: Duration,
-        /// Refresh period with --watch.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        every: Duration,
-        /// Only this instance's answer; exit non-zero when it does not answer (a health check:
-        /// the Docker image runs `status --instance $SWITCHYARD_INSTANCE`).
-        #[arg(long)]
-        instance: Option<String>,
-    },
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BatchCommand {
     /// Run a job over an input file in-process (no NATS), checkpointing every item; run the same
     /// command again after a crash and it resumes.
-    Run {
-        /// The job file (see jobs/).
-        job: PathBuf,
-        /// JSONL (one object per line) or CSV with a header.
-        #[arg(long)]
-        input: PathBuf,
-        /// Where the results go (default: INPUT's name with `.out.jsonl`).
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// The checkpoint database.
-        #[arg(long, default_value = "switchyard-batch.db")]
-        db: PathBuf,
-        /// Start the batch over even if its job or input changed.
-        #[arg(long)]
-        restart: bool,
-        #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-        config: PathBuf,
-    },
+    Run(BatchRunArgs),
     /// Start a batch inside a running `serve` (over NATS); prints its id.
     Submit {
         job: PathBuf,
@@ -178,4 +84,138 @@ pub enum BatchCommand {
         #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The burst of chat requests instead of the batch.
+    #[arg(long)]
+    pub burst: bool,
+    /// A config file; without it, the embedded `config/demo.toml`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// How many requests to send.
+    #[arg(long, default_value_t = 80)]
+    pub requests: usize,
+    /// Time between two requests being sent.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Route every request of the burst with this strategy (sent as `Llm-Strategy`); implies
+    /// `--burst`.
+    #[arg(long)]
+    pub strategy: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// The task token of the subject.
+    pub task: String,
+    /// A prompt, sent as one user message.
+    pub prompt: Option<String>,
+    /// A file with the whole OpenAI-shaped request body.
+    #[arg(long, conflicts_with = "prompt")]
+    pub file: Option<PathBuf>,
+    /// A request header, `Llm-Deadline: 20s`; repeatable.
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// How long to wait for the reply (for each chunk with --stream).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Stream the reply (with a prompt: sets `"stream": true`).
+    #[arg(long)]
+    pub stream: bool,
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The task token of the subject.
+    pub task: String,
+    /// A file with the whole OpenAI-shaped request body; `-` reads stdin.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Wait for the result and print it; exit non-zero if it is an error.
+    #[arg(long)]
+    pub wait: bool,
+    /// The job id (sent as `Nats-Msg-Id`); a new UUID v7 when absent.
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// A job header, `Llm-Deadline: 20s`; repeatable.
+    #[arg(long = "header", short = 'H', value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// How long to wait for the server to store the job, and with --wait for the result.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Print the raw JSON answers, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh in place until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// How long to gather answers from instances.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub gather: Duration,
+    /// Refresh period with --watch.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+    /// Only this instance's answer; exit non-zero when it does not answer (a health check:
+    /// the Docker image runs `status --instance $SWITCHYARD_INSTANCE`).
+    #[arg(long)]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+/// `Name: value` or `Name=value`.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .or_else(|| s.split_once('='))
+        .ok_or_else(|| format!("`{s}` is not `Name: value`"))?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+#[derive(Debug, Args)]
+pub struct BatchRunArgs {
+    /// The job file (see jobs/).
+    pub job: PathBuf,
+    /// JSONL (one object per line) or CSV with a header.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where the results go (default: INPUT's name with `.out.jsonl`).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// The checkpoint database.
+    #[arg(long, default_value = "switchyard-batch.db")]
+    pub db: PathBuf,
+    /// Start the batch over even if its job or input changed.
+    #[arg(long)]
+    pub restart: bool,
+    #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+impl From<BatchRunArgs> for crate::batch::runner::RunArgs {
+    fn from(a: BatchRunArgs) -> Self {
+        Self {
+            job: a.job,
+            input: a.input,
+            output: a.output,
+            db: a.db,
+            restart: a.restart,
+        }
+    }
 }

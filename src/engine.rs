@@ -18,7 +18,7 @@ use crate::cluster::quota::SharedWindow;
 use crate::config::Config;
 use crate::deployment::{self, Shared};
 use crate::observe::alerts::{Alert, Change, Inputs, Rules};
-use crate::observe::events::{self, Event, EventBus};
+use crate::observe::events::{self, EventBus};
 use crate::observe::spend::{Ledger, LedgerError, Spend};
 use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
 use crate::protocol::{ChatRequest, InvalidRequest};
@@ -239,7 +239,7 @@ impl Engine {
         match &result {
             Ok(s) => {
                 let c = self.router.slots[s.index].config();
-                span.record("gen_ai.system", gen_ai_system(c.provider));
+                span.record("gen_ai.system", c.provider.gen_ai_system());
                 span.record("gen_ai.response.model", c.model.as_str());
                 span.record("gen_ai.usage.input_tokens", s.reply.usage.prompt_tokens);
                 span.record(
@@ -469,7 +469,7 @@ async fn watch_alerts(
                     "alert cleared"
                 ),
             }
-            let _ = events.send(Event::alert(change, instance.clone()));
+            let _ = events.send(change.into_event(instance.clone()));
         }
     }
 }
@@ -506,17 +506,6 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
         completion_tokens: 0,
         latency_histogram: Vec::new(),
         latency_sum_s: 0.0,
-    }
-}
-
-/// The OpenTelemetry GenAI name of a provider (`gen_ai.system`).
-pub fn gen_ai_system(p: crate::config::ProviderKind) -> &'static str {
-    use crate::config::ProviderKind;
-    match p {
-        ProviderKind::OpenAi => "openai",
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::Gemini => "gcp.gemini",
-        ProviderKind::Simulated => "switchyard.simulated",
     }
 }
 

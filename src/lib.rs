@@ -15,8 +15,8 @@
 //! 7. `engine` — the whole in-process: starts the actors and the router, serves one request (`chat`) and status.
 //! 8. `batch` — file batches through the engine, checkpointed in SQLite.
 //! 9. `ingress` — the NATS surfaces: chat, jobs, status, batches, `$SRV`, Prometheus, the cluster sync task.
-//! 10. `commands` — what each CLI verb does.
-//! 11. `cli` — the command line (clap); `main.rs` parses it and runs the command.
+//! 10. `cli` — the command line: one clap `Args` struct per verb.
+//! 11. `commands` — what each verb does, given its `Args`; `main.rs` parses the line and runs one.
 //!
 //! # A request's shapes
 //! `ChatRequest` (parsed body) with `RequestOptions` (headers) → the router's `Ask` → one

@@ -51,111 +51,36 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
-            serve(config).await
-        }
-        Command::Demo {
-            burst,
-            config,
-            requests,
-            interval,
-            strategy,
-        } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
+        Command::Serve(args) => serve(Config::load(&args.config)?).await,
+        Command::Demo(args) => {
+            let config = match &args.config {
+                Some(path) => Config::load(path)?,
                 None => Config::demo(),
             };
-            if burst || strategy.is_some() {
-                demo::run(&config, requests, interval, strategy).await
+            if args.burst || args.strategy.is_some() {
+                demo::run(&config, &args).await
             } else {
                 demo::batch(&config).await
             }
         }
-        Command::Status {
-            config,
-            json,
-            watch,
-            gather,
-            every,
-            instance,
-        } => {
-            let config = Config::load(&config)?;
-            let how = status::How {
-                json,
-                watch,
-                gather,
-                every,
-                instance,
-            };
-            status::run(&config, &how).await
-        }
+        Command::Status(args) => status::run(&Config::load(&args.config)?, &args).await,
         Command::Batch {
-            command:
-                BatchCommand::Run {
-                    job,
-                    input,
-                    output,
-                    db,
-                    restart,
-                    config,
-                },
+            command: BatchCommand::Run(args),
         } => {
-            let config = Config::load(&config)?;
-            let args = batch::runner::RunArgs {
-                job,
-                input,
-                output,
-                db,
-                restart,
-            };
-            batch::runner::run(&config, args).await?.print();
+            let config = Config::load(&args.config)?;
+            batch::runner::run(&config, args.into()).await?.print();
             Ok(())
         }
         Command::Batch { command } => batch_client::run(command).await,
-        Command::Request {
-            task,
-            prompt,
-            file,
-            headers,
-            timeout,
-            stream,
-            config,
-        } => {
-            let config = Config::load(&config)?;
-            let r = request::Request {
-                task,
-                file,
-                prompt,
-                headers,
-                timeout,
-                stream,
-            };
-            if request::run(&config, r).await? {
+        Command::Request(args) => {
+            if request::run(&Config::load(&args.config)?, args).await? {
                 Ok(())
             } else {
                 anyhow::bail!("the request failed (see Llm-Error above)")
             }
         }
-        Command::Submit {
-            task,
-            file,
-            wait,
-            job_id,
-            headers,
-            timeout,
-            config,
-        } => {
-            let config = Config::load(&config)?;
-            let s = submit::Submit {
-                task,
-                file,
-                wait,
-                job_id,
-                headers,
-                timeout,
-            };
-            if submit::run(&config, s).await? {
+        Command::Submit(args) => {
+            if submit::run(&Config::load(&args.config)?, args).await? {
                 Ok(())
             } else {
                 anyhow::bail!("the job failed (see Llm-Error above)")

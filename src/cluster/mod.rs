@@ -3,8 +3,8 @@
 //!
 //! - `circuit.<deployment>`: an instance whose breaker opens (or closes after a good probe) puts
 //!   it there; every instance watches the bucket and forces its own breaker the same way, until
-//!   the same wall-clock time (`sync.rs`).
-//! - `cooldown.<deployment>`: a `Retry-After` cool-down, held by every instance (`sync.rs`).
+//!   the same wall-clock time (the sync task, `ingress::cluster`).
+//! - `cooldown.<deployment>`: a `Retry-After` cool-down, held by every instance (`ingress::cluster`).
 //! - `quota.<deployment>`: per-second request and token counts of the last minute, taken with
 //!   compare-and-swap by the request's own task, so that `rpm`/`tpm` hold for the cluster, not per
 //!   instance (`quota.rs`).
@@ -19,7 +19,6 @@
 
 pub mod lease;
 pub mod quota;
-pub mod sync;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -134,7 +133,18 @@ impl Link {
         (**self.status.load()).clone()
     }
 
-    fn set_status(&self, shared: bool, detail: impl Into<String>) {
+    /// Where `publish` hands records: the sync task's inbox while it runs (`ingress::cluster`).
+    pub fn set_outbox(&self, outbox: Option<Arc<mpsc::Sender<Publish>>>) {
+        self.outbox.store(outbox);
+    }
+
+    /// The bucket while it is reachable, as the sync task finds it.
+    pub fn set_kv(&self, kv: Option<Arc<Store>>) {
+        self.kv.store(kv);
+    }
+
+    /// Whether state is shared now, and why (status `cluster`).
+    pub fn set_status(&self, shared: bool, detail: impl Into<String>) {
         let detail = detail.into();
         let old = self.status.load();
         if old.shared == shared && old.detail == detail {

@@ -14,7 +14,7 @@ use crate::config::Config;
 
 pub async fn run(command: BatchCommand) -> anyhow::Result<()> {
     match command {
-        BatchCommand::Run { .. } => anyhow::bail!("`batch run` runs in-process, not over NATS"),
+        BatchCommand::Run(_) => anyhow::bail!("`batch run` runs in-process, not over NATS"),
         BatchCommand::Submit {
             job,
             input,

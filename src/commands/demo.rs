@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::task::JoinSet;
 
+use crate::cli::DemoArgs;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::observe::Event;
@@ -65,12 +66,8 @@ pub async fn batch(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(
-    config: &Config,
-    requests: usize,
-    interval: Duration,
-    strategy: Option<String>,
-) -> anyhow::Result<()> {
+pub async fn run(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
+    let (requests, interval, strategy) = (args.requests, args.interval, args.strategy.clone());
     let engine = Arc::new(Engine::start(config, "demo").await?);
     let mut events = engine.events();
     let started = Instant::now();

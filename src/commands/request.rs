@@ -1,7 +1,6 @@
 //! `switchyard request TASK`: sends one chat request on `llm.chat.<TASK>` and prints the reply's
 //! `Llm-*` headers and JSON body — what any NATS client (`nats req`, a Python or Go program) does.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -10,16 +9,7 @@ use crate::config::Config;
 use crate::protocol::Subjects;
 use crate::protocol::headers::{ERROR, STREAM};
 
-pub struct Request {
-    pub task: String,
-    /// The request body; `prompt` builds a one-message request when it is absent.
-    pub file: Option<PathBuf>,
-    pub prompt: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub timeout: Duration,
-    /// Ask for a streamed reply and print the chunks' text as it comes.
-    pub stream: bool,
-}
+pub use crate::cli::RequestArgs as Request;
 
 /// Sends the request; returns whether the reply was a success.
 pub async fn run(config: &Config, r: Request) -> anyhow::Result<bool> {
@@ -114,13 +104,4 @@ pub(crate) fn print_body(payload: &[u8]) -> anyhow::Result<()> {
 
 pub(crate) fn is_success(headers: Option<&HeaderMap>) -> bool {
     headers.is_none_or(|h| h.get(ERROR).is_none())
-}
-
-/// `Name: value` or `Name=value`.
-pub fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once(':')
-        .or_else(|| s.split_once('='))
-        .ok_or_else(|| format!("`{s}` is not `Name: value`"))?;
-    Ok((k.trim().to_string(), v.trim().to_string()))
 }

@@ -10,16 +10,7 @@ use crate::observe::StatusSnapshot;
 use crate::protocol::Subjects;
 
 /// What `switchyard status` was asked for.
-pub struct How {
-    pub json: bool,
-    pub watch: bool,
-    /// How long to gather answers.
-    pub gather: Duration,
-    /// Refresh period with `watch`.
-    pub every: Duration,
-    /// Only this instance (and fail if it does not answer).
-    pub instance: Option<String>,
-}
+pub use crate::cli::StatusArgs as How;
 
 pub async fn run(config: &Config, how: &How) -> anyhow::Result<()> {
     let client = crate::ingress::connect(&config.nats, "switchyard-status").await?;

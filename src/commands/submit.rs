@@ -5,7 +5,6 @@
 //! too — and prints it the way `switchyard request` prints a reply.
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,17 +17,7 @@ use crate::config::Config;
 use crate::protocol::Subjects;
 use crate::protocol::headers::{JOB_ID, RESULT_SUBJECT};
 
-pub struct Submit {
-    pub task: String,
-    /// The OpenAI-shaped request body; `-` reads stdin.
-    pub file: PathBuf,
-    pub wait: bool,
-    /// The job id (`Nats-Msg-Id`); a new UUID v7 when absent.
-    pub job_id: Option<String>,
-    pub headers: Vec<(String, String)>,
-    /// How long to wait for the server's acknowledgement, and with `wait` for the result.
-    pub timeout: Duration,
-}
+pub use crate::cli::SubmitArgs as Submit;
 
 /// Submits the job; returns whether it succeeded (always `true` without `wait`).
 pub async fn run(config: &Config, s: Submit) -> anyhow::Result<bool> {

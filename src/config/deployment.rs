@@ -28,6 +28,16 @@ impl ProviderKind {
         }
     }
 
+    /// The OpenTelemetry GenAI name of the provider (`gen_ai.system` on trace spans).
+    pub fn gen_ai_system(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gcp.gemini",
+            Self::Simulated => "switchyard.simulated",
+        }
+    }
+
     fn default_api_base(self) -> &'static str {
         match self {
             Self::OpenAi => "https://api.openai.com/v1",

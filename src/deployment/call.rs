@@ -157,7 +157,7 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
         otel.name = %format_args!("chat {}", c.model),
         otel.kind = "client",
         gen_ai.operation.name = "chat",
-        gen_ai.system = crate::engine::gen_ai_system(c.provider),
+        gen_ai.system = c.provider.gen_ai_system(),
         gen_ai.request.model = %c.model,
         gen_ai.request.max_tokens = tracing::field::Empty,
         gen_ai.request.temperature = tracing::field::Empty,

@@ -1,6 +1,8 @@
 //! Latency and outcome statistics of one deployment: an EWMA of latency, P50/P95 over the most
 //! recent calls, error and timeout rates over a sliding window of calls, and running totals.
 
+pub use crate::observe::alerts::WindowFigures;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -138,35 +140,6 @@ fn percentile(us: &mut [u32], p: f64) -> f64 {
     us.sort_unstable();
     let i = ((us.len() as f64 * p).ceil() as usize).clamp(1, us.len()) - 1;
     f64::from(us[i]) / 1000.0
-}
-
-/// One deployment's calls over the alert window.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct WindowFigures {
-    pub calls: u64,
-    pub errors: u64,
-    pub timeouts: u64,
-    /// P95 of the successful calls, in ms (0 when there were none).
-    pub p95_ms: f64,
-}
-
-impl WindowFigures {
-    /// Errors of every kind (timeouts included) per call.
-    pub fn error_rate(&self) -> f64 {
-        if self.calls == 0 {
-            0.0
-        } else {
-            (self.errors + self.timeouts) as f64 / self.calls as f64
-        }
-    }
-
-    pub fn timeout_rate(&self) -> f64 {
-        if self.calls == 0 {
-            0.0
-        } else {
-            self.timeouts as f64 / self.calls as f64
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 
 pub mod batch;
 pub mod chat;
+pub mod cluster;
 pub mod jobs;
+pub mod metrics;
 pub mod service;
 pub mod status;
 
@@ -129,10 +131,10 @@ pub async fn run(
 
     let metrics = match config.metrics_listen {
         Some(addr) => {
-            let listener = crate::observe::metrics::bind(addr)
+            let listener = metrics::bind(addr)
                 .await
                 .map_err(|source| IngressError::Metrics { addr, source })?;
-            Some(tokio::spawn(crate::observe::metrics::serve(
+            Some(tokio::spawn(metrics::serve(
                 listener,
                 engine.clone(),
                 stop.clone(),
@@ -199,7 +201,7 @@ pub async fn run(
         ))
     });
     let cluster = config.cluster.enabled.then(|| {
-        crate::cluster::sync::spawn(
+        cluster::spawn(
             client.clone(),
             engine.clone(),
             &config.cluster,

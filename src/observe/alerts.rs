@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::events::{Event, now_rfc3339};
 use crate::config::AlertsConfig;
-use crate::deployment::stats::WindowFigures;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Rule {
@@ -275,7 +275,7 @@ impl Rules {
                     scope,
                     value,
                     threshold: shown,
-                    since: super::events::now_rfc3339(),
+                    since: now_rfc3339(),
                 };
                 t.raised = Some(alert.clone());
                 changes.push(Change::Raised(alert));
@@ -297,6 +297,56 @@ impl Rules {
             if let Some(a) = &mut t.raised {
                 a.value = value;
             }
+        }
+    }
+}
+
+/// One deployment's calls over the alert window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowFigures {
+    pub calls: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    /// P95 of the successful calls, in ms (0 when there were none).
+    pub p95_ms: f64,
+}
+
+impl WindowFigures {
+    /// Errors of every kind (timeouts included) per call.
+    pub fn error_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            (self.errors + self.timeouts) as f64 / self.calls as f64
+        }
+    }
+
+    pub fn timeout_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.timeouts as f64 / self.calls as f64
+        }
+    }
+}
+
+impl Change {
+    /// The `llm.status.events` message for this change.
+    pub fn into_event(self, instance: Arc<str>) -> Event {
+        let (state, a) = match self {
+            Change::Raised(a) => ("raised", a),
+            Change::Cleared(a) => ("cleared", a),
+        };
+        Event::Alert {
+            state,
+            rule: a.rule,
+            severity: a.severity,
+            deployment: a.deployment,
+            scope: a.scope,
+            value: a.value,
+            threshold: a.threshold,
+            at: now_rfc3339(),
+            instance,
         }
     }
 }

@@ -35,27 +35,6 @@ pub enum Event {
     },
 }
 
-impl Event {
-    pub fn alert(change: super::alerts::Change, instance: Arc<str>) -> Self {
-        use super::alerts::Change;
-        let (state, a) = match change {
-            Change::Raised(a) => ("raised", a),
-            Change::Cleared(a) => ("cleared", a),
-        };
-        Self::Alert {
-            state,
-            rule: a.rule,
-            severity: a.severity,
-            deployment: a.deployment,
-            scope: a.scope,
-            value: a.value,
-            threshold: a.threshold,
-            at: now_rfc3339(),
-            instance,
-        }
-    }
-}
-
 pub type EventBus = broadcast::Sender<Event>;
 
 pub fn bus() -> EventBus {

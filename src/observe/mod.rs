@@ -2,7 +2,6 @@
 
 pub mod alerts;
 pub mod events;
-pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod spend;

@@ -57,7 +57,7 @@ pub struct SpendSnapshot {
 impl Spend {
     pub fn new(config: &Config) -> Self {
         let mut tasks: Vec<String> = config.tasks.keys().cloned().collect();
-        for extra in [crate::routing::classify::AUTO, OTHER] {
+        for extra in [crate::protocol::subjects::AUTO_TASK, OTHER] {
             if !tasks.iter().any(|t| t == extra) {
                 tasks.push(extra.to_string());
             }

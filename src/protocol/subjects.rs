@@ -1,5 +1,8 @@
 //! NATS subject names, all under the configured prefix (`llm` by default).
 
+/// The task token (`llm.chat.auto`) that always asks the classifier which group serves.
+pub const AUTO_TASK: &str = "auto";
+
 #[derive(Debug, Clone)]
 pub struct Subjects {
     prefix: String,

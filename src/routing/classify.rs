@@ -12,8 +12,7 @@ use serde_json::Value;
 use crate::config::{ClassifyRule, Config};
 use crate::protocol::ChatRequest;
 
-/// The task token that always asks the classifier.
-pub const AUTO: &str = "auto";
+pub use crate::protocol::subjects::AUTO_TASK as AUTO;
 
 /// A group's members and where it falls back to, by index.
 #[derive(Debug)]

@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Link, Publish, Record, Remote, circuit_key, cooldown_key, instant_of, key_token};
+use crate::cluster::{
+    Link, Publish, Record, Remote, circuit_key, cooldown_key, instant_of, key_token,
+};
 use crate::config::ClusterConfig;
 use crate::deployment::{self, breaker::CircuitState};
 use crate::engine::Engine;
@@ -65,7 +67,7 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     let link = engine.cluster().clone();
     let (tx, rx) = mpsc::channel(OUTBOX);
-    link.outbox.store(Some(Arc::new(tx)));
+    link.set_outbox(Some(Arc::new(tx)));
     let slots = engine.slots().clone();
     let by_key = slots
         .iter()
@@ -136,19 +138,19 @@ impl Sync {
                     continue;
                 }
             };
-            self.link.kv.store(Some(Arc::new(store.clone())));
+            self.link.set_kv(Some(Arc::new(store.clone())));
             self.republish(&store).await;
             self.link
                 .set_status(true, format!("shared through bucket {}", self.bucket));
             let ended = self.serve(&store, watch, &mut rx, &stop).await;
-            self.link.kv.store(None);
+            self.link.set_kv(None);
             match ended {
                 Ended::Stopped => break,
                 Ended::Lost(why) => self.link.set_status(false, format!("local state: {why}")),
             }
         }
-        self.link.outbox.store(None);
-        self.link.kv.store(None);
+        self.link.set_outbox(None);
+        self.link.set_kv(None);
     }
 
     /// Waits for the NATS connection, remembering what the actors decide meanwhile. `false` on
@@ -224,7 +226,7 @@ impl Sync {
     }
 
     fn remember(&mut self, p: Publish) -> (String, Record) {
-        let now = super::wall_ms();
+        let now = crate::cluster::wall_ms();
         let (key, record) = match p {
             Publish::Circuit {
                 deployment,
@@ -235,7 +237,7 @@ impl Sync {
                 Record {
                     state: Some(state),
                     until_ms,
-                    instance: self.link.instance.clone(),
+                    instance: self.link.instance().clone(),
                     at_ms: now,
                 },
             ),
@@ -247,7 +249,7 @@ impl Sync {
                 Record {
                     state: None,
                     until_ms,
-                    instance: self.link.instance.clone(),
+                    instance: self.link.instance().clone(),
                     at_ms: now,
                 },
             ),
@@ -268,7 +270,7 @@ impl Sync {
     /// After an outage: puts this instance's decisions that still hold, unless the bucket has a
     /// newer one for the same key.
     async fn republish(&self, store: &Store) {
-        let now = super::wall_ms();
+        let now = crate::cluster::wall_ms();
         for (key, mine) in &self.own {
             let lapsed = mine.state != Some(CircuitState::Closed) && mine.until_ms <= now;
             if lapsed {
@@ -307,7 +309,7 @@ impl Sync {
                 return;
             }
         };
-        if record.instance == self.link.instance {
+        if record.instance == *self.link.instance() {
             return;
         }
         // Older than what this instance decided since (an outage's backlog): ours stands, and

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::status::StatusSnapshot;
 use crate::engine::Engine;
+use crate::observe::status::StatusSnapshot;
 
 /// The snapshot in Prometheus text format (version 0.0.4).
 pub fn render(s: &StatusSnapshot) -> String {
@@ -223,7 +223,7 @@ fn histogram(
     name: &str,
     labels: &str,
     bounds: &[f64],
-    d: &super::status::DeploymentStatus,
+    d: &crate::observe::status::DeploymentStatus,
 ) {
     let mut cumulative = 0;
     for (i, n) in d.latency_histogram.iter().enumerate() {
