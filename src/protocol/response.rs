@@ -64,11 +64,12 @@ impl ChatCompletion {
     }
 }
 
-/// One `chat.completion.chunk`, as streamed replies carry them.
+/// One `chat.completion.chunk` with a single choice (`index`), as streamed replies carry them.
 pub fn chunk(
     id: &str,
     model: &str,
     created: u64,
+    index: u64,
     delta: Value,
     finish_reason: Option<&str>,
 ) -> Value {
@@ -77,7 +78,7 @@ pub fn chunk(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
     })
 }
 

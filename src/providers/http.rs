@@ -1,13 +1,13 @@
-//! The one HTTP client every adapter shares: rustls with the `ring` provider (the same crypto the
-//! NATS client uses, so the binary carries one TLS stack), keep-alive pools, no Nagle delay. Also
-//! what every adapter reads off a response the same way: `Retry-After`, bounded bodies, and URLs
-//! fit to print.
+//! The one HTTP client every deployment shares: rustls with the `ring` provider (the same crypto
+//! the NATS client uses, so the binary carries one TLS stack), keep-alive pools, no Nagle delay.
+//! Also what is read off every response the same way, whatever its wire format: `Retry-After`,
+//! bounded bodies, and URLs fit to print. `send.rs` uses these to send; no wire format does.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::Failure;
+use super::failure::Failure;
 
 /// Builds the shared client. Per-call timeouts are applied by the caller, so the client has none.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
@@ -443,8 +443,7 @@ mod bounds {
     async fn a_stream_is_bounded_in_all_even_when_its_line_never_ends() {
         // One SSE line, never terminated: without the bound it would be buffered forever.
         let url = serve(CHUNKED, vec![b'x'; 64 * 1024], true).await;
-        let translator =
-            super::super::stream::Translator::OpenAi(super::super::openai::StreamState::default());
+        let translator = Box::new(super::super::openai::StreamState::default());
         let mut s = super::super::stream::from_sse(get(&url).await, 10_000, translator);
         assert_eq!(
             s.next().await.unwrap().unwrap_err(),

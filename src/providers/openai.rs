@@ -1,6 +1,7 @@
 //! OpenAI Chat Completions, and every API that speaks it (DeepSeek, Groq, Together, Ollama, vLLM):
 //! `POST {api_base}/chat/completions` with `Authorization: Bearer`. The caller's body passes
-//! through with `model` replaced by the deployment's model and `extra_body` merged in.
+//! through with `model` replaced by the deployment's model and `extra_body` merged in; a complete
+//! reply passes back untouched. The `WireFormat` for `provider = "openai"`.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
@@ -9,54 +10,49 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::stream::{self, Piece, PieceStream};
-use super::{Answer, CallContext, Failure};
+use super::failure::Failure;
+use super::shape::{sane_usage, snippet};
+use super::stream::{Piece, StreamTranslator};
+use super::wire::{Answer, Auth, WireFormat};
 use crate::config::DeploymentConfig;
 use crate::protocol::{ChatCompletion, ChatRequest, Usage};
 
-pub async fn call(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    req: &ChatRequest,
-    ctx: &CallContext,
-) -> Result<Answer, Failure> {
-    let bytes = super::send(
-        request(client, url, d, req, ctx)?,
-        error_message,
-        d.max_reply_body,
-    );
-    parse_response(bytes.await?)
-}
+/// The OpenAI Chat Completions wire format.
+pub struct OpenAi;
 
-/// Opens a streamed completion: fails like `call` when the provider refuses it, else yields the
-/// provider's chunks as they come (with usage at the end: `stream_options.include_usage` is set).
-pub async fn open_stream(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    req: &ChatRequest,
-    ctx: &CallContext,
-) -> Result<PieceStream, Failure> {
-    let builder = request(client, url, d, req, ctx)?;
-    let response = super::send_stream(builder, error_message, d.max_reply_body).await?;
-    Ok(stream::from_sse(
-        response,
-        d.max_reply_body,
-        stream::Translator::OpenAi(StreamState::default()),
-    ))
-}
+impl WireFormat for OpenAi {
+    fn endpoint(&self, d: &DeploymentConfig, _stream: bool) -> String {
+        format!("{}/chat/completions", d.api_base)
+    }
 
-/// The POST for this deployment, with `Authorization: Bearer`.
-fn request(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    req: &ChatRequest,
-    ctx: &CallContext,
-) -> Result<reqwest::RequestBuilder, Failure> {
-    let body = build_body(d, req, ctx.include_request_extra);
-    super::post_json(client, url, d, super::Auth::Bearer, &[], body)
+    fn auth(&self) -> Auth {
+        Auth::Bearer
+    }
+
+    /// Nothing is untranslatable: the caller's body passes through, `stream` included (so the
+    /// `stream` flag is the caller's, not this argument).
+    fn build_body(
+        &self,
+        d: &DeploymentConfig,
+        req: &ChatRequest,
+        include_request_extra: bool,
+        _stream: bool,
+    ) -> Result<Vec<u8>, Failure> {
+        Ok(build_body(d, req, include_request_extra))
+    }
+
+    fn parse_reply(&self, _d: &DeploymentConfig, body: Bytes) -> Result<Answer, Failure> {
+        parse_response(body)
+    }
+
+    fn error_message(&self, body: &[u8]) -> String {
+        error_message(body)
+    }
+
+    /// With usage at the end: `build_body` sets `stream_options.include_usage`.
+    fn stream_translator(&self, _d: &DeploymentConfig) -> Box<dyn StreamTranslator> {
+        Box::new(StreamState::default())
+    }
 }
 
 /// Translation of OpenAI's own stream: the chunks pass through as sent; `[DONE]` ends it.
@@ -72,8 +68,8 @@ struct ChunkCheck {
     error: Option<Value>,
 }
 
-impl StreamState {
-    pub fn on_event(&mut self, _event: Option<&str>, data: &str) -> Result<Piece, Failure> {
+impl StreamTranslator for StreamState {
+    fn on_event(&mut self, _event: Option<&str>, data: &str) -> Result<Piece, Failure> {
         if data.trim() == "[DONE]" {
             self.done = true;
             return Ok(Piece::default());
@@ -92,11 +88,11 @@ impl StreamState {
         }
         Ok(Piece {
             chunks: vec![Bytes::copy_from_slice(data.as_bytes())],
-            usage: check.usage.map(super::sane_usage),
+            usage: check.usage.map(sane_usage),
         })
     }
 
-    pub fn done(&self) -> bool {
+    fn done(&self) -> bool {
         self.done
     }
 }
@@ -201,7 +197,7 @@ pub fn parse_response(bytes: Bytes) -> Result<Answer, Failure> {
         {
             Ok(Answer::Wire {
                 body: bytes,
-                usage: super::sane_usage(usage),
+                usage: sane_usage(usage),
             })
         }
         _ => {
@@ -223,11 +219,6 @@ pub fn error_message(bytes: &[u8]) -> String {
                 .or_else(|| e.as_str().map(str::to_string))
         })
         .unwrap_or_else(|| snippet(bytes))
-}
-
-pub(super) fn snippet(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes.get(..120).unwrap_or(bytes));
-    s.trim().to_string()
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::stream::{Translator, from_chunks};
-use super::{BreakerConfig, Failure, anthropic, classify, gemini, http, openai};
+use super::stream::{StreamTranslator, from_chunks};
+use super::{Failure, anthropic, classify, gemini, http, openai};
+use crate::config::BreakerConfig;
 
 /// Few enough cases that the suite stays fast; each run draws new ones.
 fn cases() -> ProptestConfig {
@@ -137,16 +138,20 @@ fn events() -> impl Strategy<Value = Vec<(Option<String>, String)>> {
     prop::collection::vec((event_name(), data), 0..12)
 }
 
-fn translators() -> [Translator; 3] {
+fn translators() -> [Box<dyn StreamTranslator>; 3] {
     [
-        Translator::OpenAi(openai::StreamState::default()),
-        Translator::Anthropic(anthropic::StreamState::new("m")),
-        Translator::Gemini(gemini::StreamState::new("m")),
+        Box::new(openai::StreamState::default()),
+        Box::new(anthropic::StreamState::new("m")),
+        Box::new(gemini::StreamState::new("m")),
     ]
 }
 
 /// Reads a whole translated stream of `chunks`, bounded by `limit`.
-fn drain(chunks: Vec<Vec<u8>>, limit: usize, translator: Translator) -> Vec<Result<(), Failure>> {
+fn drain(
+    chunks: Vec<Vec<u8>>,
+    limit: usize,
+    translator: Box<dyn StreamTranslator>,
+) -> Vec<Result<(), Failure>> {
     let chunks = futures::stream::iter(
         chunks
             .into_iter()

@@ -1,6 +1,8 @@
 //! The `simulated` provider: answers in-process after a scripted latency, with a seeded share of
 //! 503s and 429s and outage windows. For demos, policy experiments and benchmarks; it is chosen in
-//! config by name and never stands in silently for a real provider.
+//! config by name and never stands in silently for a real provider. It is a backend, not a wire
+//! format: nothing is sent, so it stands beside `send::HttpBackend` behind `Adapter`, not behind
+//! `WireFormat`.
 //!
 //! The deployment actor owns the seeded RNG and decides each call's `Fate` when it admits the
 //! call, so that a run is repeatable for a given seed and order of requests.
@@ -11,8 +13,9 @@ use rand::{Rng, rngs::SmallRng};
 
 use serde_json::json;
 
+use super::failure::Failure;
+use super::shape::unix_now;
 use super::stream::{self, Piece, PieceStream};
-use super::{Failure, unix_now};
 use crate::config::{DeploymentConfig, SimulatedSpec};
 use crate::protocol::response::{Choice, Message};
 use crate::protocol::response::{chunk, usage_chunk};
@@ -78,6 +81,7 @@ pub async fn open_stream(
         &c.id,
         &c.model,
         c.created,
+        0,
         json!({"role": "assistant", "content": ""}),
         None,
     ))];
@@ -93,6 +97,7 @@ pub async fn open_stream(
             &c.id,
             &c.model,
             c.created,
+            0,
             json!({"content": part}),
             None,
         )));
@@ -102,6 +107,7 @@ pub async fn open_stream(
         &c.id,
         &c.model,
         c.created,
+        0,
         json!({}),
         Some("stop"),
     )));

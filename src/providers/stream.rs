@@ -1,6 +1,7 @@
 //! Streaming from a provider: its server-sent events, translated as they arrive into OpenAI
 //! `chat.completion.chunk` JSON, one `Piece` per event. Each wire format brings its own
-//! `StreamState` (the translation); this file is the plumbing they share.
+//! `StreamTranslator`; this file is the plumbing they share (SSE framing, the body bound, where a
+//! stream ends), and names no format: a translator comes in as a `Box<dyn StreamTranslator>`.
 
 use std::pin::Pin;
 
@@ -8,7 +9,10 @@ use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 
-use super::{Failure, anthropic, gemini, http, openai};
+use serde_json::Value;
+
+use super::failure::Failure;
+use super::http;
 use crate::protocol::Usage;
 
 /// What one provider event turned into.
@@ -22,35 +26,26 @@ pub struct Piece {
 
 pub type PieceStream = Pin<Box<dyn Stream<Item = Result<Piece, Failure>> + Send>>;
 
-/// The per-provider translation of a stream.
-pub enum Translator {
-    OpenAi(openai::StreamState),
-    Anthropic(anthropic::StreamState),
-    Gemini(gemini::StreamState),
+/// One stream's translation from a provider's events into `Piece`s, made fresh for each stream
+/// by its wire format. It keeps what the events said so far (ids, usage, tool call numbering).
+pub trait StreamTranslator: Send {
+    /// One SSE event (`event:` name, `data:` payload) → what to forward. An error ends the stream.
+    fn on_event(&mut self, event: Option<&str>, data: &str) -> Result<Piece, Failure>;
+    /// The event that completes the answer was seen: the body may end now, and nothing after it
+    /// is read.
+    fn done(&self) -> bool;
 }
 
-impl Translator {
-    fn on_event(&mut self, event: Option<&str>, data: &str) -> Result<Piece, Failure> {
-        let (chunks, usage) = match self {
-            Self::OpenAi(s) => return s.on_event(event, data),
-            Self::Anthropic(s) => (s.on_event(event, data)?, s.usage()),
-            Self::Gemini(s) => (s.on_event(event, data)?, s.usage()),
-        };
-        Ok(Piece {
+impl Piece {
+    /// A piece of chunks a translator built as JSON values.
+    pub fn of_values(chunks: &[Value], usage: Option<Usage>) -> Self {
+        Self {
             chunks: chunks
                 .iter()
                 // Serializing a JSON value cannot fail.
                 .map(|c| Bytes::from(serde_json::to_vec(c).unwrap_or_default()))
                 .collect(),
             usage,
-        })
-    }
-
-    fn done(&self) -> bool {
-        match self {
-            Self::OpenAi(s) => s.done(),
-            Self::Anthropic(s) => s.done(),
-            Self::Gemini(s) => s.done(),
         }
     }
 }
@@ -58,12 +53,16 @@ impl Translator {
 /// Reads an SSE response body and translates each event. The stream ends after the event that
 /// completes the answer; a body that ends before it is a `Transport` failure (a cut stream), and
 /// one that passes `limit` bytes in all fails as a reply body over the limit.
-pub fn from_sse(response: reqwest::Response, limit: usize, translator: Translator) -> PieceStream {
+pub fn from_sse(
+    response: reqwest::Response,
+    limit: usize,
+    translator: Box<dyn StreamTranslator>,
+) -> PieceStream {
     from_chunks(response.bytes_stream(), limit, translator)
 }
 
 /// `from_sse` over any body: the SSE framing, the bound and the translation, without a socket.
-pub fn from_chunks<S>(chunks: S, limit: usize, translator: Translator) -> PieceStream
+pub fn from_chunks<S>(chunks: S, limit: usize, translator: Box<dyn StreamTranslator>) -> PieceStream
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
 {

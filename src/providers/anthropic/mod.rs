@@ -1,6 +1,7 @@
 //! Anthropic Messages API: `POST {api_base}/v1/messages` with `x-api-key` and
 //! `anthropic-version`. The caller's OpenAI request is translated into a Messages request, and the
-//! Messages reply (or its SSE event stream, through `StreamState`) back into OpenAI's shapes.
+//! Messages reply (or its SSE event stream, through `StreamState`) back into OpenAI's shapes. The
+//! `WireFormat` for `provider = "anthropic"`.
 //!
 //! What does not translate: `n` > 1, audio and file content parts, legacy `function` messages and
 //! `functions`, and any top-level field outside `HANDLED` and `IGNORED`. Such a request fails with
@@ -8,10 +9,13 @@
 
 mod stream;
 
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::stream::PieceStream;
-use super::{Answer, CallContext, Failure, openai::snippet, unix_now, untranslatable};
+use super::failure::Failure;
+use super::shape::{self, snippet, unix_now, untranslatable};
+use super::stream::StreamTranslator;
+use super::wire::{Answer, Auth, WireFormat};
 use crate::config::DeploymentConfig;
 use crate::protocol::response::{Choice, Message};
 use crate::protocol::{ChatCompletion, ChatRequest, Usage};
@@ -66,59 +70,43 @@ pub fn endpoint(api_base: &str) -> String {
     format!("{api_base}/v1/messages")
 }
 
-pub async fn call(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    req: &ChatRequest,
-    ctx: &CallContext,
-) -> Result<Answer, Failure> {
-    let builder = request(
-        client,
-        url,
-        d,
-        build_body(d, req, ctx.include_request_extra, false)?,
-    );
-    let bytes = super::send(builder?, error_message, d.max_reply_body).await?;
-    parse_response(&bytes).map(Answer::Built)
-}
+/// The Anthropic Messages wire format.
+pub struct Anthropic;
 
-/// Opens a streamed Messages call; its events are translated by `StreamState`.
-pub async fn open_stream(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    req: &ChatRequest,
-    ctx: &CallContext,
-) -> Result<PieceStream, Failure> {
-    let builder = request(
-        client,
-        url,
-        d,
-        build_body(d, req, ctx.include_request_extra, true)?,
-    );
-    let response = super::send_stream(builder?, error_message, d.max_reply_body).await?;
-    Ok(super::stream::from_sse(
-        response,
-        d.max_reply_body,
-        super::stream::Translator::Anthropic(StreamState::new(&d.model)),
-    ))
-}
+impl WireFormat for Anthropic {
+    fn endpoint(&self, d: &DeploymentConfig, _stream: bool) -> String {
+        endpoint(&d.api_base)
+    }
 
-fn request(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    body: Vec<u8>,
-) -> Result<reqwest::RequestBuilder, Failure> {
-    super::post_json(
-        client,
-        url,
-        d,
-        super::Auth::Header("x-api-key"),
-        &[("anthropic-version", VERSION)],
-        body,
-    )
+    fn auth(&self) -> Auth {
+        Auth::Header("x-api-key")
+    }
+
+    fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        &[("anthropic-version", VERSION)]
+    }
+
+    fn build_body(
+        &self,
+        d: &DeploymentConfig,
+        req: &ChatRequest,
+        include_request_extra: bool,
+        stream: bool,
+    ) -> Result<Vec<u8>, Failure> {
+        build_body(d, req, include_request_extra, stream)
+    }
+
+    fn parse_reply(&self, _d: &DeploymentConfig, body: Bytes) -> Result<Answer, Failure> {
+        parse_response(&body).map(Answer::Built)
+    }
+
+    fn error_message(&self, body: &[u8]) -> String {
+        error_message(body)
+    }
+
+    fn stream_translator(&self, d: &DeploymentConfig) -> Box<dyn StreamTranslator> {
+        Box::new(StreamState::new(&d.model))
+    }
 }
 
 /// The Messages request for an OpenAI request.
@@ -135,18 +123,18 @@ pub fn build_body(
     include_request_extra: bool,
     stream: bool,
 ) -> Result<Vec<u8>, Failure> {
-    super::check_fields(req, HANDLED, IGNORED)?;
+    shape::check_fields(req, HANDLED, IGNORED)?;
     let b = &req.body;
     if b.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(untranslatable("`n` > 1 (one answer per request)"));
     }
     let mut system = Vec::new();
     let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
-    for m in super::messages(req) {
+    for m in shape::messages(req) {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
         let (role, blocks) = match role {
             "system" | "developer" => {
-                system.push(super::plain_text(m.get("content"), role)?);
+                system.push(shape::plain_text(m.get("content"), role)?);
                 continue;
             }
             "user" => ("user", content_blocks(m.get("content"))?),
@@ -178,7 +166,7 @@ pub fn build_body(
         .into_iter()
         .map(|(role, content)| json!({"role": role, "content": content}));
     body.insert("messages".into(), Value::Array(messages.collect()));
-    if let Some(stop) = super::stop_sequences(req)? {
+    if let Some(stop) = shape::stop_sequences(req)? {
         body.insert("stop_sequences".into(), Value::Array(stop));
     }
     if let Some(t) = b.get("temperature").and_then(Value::as_f64) {
@@ -203,7 +191,7 @@ pub fn build_body(
     if stream {
         body.insert("stream".into(), json!(true));
     }
-    super::merge_extra(&mut body, d, req, include_request_extra);
+    shape::merge_extra(&mut body, d, req, include_request_extra);
     // Serializing a map of JSON values into memory cannot fail.
     Ok(serde_json::to_vec(&body).unwrap_or_default())
 }
@@ -216,7 +204,7 @@ fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>, Failure> {
         Some(Value::Array(parts)) => {
             let mut out = Vec::with_capacity(parts.len());
             for p in parts {
-                match super::part_type(p) {
+                match shape::part_type(p) {
                     "text" => {
                         let text = p.get("text").and_then(Value::as_str).unwrap_or_default();
                         out.extend(text_block(text).map(|mut block| {
@@ -245,8 +233,8 @@ fn text_block(text: &str) -> Option<Value> {
 }
 
 fn image_block(part: &Value) -> Result<Value, Failure> {
-    let url = super::image_url(part).unwrap_or_default();
-    if let Some((media_type, data)) = super::base64_data_url(url) {
+    let url = shape::image_url(part).unwrap_or_default();
+    if let Some((media_type, data)) = shape::base64_data_url(url) {
         Ok(json!({
             "type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data},
@@ -264,11 +252,11 @@ fn assistant_blocks(m: &Value) -> Result<Vec<Value>, Failure> {
     if m.get("function_call").is_some_and(|f| !f.is_null()) {
         return Err(untranslatable("legacy `function_call` (use `tool_calls`)"));
     }
-    let mut blocks = match super::assistant_texts(m) {
+    let mut blocks = match shape::assistant_texts(m) {
         Some(texts) => texts?.into_iter().filter_map(text_block).collect(),
         None => content_blocks(m.get("content"))?,
     };
-    for call in super::assistant_tool_calls(m)? {
+    for call in shape::assistant_tool_calls(m)? {
         blocks.push(json!({
             "type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments
         }));
@@ -280,7 +268,7 @@ fn tool_result(m: &Value) -> Result<Value, Failure> {
     let Some(id) = m.get("tool_call_id").and_then(Value::as_str) else {
         return Err(untranslatable("a `tool` message without `tool_call_id`"));
     };
-    let content = super::plain_text(m.get("content"), "tool")?;
+    let content = shape::plain_text(m.get("content"), "tool")?;
     Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
 }
 
@@ -311,7 +299,7 @@ fn tool(t: &Value) -> Result<Value, Failure> {
     if t.get("type").and_then(Value::as_str) != Some("function") {
         return Err(untranslatable(format!(
             "a tool of type `{}`",
-            super::part_type(t)
+            shape::part_type(t)
         )));
     }
     let f = &t["function"];
@@ -425,7 +413,7 @@ pub(super) fn usage_from(u: &Value, prior: Option<Usage>) -> Usage {
     } else {
         prior.map_or(0, |p| p.prompt_tokens)
     };
-    super::sane_usage(Usage {
+    shape::sane_usage(Usage {
         prompt_tokens: prompt,
         completion_tokens: n("output_tokens").unwrap_or(0),
         total_tokens: 0,

@@ -4,7 +4,10 @@ use serde_json::{Value, json};
 
 use super::{error_text, finish_reason, usage_from};
 use crate::protocol::Usage;
-use crate::providers::{Failure, chunk, openai::snippet, unix_now, usage_chunk};
+use crate::protocol::response::{chunk, usage_chunk};
+use crate::providers::failure::Failure;
+use crate::providers::shape::{snippet, unix_now};
+use crate::providers::stream::{Piece, StreamTranslator};
 
 /// Translates a Messages SSE stream into OpenAI `chat.completion.chunk` objects, one event at a
 /// time. Tool calls are numbered in the order their blocks start, as OpenAI numbers them.
@@ -32,7 +35,7 @@ impl StreamState {
     }
 
     /// One SSE event (`event:` name, `data:` payload) → the chunks to send, in order.
-    pub fn on_event(&mut self, event: Option<&str>, data: &str) -> Result<Vec<Value>, Failure> {
+    pub fn translate(&mut self, event: Option<&str>, data: &str) -> Result<Vec<Value>, Failure> {
         let v: Value = serde_json::from_str(data).map_err(|e| {
             Failure::InvalidBody(format!(
                 "stream event is not JSON: {e} ({:?})",
@@ -41,7 +44,7 @@ impl StreamState {
         })?;
         let kind = event.or_else(|| v.get("type").and_then(Value::as_str));
         let delta = |s: &Self, delta: Value, finish: Option<&str>| {
-            chunk(&s.id, s.created, &s.model, 0, delta, finish)
+            chunk(&s.id, &s.model, s.created, 0, delta, finish)
         };
         let out = match kind.unwrap_or_default() {
             "message_start" => {
@@ -113,7 +116,7 @@ impl StreamState {
             "message_stop" => {
                 self.done = true;
                 let usage = self.usage.unwrap_or_default();
-                vec![usage_chunk(&self.id, self.created, &self.model, usage)]
+                vec![usage_chunk(&self.id, &self.model, self.created, usage)]
             }
             "error" => {
                 let status = match v.pointer("/error/type").and_then(Value::as_str) {
@@ -136,9 +139,16 @@ impl StreamState {
     pub fn usage(&self) -> Option<Usage> {
         self.usage
     }
+}
+
+impl StreamTranslator for StreamState {
+    fn on_event(&mut self, event: Option<&str>, data: &str) -> Result<Piece, Failure> {
+        let chunks = self.translate(event, data)?;
+        Ok(Piece::of_values(&chunks, self.usage))
+    }
 
     /// `message_stop` was seen: the answer is complete.
-    pub fn done(&self) -> bool {
+    fn done(&self) -> bool {
         self.done
     }
 }
@@ -182,7 +192,7 @@ mod tests {
         let mut chunks = Vec::new();
         for (event, data) in events {
             assert!(!s.done());
-            chunks.extend(s.on_event(Some(event), data).unwrap());
+            chunks.extend(s.translate(Some(event), data).unwrap());
         }
         assert!(s.done());
         let created = chunks[0]["created"].clone();
@@ -229,7 +239,7 @@ mod tests {
             r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":89}}"#,
             r#"{"type":"message_stop"}"#,
         ] {
-            chunks.extend(s.on_event(None, data).unwrap());
+            chunks.extend(s.translate(None, data).unwrap());
         }
         let deltas: Vec<&Value> = chunks
             .iter()
@@ -265,7 +275,7 @@ mod tests {
         let overloaded =
             r#"{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}"#;
         assert_eq!(
-            s.on_event(Some("error"), overloaded).unwrap_err(),
+            s.translate(Some("error"), overloaded).unwrap_err(),
             Failure::Status {
                 status: 529,
                 message: "overloaded_error: Overloaded".into(),
@@ -274,11 +284,11 @@ mod tests {
         );
         let api = r#"{"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}"#;
         assert!(matches!(
-            s.on_event(Some("error"), api),
+            s.translate(Some("error"), api),
             Err(Failure::Status { status: 500, .. })
         ));
         assert!(matches!(
-            s.on_event(Some("message_start"), "{not json"),
+            s.translate(Some("message_start"), "{not json"),
             Err(Failure::InvalidBody(_))
         ));
         assert!(!s.done());

@@ -422,19 +422,22 @@ fn documented_error_bodies_name_their_type() {
 
 #[tokio::test]
 async fn a_call_sends_the_anthropic_headers_and_reads_errors() {
-    let client = super::super::http::client().unwrap();
     let mut d = deployment();
     d.api_key = Some(crate::config::Secret::new("sk-ant-test"));
     let req = ChatRequest::parse(br#"{"messages":[{"role":"user","content":"Hello"}]}"#).unwrap();
-    let ctx = CallContext {
-        include_request_extra: true,
-        fate: None,
+    // Sent the way every deployment sends: through the HTTP backend over this format.
+    let call = |base: String| {
+        let mut d = d.clone();
+        d.api_base = base;
+        let client = crate::providers::http::client().unwrap();
+        let backend = crate::providers::send::HttpBackend::new(Box::new(Anthropic), &d, client);
+        let req = &req;
+        async move { backend.call(&d, req, true).await }
     };
 
     let reply = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":8,"output_tokens":2}}"#;
     let (base, seen) = super::super::one_shot::serve(200, "", reply).await;
-    let url = reqwest::Url::parse(&endpoint(&base)).unwrap();
-    let answer = call(&client, &url, &d, &req, &ctx).await.unwrap();
+    let answer = call(base).await.unwrap();
     assert!(matches!(answer, Answer::Built(c) if c.text() == Some("Hi")));
     let request = seen.await.unwrap().to_ascii_lowercase();
     assert!(
@@ -448,9 +451,8 @@ async fn a_call_sends_the_anthropic_headers_and_reads_errors() {
     let overloaded =
         r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
     let (base, _) = super::super::one_shot::serve(529, "retry-after: 3\r\n", overloaded).await;
-    let url = reqwest::Url::parse(&endpoint(&base)).unwrap();
     assert_eq!(
-        call(&client, &url, &d, &req, &ctx).await.unwrap_err(),
+        call(base).await.unwrap_err(),
         Failure::Status {
             status: 529,
             message: "overloaded_error: Overloaded".into(),

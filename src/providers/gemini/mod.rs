@@ -1,7 +1,8 @@
 //! Google Gemini API: `POST {api_base}/v1beta/models/{model}:generateContent` with
 //! `x-goog-api-key` (`:streamGenerateContent?alt=sse` when streaming). The caller's OpenAI request
 //! is translated into a GenerateContentRequest, and the GenerateContentResponse (or each SSE event
-//! of a stream, through `StreamState`) back into OpenAI's shapes.
+//! of a stream, through `StreamState`) back into OpenAI's shapes. The `WireFormat` for
+//! `provider = "gemini"`.
 //!
 //! What does not translate: images by http(s) URL (Gemini reads remote files only through its own
 //! Files API), files by `file_id`, non-function tools, a `tool` message whose `tool_call_id` names
@@ -10,10 +11,13 @@
 
 mod stream;
 
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use super::stream::PieceStream;
-use super::{Answer, CallContext, Failure, openai::snippet, unix_now, untranslatable};
+use super::failure::Failure;
+use super::shape::{self, snippet, unix_now, untranslatable};
+use super::stream::StreamTranslator;
+use super::wire::{Answer, Auth, WireFormat};
 use crate::config::DeploymentConfig;
 use crate::protocol::response::{Choice, Message};
 use crate::protocol::{ChatCompletion, ChatRequest, Usage};
@@ -70,59 +74,40 @@ pub fn endpoint(api_base: &str, model: &str, stream: bool) -> String {
     }
 }
 
-pub async fn call(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    req: &ChatRequest,
-    ctx: &CallContext,
-) -> Result<Answer, Failure> {
-    let builder = request(
-        client,
-        url,
-        d,
-        build_body(d, req, ctx.include_request_extra)?,
-    );
-    let bytes = super::send(builder?, error_message, d.max_reply_body).await?;
-    parse_response(&bytes, &d.model).map(Answer::Built)
-}
+/// The Gemini GenerateContent wire format.
+pub struct Gemini;
 
-/// Opens `streamGenerateContent?alt=sse` (`url` is that endpoint); `StreamState` translates it.
-pub async fn open_stream(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    req: &ChatRequest,
-    ctx: &CallContext,
-) -> Result<PieceStream, Failure> {
-    let builder = request(
-        client,
-        url,
-        d,
-        build_body(d, req, ctx.include_request_extra)?,
-    );
-    let response = super::send_stream(builder?, error_message, d.max_reply_body).await?;
-    Ok(super::stream::from_sse(
-        response,
-        d.max_reply_body,
-        super::stream::Translator::Gemini(StreamState::new(&d.model)),
-    ))
-}
+impl WireFormat for Gemini {
+    fn endpoint(&self, d: &DeploymentConfig, stream: bool) -> String {
+        endpoint(&d.api_base, &d.model, stream)
+    }
 
-fn request(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    d: &DeploymentConfig,
-    body: Vec<u8>,
-) -> Result<reqwest::RequestBuilder, Failure> {
-    super::post_json(
-        client,
-        url,
-        d,
-        super::Auth::Header("x-goog-api-key"),
-        &[],
-        body,
-    )
+    fn auth(&self) -> Auth {
+        Auth::Header("x-goog-api-key")
+    }
+
+    /// Gemini picks streaming by endpoint, not by a field: one body serves both.
+    fn build_body(
+        &self,
+        d: &DeploymentConfig,
+        req: &ChatRequest,
+        include_request_extra: bool,
+        _stream: bool,
+    ) -> Result<Vec<u8>, Failure> {
+        build_body(d, req, include_request_extra)
+    }
+
+    fn parse_reply(&self, d: &DeploymentConfig, body: Bytes) -> Result<Answer, Failure> {
+        parse_response(&body, &d.model).map(Answer::Built)
+    }
+
+    fn error_message(&self, body: &[u8]) -> String {
+        error_message(body)
+    }
+
+    fn stream_translator(&self, d: &DeploymentConfig) -> Box<dyn StreamTranslator> {
+        Box::new(StreamState::new(&d.model))
+    }
 }
 
 /// The GenerateContentRequest for an OpenAI request (the same body serves streaming: Gemini picks
@@ -137,17 +122,17 @@ pub fn build_body(
     req: &ChatRequest,
     include_request_extra: bool,
 ) -> Result<Vec<u8>, Failure> {
-    super::check_fields(req, HANDLED, IGNORED)?;
+    shape::check_fields(req, HANDLED, IGNORED)?;
     let b = &req.body;
     let mut system = Vec::new();
     let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
     // Tool call id → function name, for the `tool` messages that answer them.
     let mut calls: Vec<(String, String)> = Vec::new();
-    for m in super::messages(req) {
+    for m in shape::messages(req) {
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
         let (role, parts) = match role {
             "system" | "developer" => {
-                system.push(super::plain_text(m.get("content"), role)?);
+                system.push(shape::plain_text(m.get("content"), role)?);
                 continue;
             }
             "user" => ("user", parts(m.get("content"))?),
@@ -190,7 +175,7 @@ pub fn build_body(
     if let Some(max) = req.max_tokens.or(d.max_tokens.map(|n| n.get())) {
         config.insert("maxOutputTokens".into(), json!(max));
     }
-    if let Some(stop) = super::stop_sequences(req)? {
+    if let Some(stop) = shape::stop_sequences(req)? {
         config.insert("stopSequences".into(), Value::Array(stop));
     }
     response_format(b.get("response_format"), &mut config)?;
@@ -212,7 +197,7 @@ pub fn build_body(
             body.insert("toolConfig".into(), c);
         }
     }
-    super::merge_extra(&mut body, d, req, include_request_extra);
+    shape::merge_extra(&mut body, d, req, include_request_extra);
     // Serializing a map of JSON values into memory cannot fail.
     Ok(serde_json::to_vec(&body).unwrap_or_default())
 }
@@ -225,10 +210,10 @@ fn parts(content: Option<&Value>) -> Result<Vec<Value>, Failure> {
         Some(Value::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for p in items {
-                match super::part_type(p) {
+                match shape::part_type(p) {
                     "text" => out.extend(text_part(p["text"].as_str().unwrap_or_default())),
                     "image_url" => {
-                        let url = super::image_url(p).unwrap_or_default();
+                        let url = shape::image_url(p).unwrap_or_default();
                         out.push(inline_data(
                             url,
                             "an image by http(s) URL (Gemini needs it inline or uploaded)",
@@ -264,18 +249,18 @@ fn text_part(text: &str) -> Option<Value> {
 
 /// A base64 `data:` URL as an `inlineData` part; anything else is `what` Gemini cannot take.
 fn inline_data(url: &str, what: &str) -> Result<Value, Failure> {
-    match super::base64_data_url(url) {
+    match shape::base64_data_url(url) {
         Some((mime, data)) => Ok(json!({"inlineData": {"mimeType": mime, "data": data}})),
         None => Err(untranslatable(what)),
     }
 }
 
 fn model_parts(m: &Value, calls: &mut Vec<(String, String)>) -> Result<Vec<Value>, Failure> {
-    let mut out = match super::assistant_texts(m) {
+    let mut out = match shape::assistant_texts(m) {
         Some(texts) => texts?.into_iter().filter_map(text_part).collect(),
         None => parts(m.get("content"))?,
     };
-    for call in super::assistant_tool_calls(m)? {
+    for call in shape::assistant_tool_calls(m)? {
         if let Some(id) = call.id {
             calls.push((id.to_string(), call.name.to_string()));
         }
@@ -294,7 +279,7 @@ fn function_response(m: &Value, calls: &[(String, String)]) -> Result<Value, Fai
             "a `tool` message whose tool_call_id `{id}` matches no earlier tool call"
         )));
     };
-    let text = super::plain_text(m.get("content"), "tool")?;
+    let text = shape::plain_text(m.get("content"), "tool")?;
     // Gemini wants an object; a tool that answered with one keeps it as it is.
     let response = match serde_json::from_str::<Value>(&text) {
         Ok(v @ Value::Object(_)) => v,
@@ -355,7 +340,7 @@ fn declaration(t: &Value) -> Result<Value, Failure> {
     if t.get("type").and_then(Value::as_str) != Some("function") {
         return Err(untranslatable(format!(
             "a tool of type `{}`",
-            super::part_type(t)
+            shape::part_type(t)
         )));
     }
     let f = &t["function"];
@@ -509,11 +494,11 @@ pub(super) fn usage_from(u: &Value) -> Usage {
         u.get(k)
             .and_then(Value::as_u64)
             .unwrap_or(0)
-            .min(super::MAX_TOKENS)
+            .min(shape::MAX_TOKENS)
     };
     let prompt = n("promptTokenCount").saturating_add(n("toolUsePromptTokenCount"));
     let completion = n("candidatesTokenCount").saturating_add(n("thoughtsTokenCount"));
-    let sane = super::sane_usage(Usage {
+    let sane = shape::sane_usage(Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
         total_tokens: 0,
@@ -523,7 +508,7 @@ pub(super) fn usage_from(u: &Value) -> Usage {
         total_tokens: u
             .get("totalTokenCount")
             .and_then(Value::as_u64)
-            .map_or(sane.total_tokens, |t| t.min(2 * super::MAX_TOKENS)),
+            .map_or(sane.total_tokens, |t| t.min(2 * shape::MAX_TOKENS)),
         ..sane
     }
 }

@@ -5,7 +5,10 @@ use serde_json::{Map, Value, json};
 
 use super::{error_text, finish_reason, read_parts, response_id, usage_from};
 use crate::protocol::Usage;
-use crate::providers::{Failure, chunk, openai::snippet, unix_now, usage_chunk};
+use crate::protocol::response::{chunk, usage_chunk};
+use crate::providers::failure::Failure;
+use crate::providers::shape::{snippet, unix_now};
+use crate::providers::stream::{Piece, StreamTranslator};
 
 /// Translates a `streamGenerateContent?alt=sse` stream, whose `data:` events are each a whole
 /// GenerateContentResponse with the next piece of every candidate, into OpenAI chunks. The stream
@@ -41,7 +44,7 @@ impl StreamState {
     }
 
     /// One SSE event → the chunks to send, in order. Gemini names no events; `event` is ignored.
-    pub fn on_event(&mut self, _event: Option<&str>, data: &str) -> Result<Vec<Value>, Failure> {
+    pub fn translate(&mut self, _event: Option<&str>, data: &str) -> Result<Vec<Value>, Failure> {
         let v: Value = serde_json::from_str(data).map_err(|e| {
             Failure::InvalidBody(format!(
                 "stream event is not JSON: {e} ({:?})",
@@ -95,7 +98,7 @@ impl StreamState {
                 .map(|r| finish_reason(r, state.tool_calls > 0));
             state.finished |= finish.is_some();
             let delta = Value::Object(delta);
-            out.push(chunk(&id, self.created, &self.model, index, delta, finish));
+            out.push(chunk(&id, &self.model, self.created, index, delta, finish));
         }
         if self.candidates.is_empty() && v.pointer("/promptFeedback/blockReason").is_some() {
             self.candidates.push(Candidate {
@@ -106,8 +109,8 @@ impl StreamState {
             let delta = json!({"role": "assistant"});
             out.push(chunk(
                 &id,
-                self.created,
                 &self.model,
+                self.created,
                 0,
                 delta,
                 Some("content_filter"),
@@ -116,7 +119,7 @@ impl StreamState {
         if !self.done && !self.candidates.is_empty() && self.candidates.iter().all(|c| c.finished) {
             self.done = true;
             let usage = self.usage.unwrap_or_default();
-            out.push(usage_chunk(&id, self.created, &self.model, usage));
+            out.push(usage_chunk(&id, &self.model, self.created, usage));
         }
         Ok(out)
     }
@@ -125,9 +128,16 @@ impl StreamState {
     pub fn usage(&self) -> Option<Usage> {
         self.usage
     }
+}
+
+impl StreamTranslator for StreamState {
+    fn on_event(&mut self, event: Option<&str>, data: &str) -> Result<Piece, Failure> {
+        let chunks = self.translate(event, data)?;
+        Ok(Piece::of_values(&chunks, self.usage))
+    }
 
     /// Every candidate has sent its `finishReason`.
-    pub fn done(&self) -> bool {
+    fn done(&self) -> bool {
         self.done
     }
 }
@@ -148,7 +158,7 @@ mod tests {
         let mut chunks = Vec::new();
         for data in events {
             assert!(!s.done());
-            chunks.extend(s.on_event(None, data).unwrap());
+            chunks.extend(s.translate(None, data).unwrap());
         }
         assert!(s.done());
         let created = chunks[0]["created"].clone();
@@ -180,7 +190,7 @@ mod tests {
     fn a_function_call_stream_and_a_mid_stream_error() {
         let mut s = StreamState::new("gemini-2.0-flash");
         let chunks = s
-            .on_event(None, r#"{"candidates": [{"content": {"parts": [{"functionCall": {"name": "get_current_weather","args": {"location": "Boston, MA"}}}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 30,"candidatesTokenCount": 8,"totalTokenCount": 38}}"#)
+            .translate(None, r#"{"candidates": [{"content": {"parts": [{"functionCall": {"name": "get_current_weather","args": {"location": "Boston, MA"}}}],"role": "model"},"finishReason": "STOP","index": 0}],"usageMetadata": {"promptTokenCount": 30,"candidatesTokenCount": 8,"totalTokenCount": 38}}"#)
             .unwrap();
         let mut choice = chunks[0]["choices"][0].clone();
         let id = choice["delta"]["tool_calls"][0]["id"].as_str().unwrap();
@@ -196,8 +206,8 @@ mod tests {
         assert!(s.done());
 
         let mut s = StreamState::new("gemini-2.0-flash");
-        s.on_event(None, r#"{"candidates": [{"content": {"parts": [{"text": "Once"}],"role": "model"},"index": 0}]}"#).unwrap();
-        let err = s.on_event(None, r#"{"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}}"#);
+        s.translate(None, r#"{"candidates": [{"content": {"parts": [{"text": "Once"}],"role": "model"},"index": 0}]}"#).unwrap();
+        let err = s.translate(None, r#"{"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}}"#);
         assert_eq!(
             err.unwrap_err(),
             Failure::Status {
@@ -209,7 +219,7 @@ mod tests {
         assert!(!s.done(), "the body ending now is a truncated answer");
 
         let mut s = StreamState::new("gemini-2.0-flash");
-        let blocked = s.on_event(None, r#"{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},"usageMetadata": {"promptTokenCount": 5,"totalTokenCount": 5}}"#).unwrap();
+        let blocked = s.translate(None, r#"{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},"usageMetadata": {"promptTokenCount": 5,"totalTokenCount": 5}}"#).unwrap();
         assert_eq!(blocked[0]["choices"][0]["finish_reason"], "content_filter");
         assert_eq!(blocked[1]["usage"]["prompt_tokens"], 5);
         assert!(s.done());

@@ -485,19 +485,23 @@ fn documented_error_bodies_name_their_status() {
 
 #[tokio::test]
 async fn a_call_posts_to_generate_content_with_the_key_header() {
-    let client = super::super::http::client().unwrap();
     let mut d = deployment();
     d.api_key = Some(crate::config::Secret::new("AIza-test"));
     let req = ChatRequest::parse(br#"{"messages":[{"role":"user","content":"Hello"}]}"#).unwrap();
-    let ctx = CallContext {
-        include_request_extra: true,
-        fate: None,
+    // Sent the way every deployment sends: through the HTTP backend over this format.
+    let call = |base: String, model: &str| {
+        let mut d = d.clone();
+        d.api_base = base;
+        d.model = model.into();
+        let client = crate::providers::http::client().unwrap();
+        let backend = crate::providers::send::HttpBackend::new(Box::new(Gemini), &d, client);
+        let req = &req;
+        async move { backend.call(&d, req, true).await }
     };
 
     let reply = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":2,"candidatesTokenCount":1,"totalTokenCount":3}}"#;
     let (base, seen) = super::super::one_shot::serve(200, "", reply).await;
-    let url = reqwest::Url::parse(&endpoint(&base, "models/gemini-2.0-flash", false)).unwrap();
-    let answer = call(&client, &url, &d, &req, &ctx).await.unwrap();
+    let answer = call(base, "models/gemini-2.0-flash").await.unwrap();
     assert!(matches!(answer, Answer::Built(c) if c.text() == Some("Hi")));
     let request = seen.await.unwrap();
     assert!(
@@ -512,9 +516,8 @@ async fn a_call_posts_to_generate_content_with_the_key_header() {
 
     let quota = r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
     let (base, _) = super::super::one_shot::serve(429, "", quota).await;
-    let url = reqwest::Url::parse(&endpoint(&base, "gemini-2.0-flash", false)).unwrap();
     assert_eq!(
-        call(&client, &url, &d, &req, &ctx).await.unwrap_err(),
+        call(base, "gemini-2.0-flash").await.unwrap_err(),
         Failure::Status {
             status: 429,
             message: "RESOURCE_EXHAUSTED: Resource has been exhausted (e.g. check quota).".into(),

@@ -1,0 +1,201 @@
+//! The HTTP backend: a deployment's wire format, sent. This is the one place that does I/O for
+//! every HTTP provider — the POST with its key header marked sensitive, the send, the body read
+//! within `max_reply_body`, a non-2xx turned into `Failure::Status` with its `Retry-After`, and an
+//! SSE stream opened through `stream::from_sse` — so that a wire format is translation only.
+
+use bytes::Bytes;
+
+use super::failure::Failure;
+use super::http;
+use super::stream::{self, PieceStream};
+use super::wire::{Answer, Auth, WireFormat};
+use crate::config::DeploymentConfig;
+use crate::protocol::ChatRequest;
+
+/// One deployment's HTTP calls: its wire format, its endpoints parsed once, the shared client.
+pub struct HttpBackend {
+    format: Box<dyn WireFormat>,
+    endpoint: Option<reqwest::Url>,
+    /// Where streamed calls go (another URL for Gemini).
+    stream_endpoint: Option<reqwest::Url>,
+    client: reqwest::Client,
+}
+
+impl HttpBackend {
+    pub fn new(format: Box<dyn WireFormat>, d: &DeploymentConfig, client: reqwest::Client) -> Self {
+        // Parsing a URL per request showed up in profiles; config validation checked it already.
+        let endpoint = reqwest::Url::parse(&format.endpoint(d, false)).ok();
+        let stream_endpoint = reqwest::Url::parse(&format.endpoint(d, true)).ok();
+        Self {
+            format,
+            endpoint,
+            stream_endpoint,
+            client,
+        }
+    }
+
+    /// One call: the reply as the format reads it, or how it failed.
+    pub async fn call(
+        &self,
+        d: &DeploymentConfig,
+        req: &ChatRequest,
+        include_request_extra: bool,
+    ) -> Result<Answer, Failure> {
+        let url = usable(self.endpoint.as_ref(), d)?;
+        let builder = self.request(url, d, req, include_request_extra, false)?;
+        let bytes = send(builder, self.format.as_ref(), d.max_reply_body).await?;
+        self.format.parse_reply(d, bytes)
+    }
+
+    /// Opens a streamed call: fails like `call` when the provider refuses it, else yields the
+    /// pieces as the format's translator makes them out of the events.
+    pub async fn open_stream(
+        &self,
+        d: &DeploymentConfig,
+        req: &ChatRequest,
+        include_request_extra: bool,
+    ) -> Result<PieceStream, Failure> {
+        let url = usable(self.stream_endpoint.as_ref(), d)?;
+        let builder = self.request(url, d, req, include_request_extra, true)?;
+        let response = send_stream(builder, self.format.as_ref(), d.max_reply_body).await?;
+        Ok(stream::from_sse(
+            response,
+            d.max_reply_body,
+            self.format.stream_translator(d),
+        ))
+    }
+
+    /// The host and port calls go to (for traces), never the userinfo.
+    pub fn server(&self) -> Option<(&str, Option<u16>)> {
+        let url = self.endpoint.as_ref()?;
+        Some((url.host_str()?, url.port_or_known_default()))
+    }
+
+    fn request(
+        &self,
+        url: &reqwest::Url,
+        d: &DeploymentConfig,
+        req: &ChatRequest,
+        include_request_extra: bool,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, Failure> {
+        let body = self
+            .format
+            .build_body(d, req, include_request_extra, stream)?;
+        let f = &self.format;
+        post_json(&self.client, url, d, f.auth(), f.headers(), body)
+    }
+}
+
+/// The endpoint, or why there is none: an `api_base` that is not a URL, printed redacted.
+fn usable<'a>(
+    url: Option<&'a reqwest::Url>,
+    d: &DeploymentConfig,
+) -> Result<&'a reqwest::Url, Failure> {
+    url.ok_or_else(|| {
+        Failure::Connect(format!(
+            "api_base `{}` is not a URL",
+            http::redact_url(&d.api_base)
+        ))
+    })
+}
+
+/// Sends a prepared request: the body of a 2xx answer, else a `Failure::Status` with the message
+/// that the format reads out of the provider's error body. Bodies longer than `limit` fail the
+/// call (`http::too_large`).
+async fn send(
+    builder: reqwest::RequestBuilder,
+    format: &dyn WireFormat,
+    limit: usize,
+) -> Result<Bytes, Failure> {
+    let response = send_stream(builder, format, limit).await?;
+    http::read_body(response, limit).await
+}
+
+/// Sends a prepared request and returns the 2xx response unread (for streaming: read it through
+/// `stream::from_sse`, which bounds it too), else a `Failure::Status` as `send` does.
+async fn send_stream(
+    builder: reqwest::RequestBuilder,
+    format: &dyn WireFormat,
+    limit: usize,
+) -> Result<reqwest::Response, Failure> {
+    let response = builder.send().await.map_err(http::transport)?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = http::retry_after(response.headers());
+    let bytes = http::read_body(response, limit).await?;
+    Err(Failure::Status {
+        status: status.as_u16(),
+        message: format.error_message(&bytes),
+        retry_after,
+    })
+}
+
+/// A JSON POST with the deployment's key (when it has one) and `extra` headers. The key header is
+/// marked sensitive, so that HTTP/2 never indexes it and debug output never shows it.
+fn post_json(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    d: &DeploymentConfig,
+    auth: Auth,
+    extra: &[(&'static str, &'static str)],
+    body: Vec<u8>,
+) -> Result<reqwest::RequestBuilder, Failure> {
+    let mut builder = client
+        .post(url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    for (name, value) in extra {
+        builder = builder.header(*name, *value);
+    }
+    let Some(key) = &d.api_key else {
+        return Ok(builder);
+    };
+    let (name, value) = match auth {
+        Auth::Bearer => (
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", key.expose())),
+        ),
+        Auth::Header(name) => (
+            reqwest::header::HeaderName::from_static(name),
+            reqwest::header::HeaderValue::try_from(key.expose()),
+        ),
+    };
+    // The error would not quote the key, but say nothing of it anyway.
+    let mut value = value.map_err(|_| {
+        Failure::Transport("the deployment's API key is not a valid HTTP header value".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(builder.header(name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_keys_are_sensitive_headers() {
+        let client = http::client().unwrap();
+        let url = reqwest::Url::parse("http://127.0.0.1:1/").unwrap();
+        let mut d = crate::config::Config::demo().deployments.remove(0);
+        d.api_key = Some(crate::config::Secret::new("sk-secret-key"));
+        for (auth, header) in [
+            (Auth::Bearer, "authorization"),
+            (Auth::Header("x-api-key"), "x-api-key"),
+            (Auth::Header("x-goog-api-key"), "x-goog-api-key"),
+        ] {
+            let req = post_json(&client, &url, &d, auth, &[], Vec::new())
+                .unwrap()
+                .build()
+                .unwrap();
+            let value = req.headers().get(header).unwrap();
+            assert!(value.is_sensitive(), "{header}");
+            assert!(!format!("{:?}", req.headers()).contains("sk-secret-key"));
+        }
+        d.api_key = Some(crate::config::Secret::new("bad\nkey"));
+        let refused = post_json(&client, &url, &d, Auth::Bearer, &[], Vec::new()).unwrap_err();
+        assert!(!refused.describe().contains("key\n"));
+    }
+}
