@@ -40,7 +40,7 @@ pub enum Command {
     /// Submit one durable async job on `llm.submit.<TASK>` (JetStream) and print its id; with
     /// --wait, also its result (headers on stderr), read from the results stream.
     Submit(SubmitArgs),
-    /// Batch jobs from files (contract section 5).
+    /// Batch jobs from files (docs/contract.md §5).
     Batch {
         #[command(subcommand)]
         command: BatchCommand,

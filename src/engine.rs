@@ -16,6 +16,8 @@ use tracing::Instrument;
 use crate::cluster::Link;
 use crate::cluster::quota::SharedWindow;
 use crate::config::Config;
+use crate::deployment::Slot;
+use crate::deployment::supervisor::{self, Supervisor};
 use crate::deployment::{self, Shared};
 use crate::observe::alerts::{Alert, Change, Inputs, Rules};
 use crate::observe::events::{self, EventBus};
@@ -24,10 +26,9 @@ use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
 use crate::protocol::{ChatRequest, InvalidRequest};
 use crate::protocol::{ErrorBody, ErrorDetail, ErrorKind, RequestOptions, headers};
 use crate::providers::{Adapter, http};
+use crate::routing::Router;
 use crate::routing::fallback::{Ask, Failed, Served};
 use crate::routing::strategy::Strategy;
-use crate::routing::supervisor::{self, Supervisor};
-use crate::routing::{Router, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -561,7 +562,7 @@ impl ChatOutcome {
         }
     }
 
-    /// The reply of contract section 1: a `chat.completion` with success headers, or the error
+    /// The reply of docs/contract.md §1: a `chat.completion` with success headers, or the error
     /// body with `Llm-Error`.
     pub fn into_reply(self) -> Reply {
         let mut h = vec![(headers::REQUEST_ID, self.request_id.to_string())];

@@ -1,4 +1,4 @@
-//! Hostile and broken input on every subject (contract section 8): each message gets exactly one
+//! Hostile and broken input on every subject (docs/contract.md §8): each message gets exactly one
 //! reply (or one stored result for a job) of the right kind, nothing panics, and a normal request
 //! is served afterwards. The NATS server's `max_payload` is raised so that a 5 MB body reaches
 //! the engine, which refuses it by `limits.max_body`.

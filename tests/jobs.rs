@@ -1,4 +1,4 @@
-//! Durable async jobs (contract section 1b) against a real nats-server with JetStream: a `serve`
+//! Durable async jobs (docs/contract.md §1b) against a real nats-server with JetStream: a `serve`
 //! killed with SIGKILL mid-run and started again, a NATS server restarted under load, duplicate
 //! job ids, late readers, bad jobs, `switchyard submit --wait`, and a thousand jobs through one instance.
 

@@ -1,4 +1,4 @@
-//! `[limits]` as a caller sees them (contract section 8): back-pressure instead of a queue
+//! `[limits]` as a caller sees them (docs/contract.md §8): back-pressure instead of a queue
 //! (`overloaded` at once beyond `max_in_flight`), a shutdown with a deadline (what is left is
 //! answered `unavailable`, unfinished jobs stay unacked and are run elsewhere), and replies too
 //! large for NATS answered as an `internal` error instead of being lost.

@@ -1,4 +1,4 @@
-//! What a provider sends cannot hurt us (contract section 8): absurd `Retry-After` values, bodies
+//! What a provider sends cannot hurt us (docs/contract.md §8): absurd `Retry-After` values, bodies
 //! far over `limits.max_provider_body`, bodies and streams that never end, and (section 2) a
 //! conversation whose tool rounds ran on Gemini falling over to Anthropic. Each against fake
 //! providers behind the real engine and NATS ingress.

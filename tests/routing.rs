@@ -1,5 +1,5 @@
 //! Requests through a real nats-server into the engine, against fake OpenAI-compatible providers
-//! on 127.0.0.1 with scripted faults: the behaviour of contract sections 1, 2 and 6.
+//! on 127.0.0.1 with scripted faults: the behaviour of docs/contract.md §1, §2 and §6.
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Routing strategies, context-window skips, affinity and budgets through NATS against fake
-//! providers that count the calls they get (contract section 4, issue "routing strategies").
+//! providers that count the calls they get (docs/contract.md §4, issue "routing strategies").
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Streaming over NATS (contract section 1): chunks on the reply subject, the closing message,
+//! Streaming over NATS (docs/contract.md §1): chunks on the reply subject, the closing message,
 //! fallback only before the first chunk, first-token timeouts, and cut streams.
 
 mod common;

@@ -153,7 +153,7 @@ pub struct Counts {
     pub by_deployment: BTreeMap<String, u64>,
 }
 
-/// The output file's line for one item (contract §5), with nulls where a value is absent.
+/// The output file's line for one item (docs/contract.md §5), with nulls where a value is absent.
 pub fn output_line(row: &ItemRow) -> Value {
     serde_json::json!({
         "id": row.item_id,

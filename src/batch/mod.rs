@@ -1,4 +1,4 @@
-//! The batch runner (contract section 5): job files, input, checkpoints, output. A job file
+//! The batch runner (docs/contract.md §5): job files, input, checkpoints, output. A job file
 //! (`job`) says how each input record becomes a chat request on a route and what its answer must
 //! be; the runner sends every record of an input file through the engine, checkpointing each item
 //! so that a killed run resumes without paying for finished items again.

@@ -1,4 +1,4 @@
-//! Where a batch submitted over NATS comes from (contract section 8): the job text and the input
+//! Where a batch submitted over NATS comes from (docs/contract.md §8): the job text and the input
 //! records, inline or as files. Files are read only under `[batch] input_dir`: a path is resolved
 //! against that folder, `..` that climbs out is refused before the filesystem is touched, and the
 //! canonical path (symlinks followed) must still lie inside it. Without `input_dir` no path is

@@ -1,4 +1,4 @@
-//! Cluster-wide `rpm`/`tpm` (contract section 3: up to `rpm` requests and `tpm` tokens in ANY
+//! Cluster-wide `rpm`/`tpm` (docs/contract.md §3: up to `rpm` requests and `tpm` tokens in ANY
 //! minute, bursts allowed — for the whole cluster, not per instance, which is how LiteLLM's
 //! replicas end up multiplying a provider's limit).
 //!

@@ -1,5 +1,5 @@
 //! `switchyard submit TASK --file req.json [--wait]`: publishes one async job on
-//! `llm.submit.<TASK>` through JetStream (contract section 1b), prints its job id once the
+//! `llm.submit.<TASK>` through JetStream (docs/contract.md §1b), prints its job id once the
 //! server has stored it, and with `--wait` reads the result from the results stream — through a
 //! consumer filtered on the result subject, so a result stored before we started waiting is found
 //! too — and prints it the way `switchyard request` prints a reply.

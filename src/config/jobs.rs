@@ -1,4 +1,4 @@
-//! `[jobs]`: durable async jobs over JetStream (contract section 1b). `serve` creates the two
+//! `[jobs]`: durable async jobs over JetStream (docs/contract.md §1b). `serve` creates the two
 //! streams when they are missing and shares one durable pull consumer between its instances;
 //! these keys name them and set how long jobs and results are kept, how long a job may go
 //! unacknowledged before another instance gets it, and how many run at once on one instance.

@@ -1,5 +1,5 @@
 //! `[limits]`: the bounds that keep one instance standing whatever its callers and providers send
-//! (contract section 8). Every size is an integer (bytes) or a string such as `"4 MiB"`; every
+//! (docs/contract.md §8). Every size is an integer (bytes) or a string such as `"4 MiB"`; every
 //! duration is humantime. Each bound is checked at the edge where the input arrives: request
 //! headers and bodies in `protocol`, provider bodies and streams in `providers`/`deployment`,
 //! requests in flight and shutdown in `ingress`.

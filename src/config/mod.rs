@@ -1,4 +1,4 @@
-//! Configuration: one TOML file (contract section 3) read into `raw` serde structs, then validated
+//! Configuration: one TOML file (docs/contract.md §3) read into `raw` serde structs, then validated
 //! into the `Config` the engine runs on. Every problem is reported with the file and the key path
 //! (`deployments[2].rpm: must be > 0`), all of them at once, before anything starts.
 

@@ -1,4 +1,4 @@
-//! The config file exactly as written (contract section 3): serde structs that reject unknown
+//! The config file exactly as written (docs/contract.md §3): serde structs that reject unknown
 //! keys. Nothing here is trusted yet; `config::validate` turns a `RawConfig` into the `Config` the
 //! engine runs on, naming the key path of every problem it finds.
 

@@ -1,4 +1,4 @@
-//! The five routing strategies by name (contract section 4), as the config and the
+//! The five routing strategies by name (docs/contract.md §4), as the config and the
 //! `Llm-Strategy` header name them. How each orders candidates is `routing::strategy`.
 
 use std::str::FromStr;

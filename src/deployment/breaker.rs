@@ -1,4 +1,4 @@
-//! The circuit breaker of contract section 2: closed → open after `failure_threshold` consecutive
+//! The circuit breaker of docs/contract.md §2: closed → open after `failure_threshold` consecutive
 //! failures (a success resets the count) → half-open after `reset_timeout` → closed after
 //! `success_threshold` successful probes, one probe at a time; a failed probe re-opens it.
 //! Pure state: the deployment actor feeds it outcomes and the time. In a cluster, what another

@@ -27,10 +27,13 @@ pub mod breaker;
 mod call;
 pub mod limiter;
 mod shared;
+mod slot;
 pub mod stats;
+pub mod supervisor;
 
 pub use call::{Attempt, CallArgs, StreamAttempt, call, call_stream};
 pub use shared::{LATENCY_FRESH, Shared};
+pub use slot::Slot;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

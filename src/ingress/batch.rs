@@ -1,4 +1,4 @@
-//! Batches over NATS (contract section 5): `llm.batch.submit` starts a batch inside `serve`, on the
+//! Batches over NATS (docs/contract.md §5): `llm.batch.submit` starts a batch inside `serve`, on the
 //! same engine and deployments as live traffic; each finished item goes to
 //! `llm.batch.<id>.results`, counts to `llm.batch.<id>.progress` every second, and
 //! `llm.batch.<id>.status` / `llm.batch.<id>.cancel` answer on request. A batch lives in its own

@@ -25,9 +25,9 @@ use crate::cluster::{
     Link, Publish, Record, Remote, circuit_key, cooldown_key, instant_of, key_token,
 };
 use crate::config::ClusterConfig;
+use crate::deployment::Slot;
 use crate::deployment::{self, breaker::CircuitState};
 use crate::engine::Engine;
-use crate::routing::Slot;
 
 /// How often the connection state is looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(200);

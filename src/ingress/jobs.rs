@@ -1,4 +1,4 @@
-//! Durable async jobs (contract section 1b): `llm.submit.<task>` → `llm.result.<job_id>`.
+//! Durable async jobs (docs/contract.md §1b): `llm.submit.<task>` → `llm.result.<job_id>`.
 //!
 //! Jobs wait in a JetStream stream (`[jobs] stream`, capturing `llm.submit.>`) and every `serve`
 //! instance pulls from one shared durable consumer, at most `[jobs] concurrency` at a time. Each

@@ -1,4 +1,4 @@
-//! Alert rules (contract section 6, the article's monitoring table): per deployment P95 latency
+//! Alert rules (docs/contract.md §6, the article's monitoring table): per deployment P95 latency
 //! over twice its own baseline, error rate over 2 %, timeout rate over 1 %; overall fallback ratio
 //! over 10 % (warning) and 30 % (critical: time to pick a new primary); spend over a daily budget.
 //!

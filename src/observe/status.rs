@@ -1,4 +1,4 @@
-//! The `llm.status` snapshot (contract section 6): one instance's view of every deployment and of
+//! The `llm.status` snapshot (docs/contract.md §6): one instance's view of every deployment and of
 //! its overall traffic. Built on request from the deployment actors' own state.
 
 use std::sync::Arc;
@@ -66,7 +66,7 @@ pub struct StatusSnapshot {
     pub fallbacks: u64,
     pub fallback_ratio: f64,
     pub alerts: Vec<super::alerts::Alert>,
-    /// Failed requests by error kind (contract section 1).
+    /// Failed requests by error kind (docs/contract.md §1).
     #[serde(default)]
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Batch items answered (`ok`) and failed since start.

@@ -1,4 +1,4 @@
-//! The `Llm-*` headers of contract section 1: names, and the request options read from them.
+//! The `Llm-*` headers of docs/contract.md §1: names, and the request options read from them.
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ pub const ROUTE_REASON: &str = "Llm-Route-Reason";
 pub const ERROR: &str = "Llm-Error";
 /// On the last message of a streamed reply: `end` or `error`.
 pub const STREAM: &str = "Llm-Stream";
-/// Async jobs (contract section 1b): where the result goes, and which job a result answers.
+/// Async jobs (docs/contract.md §1b): where the result goes, and which job a result answers.
 pub const RESULT_SUBJECT: &str = "Llm-Result-Subject";
 pub const JOB_ID: &str = "Llm-Job-Id";
 

@@ -33,7 +33,7 @@ impl Subjects {
         Some(rest.split('.').next().unwrap_or(rest))
     }
 
-    /// `llm.submit.>`: every async job (contract section 1b).
+    /// `llm.submit.>`: every async job (docs/contract.md §1b).
     pub fn submit_wildcard(&self) -> String {
         format!("{}.submit.>", self.prefix)
     }

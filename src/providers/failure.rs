@@ -1,5 +1,5 @@
 //! How a provider call fails, and what the router does about it. Every wire format and backend
-//! reports a `Failure` as it saw it on the wire; `classify` is the one table (contract section 2)
+//! reports a `Failure` as it saw it on the wire; `classify` is the one table (docs/contract.md §2)
 //! that turns it into a `Decision`: fall back or stop, count for the breaker or not, cool down.
 //! It sits at the bottom of `providers`: it names no other file of the module.
 
@@ -91,7 +91,7 @@ pub struct Decision {
     pub cool_down: Option<Duration>,
 }
 
-/// The one exhaustive decision table of contract section 2.
+/// The one exhaustive decision table of docs/contract.md §2.
 pub fn classify(failure: &Failure, breaker: &BreakerConfig, fallback_on_auth: bool) -> Decision {
     let fall = |kind, count| Decision {
         kind,

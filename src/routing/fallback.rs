@@ -1,5 +1,5 @@
 //! The fallback walk: try the route's candidates in strategy order, group after group along the
-//! fallback chain, until one answers, a failure says stop (contract section 2), the candidates run
+//! fallback chain, until one answers, a failure says stop (docs/contract.md §2), the candidates run
 //! out, or the caller's deadline is spent. Every retry and fallback decision lives here.
 
 use std::sync::Arc;

@@ -1,43 +1,22 @@
 //! Routing: from a request to the deployment that serves it. `classify` maps the task (or a pinned
-//! model) to a group, `strategy` orders the group's deployments, `fallback` walks the chain, and
-//! `supervisor` keeps one actor per deployment alive behind the routing `Slot`s.
+//! model) to a group, `strategy` orders the group's deployments, `budget` applies the daily caps,
+//! and `fallback` walks the chain over the deployments' `Slot`s.
 
 pub mod budget;
 pub mod classify;
 pub mod fallback;
 pub mod strategy;
-pub mod supervisor;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use arc_swap::ArcSwapOption;
-use ractor::ActorRef;
-
-use crate::config::{Config, DeploymentConfig, Shift};
-use crate::deployment::{self, Shared};
+use crate::config::{Config, Shift};
 use crate::observe::spend::Spend;
 use budget::Budgets;
 use classify::RouteTable;
 use strategy::Strategy;
 
-/// One deployment as routing sees it: its config, what its actor publishes, and the actor itself
-/// (swapped by the supervisor when it restarts one).
-pub struct Slot {
-    pub name: Arc<str>,
-    /// What the actor is started with: adapter, breaker policy, published state, event bus.
-    pub args: deployment::Args,
-    pub shared: Arc<Shared>,
-    pub actor: ArcSwapOption<ActorRef<deployment::Msg>>,
-    /// A stable number per name for affinity hashing.
-    pub name_hash: u64,
-}
-
-impl Slot {
-    pub fn config(&self) -> &DeploymentConfig {
-        &self.args.adapter.config
-    }
-}
+pub use crate::deployment::Slot;
 
 pub struct Router {
     pub table: RouteTable,

@@ -1,4 +1,4 @@
-//! Routing strategies (contract section 4): each orders a group's candidates, best first. The
+//! Routing strategies (docs/contract.md §4): each orders a group's candidates, best first. The
 //! fallback walk then tries them in that order, skipping those that cannot take the call. The
 //! inputs come from what the deployment actors publish (`Shared`), so a decision takes no lock
 //! and no mailbox round trip.

@@ -1,4 +1,4 @@
-//! Async jobs over JetStream (contract section 1b), seen from a client: submit jobs, read the
+//! Async jobs over JetStream (docs/contract.md §1b), seen from a client: submit jobs, read the
 //! results stream, watch the shared consumer; and the real `switchyard serve` binary, to be
 //! killed with SIGKILL.
 

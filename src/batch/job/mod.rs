@@ -1,4 +1,4 @@
-//! A batch job file (contract section 5): which route to call (`task`), the prompt template that
+//! A batch job file (docs/contract.md §5): which route to call (`task`), the prompt template that
 //! turns one input record into a chat request, how hard to push (`concurrency`, `max_attempts`),
 //! and the output rule an answer must pass (`labels` or `json_schema`).
 //!

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, info};
 
-use super::Slot;
-use crate::deployment::DeploymentActor;
+use super::{DeploymentActor, Slot};
 
 pub struct Supervisor;
 
