@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::batch::input::Input;
 use crate::cli::BatchCommand;
 use crate::config::Config;
+use crate::protocol::subjects::{BatchVerb, Subjects};
 
 pub async fn run(command: BatchCommand) -> anyhow::Result<()> {
     match command {
@@ -33,28 +34,28 @@ pub async fn run(command: BatchCommand) -> anyhow::Result<()> {
                      max_payload ({max}): split the input, or run it with `switchyard batch run`"
                 );
             }
-            let prefix = &config.nats.prefix;
+            let subjects = Subjects::new(&config.nats.prefix);
             // Subscribe before submitting, so that no early result is missed.
             let mut results = client
-                .subscribe(format!("{prefix}.batch.*.results"))
+                .subscribe(subjects.batch("*", BatchVerb::Results))
                 .await?;
             let mut progress = client
-                .subscribe(format!("{prefix}.batch.*.progress"))
+                .subscribe(subjects.batch("*", BatchVerb::Progress))
                 .await?;
-            let answer = ask(&client, format!("{prefix}.batch.submit"), body).await?;
+            let answer = ask(&client, subjects.batch_submit(), body).await?;
             let Some(id) = answer["batch_id"].as_str() else {
                 anyhow::bail!("refused: {}", answer["error"]["message"]);
             };
             println!("{id}");
             if wait {
-                follow(id, prefix, &mut results, &mut progress).await?;
+                follow(id, &subjects, &mut results, &mut progress).await?;
             }
             Ok(())
         }
         BatchCommand::Status { id, config } => {
             let config = Config::load(&config)?;
             let client = crate::ingress::connect(&config.nats, "switchyard-batch").await?;
-            let subject = format!("{}.batch.{id}.status", config.nats.prefix);
+            let subject = Subjects::new(&config.nats.prefix).batch(&id, BatchVerb::Status);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&ask(&client, subject, json!({})).await?)?
@@ -64,19 +65,19 @@ pub async fn run(command: BatchCommand) -> anyhow::Result<()> {
         BatchCommand::Results { id, config } => {
             let config = Config::load(&config)?;
             let client = crate::ingress::connect(&config.nats, "switchyard-batch").await?;
-            let prefix = &config.nats.prefix;
+            let subjects = Subjects::new(&config.nats.prefix);
             let mut results = client
-                .subscribe(format!("{prefix}.batch.{id}.results"))
+                .subscribe(subjects.batch(&id, BatchVerb::Results))
                 .await?;
             let mut progress = client
-                .subscribe(format!("{prefix}.batch.{id}.progress"))
+                .subscribe(subjects.batch(&id, BatchVerb::Progress))
                 .await?;
-            follow(&id, prefix, &mut results, &mut progress).await
+            follow(&id, &subjects, &mut results, &mut progress).await
         }
         BatchCommand::Cancel { id, config } => {
             let config = Config::load(&config)?;
             let client = crate::ingress::connect(&config.nats, "switchyard-batch").await?;
-            let subject = format!("{}.batch.{id}.cancel", config.nats.prefix);
+            let subject = Subjects::new(&config.nats.prefix).batch(&id, BatchVerb::Cancel);
             println!("{}", ask(&client, subject, json!({})).await?);
             Ok(())
         }
@@ -122,20 +123,20 @@ async fn ask(client: &async_nats::Client, subject: String, body: Value) -> anyho
 /// Prints results as they come until the batch's progress says it ended.
 async fn follow(
     id: &str,
-    prefix: &str,
+    subjects: &Subjects,
     results: &mut async_nats::Subscriber,
     progress: &mut async_nats::Subscriber,
 ) -> anyhow::Result<()> {
-    let mine = format!("{prefix}.batch.{id}.");
+    let mine = |subject: &str| subjects.batch_id_of(subject) == Some(id);
     loop {
         tokio::select! {
             Some(m) = results.next() => {
-                if m.subject.starts_with(&mine) {
+                if mine(&m.subject) {
                     println!("{}", String::from_utf8_lossy(&m.payload));
                 }
             }
             Some(m) = progress.next() => {
-                if !m.subject.starts_with(&mine) {
+                if !mine(&m.subject) {
                     continue;
                 }
                 let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();

@@ -39,11 +39,12 @@ use crate::cluster::lease::{self, Acquired, RenewError};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::protocol::headers;
+use crate::protocol::subjects::{BatchVerb, Subjects};
 
 pub struct BatchService {
     client: Client,
     engine: Arc<Engine>,
-    prefix: String,
+    subjects: Subjects,
     db: PathBuf,
     dir: PathBuf,
     /// `[batch] input_dir`: the only folder `job_path` and `input_path` are read from.
@@ -135,7 +136,7 @@ impl BatchService {
         Arc::new(Self {
             client,
             engine,
-            prefix: config.nats.prefix.clone(),
+            subjects: Subjects::new(&config.nats.prefix),
             db,
             dir,
             input_dir: config.batch_input_dir.clone(),
@@ -192,7 +193,7 @@ impl BatchService {
                 .await
                 .map_err(|source| IngressError::Subscribe { subject, source })
         };
-        let submit_subject = format!("{}.batch.submit", self.prefix);
+        let submit_subject = self.subjects.batch_submit();
         let mut submit = self
             .client
             .queue_subscribe(submit_subject.clone(), queue_group)
@@ -201,8 +202,8 @@ impl BatchService {
                 subject: submit_subject,
                 source,
             })?;
-        let mut status = sub(format!("{}.batch.*.status", self.prefix)).await?;
-        let mut cancel = sub(format!("{}.batch.*.cancel", self.prefix)).await?;
+        let mut status = sub(self.subjects.batch("*", BatchVerb::Status)).await?;
+        let mut cancel = sub(self.subjects.batch("*", BatchVerb::Cancel)).await?;
         let leases = match self.lease_ttl {
             // Unfinished batches are resumed as their leases are taken.
             Some(ttl) => Some(tokio::spawn(self.clone().keep_leases(ttl, stop.clone()))),
@@ -511,8 +512,8 @@ impl BatchService {
                     return;
                 }
             };
-            let results = format!("{}.batch.{id}.results", this.prefix);
-            let progress = format!("{}.batch.{id}.progress", this.prefix);
+            let results = this.subjects.batch(&id, BatchVerb::Results);
+            let progress = this.subjects.batch(&id, BatchVerb::Progress);
             let hooks = Hooks {
                 items: Some(items_tx),
                 cancel,
@@ -594,10 +595,7 @@ impl BatchService {
     }
 
     fn id_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject
-            .strip_prefix(&format!("{}.batch.", self.prefix))?
-            .split('.')
-            .next()
+        self.subjects.batch_id_of(subject)
     }
 
     async fn status(&self, msg: Message) {

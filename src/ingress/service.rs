@@ -107,14 +107,11 @@ pub struct Endpoints {
 impl Endpoints {
     /// `status_queue` is this instance's own: every instance answers status.
     pub fn new(prefix: &str, queue_group: &str, status_queue: &str) -> Self {
+        let subjects = crate::protocol::Subjects::new(prefix);
         Self {
-            chat: Counters::new("chat", format!("{prefix}.chat.>"), queue_group),
-            status: Counters::new("status", format!("{prefix}.status"), status_queue),
-            batch_submit: Counters::new(
-                "batch-submit",
-                format!("{prefix}.batch.submit"),
-                queue_group,
-            ),
+            chat: Counters::new("chat", subjects.chat_wildcard(), queue_group),
+            status: Counters::new("status", subjects.status(), status_queue),
+            batch_submit: Counters::new("batch-submit", subjects.batch_submit(), queue_group),
         }
     }
 

@@ -75,6 +75,51 @@ impl Subjects {
     pub fn status_events(&self) -> String {
         format!("{}.status.events", self.prefix)
     }
+
+    /// `llm.batch.submit`: starts a batch inside `serve`.
+    pub fn batch_submit(&self) -> String {
+        format!("{}.batch.submit", self.prefix)
+    }
+
+    /// `llm.batch.<id>.<verb>` for one batch (`results`, `progress`, `status`, `cancel`); with
+    /// `id = "*"`, the wildcard over every batch.
+    pub fn batch(&self, id: &str, verb: BatchVerb) -> String {
+        format!("{}.batch.{id}.{}", self.prefix, verb.as_str())
+    }
+
+    /// The batch id of a `llm.batch.<id>.<verb>` subject.
+    pub fn batch_id_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".batch.")?
+            .split('.')
+            .next()
+            .filter(|id| !id.is_empty())
+    }
+}
+
+/// What a `llm.batch.<id>.<verb>` subject carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchVerb {
+    /// Each finished item's output line.
+    Results,
+    /// Counts every second, and a last message with the state.
+    Progress,
+    /// Request/reply: the batch's counts.
+    Status,
+    /// Request/reply: stop the batch.
+    Cancel,
+}
+
+impl BatchVerb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Results => "results",
+            Self::Progress => "progress",
+            Self::Status => "status",
+            Self::Cancel => "cancel",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +137,19 @@ mod tests {
             Subjects::new("acme.llm").task_of("acme.llm.chat.x"),
             Some("x")
         );
+    }
+
+    #[test]
+    fn batch_subjects_and_their_ids() {
+        let s = Subjects::new("acme.llm");
+        assert_eq!(s.batch_submit(), "acme.llm.batch.submit");
+        assert_eq!(
+            s.batch("b1", BatchVerb::Results),
+            "acme.llm.batch.b1.results"
+        );
+        assert_eq!(s.batch("*", BatchVerb::Cancel), "acme.llm.batch.*.cancel");
+        assert_eq!(s.batch_id_of("acme.llm.batch.b1.status"), Some("b1"));
+        assert_eq!(s.batch_id_of("acme.llm.chat.x"), None);
     }
 
     #[test]
