@@ -31,7 +31,7 @@ mod slot;
 pub mod stats;
 pub mod supervisor;
 
-pub use call::{Attempt, CallArgs, StreamAttempt, call, call_stream};
+pub use call::{Attempt, CallArgs, call, call_stream};
 pub use shared::{LATENCY_FRESH, Shared};
 pub use slot::Slot;
 

@@ -14,7 +14,7 @@ use super::budget::Verdict;
 use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::{ProviderKind, Shift};
-use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip, StreamAttempt};
+use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip};
 use crate::protocol::CircuitState;
 use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions, Usage};
 use crate::providers::{Failure, ProviderReply};
@@ -376,49 +376,7 @@ impl Router {
         };
         let attempt = match sink {
             Some(sink) if req.stream => {
-                match deployment::call_stream(&actor, &slot.args, call, sink).await {
-                    StreamAttempt::Skipped(skip) => Attempt::Skipped(skip),
-                    StreamAttempt::Failed {
-                        failure,
-                        decision,
-                        latency,
-                    } => Attempt::Done {
-                        result: Err((failure, decision)),
-                        latency,
-                    },
-                    StreamAttempt::Streamed {
-                        usage,
-                        cost_usd,
-                        latency,
-                        broken: None,
-                    } => Attempt::Done {
-                        result: Ok(ProviderReply {
-                            body: Bytes::new(),
-                            usage: usage.unwrap_or_default(),
-                            cost_usd,
-                        }),
-                        latency,
-                    },
-                    StreamAttempt::Streamed {
-                        usage,
-                        latency,
-                        broken: Some((failure, decision)),
-                        ..
-                    } => {
-                        // Chunks already went out: no fallback now, the stream ends in error.
-                        w.calls += 1;
-                        w.failed_calls += 1;
-                        w.record_failure(&c.name, &failure, latency);
-                        let message = format!(
-                            "{}: stream broken after the first chunk: {}",
-                            c.name,
-                            failure.describe()
-                        );
-                        let mut failed = w.fail(decision.kind, message);
-                        failed.usage = usage;
-                        return Some(Err(failed));
-                    }
-                }
+                deployment::call_stream(&actor, &slot.args, call, sink).await
             }
             _ => deployment::call(&actor, &slot.args, call).await,
         };
@@ -427,9 +385,7 @@ impl Router {
                 let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
                 w.skip(c.name.as_str(), skip.describe(), limited, false);
             }
-            Attempt::Done {
-                result: Ok(reply), ..
-            } => {
+            Attempt::Answered { reply, .. } => {
                 w.calls += 1;
                 return Some(Ok(Served {
                     reply,
@@ -441,8 +397,9 @@ impl Router {
                     route_reason: leg.reason.clone(),
                 }));
             }
-            Attempt::Done {
-                result: Err((failure, decision)),
+            Attempt::Failed {
+                failure,
+                decision,
                 latency,
             } => {
                 w.calls += 1;
@@ -455,6 +412,25 @@ impl Router {
                     let message = format!("{}: {}", c.name, failure.describe());
                     return Some(Err(w.fail(decision.kind, message)));
                 }
+            }
+            Attempt::Broken {
+                failure,
+                decision,
+                usage,
+                latency,
+            } => {
+                // Chunks already went out: no fallback now, the stream ends in error.
+                w.calls += 1;
+                w.failed_calls += 1;
+                w.record_failure(&c.name, &failure, latency);
+                let message = format!(
+                    "{}: stream broken after the first chunk: {}",
+                    c.name,
+                    failure.describe()
+                );
+                let mut failed = w.fail(decision.kind, message);
+                failed.usage = usage;
+                return Some(Err(failed));
             }
         }
         None
