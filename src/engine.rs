@@ -28,6 +28,7 @@ use crate::protocol::{ErrorBody, ErrorDetail, ErrorKind, RequestOptions, headers
 use crate::providers::{Adapter, http};
 use crate::routing::Router;
 use crate::routing::fallback::{Ask, Failed, Served};
+use crate::routing::policy::Policy;
 use crate::routing::strategy::Strategy;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,10 @@ impl Engine {
         let events = events::bus();
         let instance: Arc<str> = instance.into();
         let breaker = Arc::new(config.breaker.clone());
+        let policy: Arc<dyn deployment::FailurePolicy> = Arc::new(Policy::new(
+            breaker.clone(),
+            config.routing.fallback_on_auth,
+        ));
         let cluster = Arc::new(Link::new(instance.clone(), &config.cluster));
         let slots: Vec<Slot> = config
             .deployments
@@ -97,7 +102,7 @@ impl Engine {
                     args: deployment::Args {
                         adapter: Arc::new(Adapter::new(d.clone(), client.clone())),
                         breaker: breaker.clone(),
-                        fallback_on_auth: config.routing.fallback_on_auth,
+                        policy: policy.clone(),
                         shared: shared.clone(),
                         events: events.clone(),
                         instance: instance.clone(),

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 use tracing::{Instrument, debug, info, warn};
 
+use super::decision::Decision;
 use super::limiter::Ticket;
 use super::{Args, Finished, Msg, Outcome, Permit, Skip};
 use crate::cluster;
 use crate::cluster::quota::{SharedWindow, Take, Taken};
 use crate::protocol::{ChatRequest, Usage};
-use crate::providers::{CallContext, Decision, Failure, ProviderReply, classify};
+use crate::providers::{CallContext, Failure, ProviderReply};
 
 /// One try of one request at this deployment.
 pub struct CallArgs {
@@ -263,7 +264,7 @@ async fn call_inner(
             Attempt::Answered { reply, latency }
         }
         Err(failure) => {
-            let decision = classify(&failure, &args.breaker, args.fallback_on_auth);
+            let decision = args.policy.decide(&failure);
             close_span(span, model, None, Some(&failure));
             log_failure(args, &call, latency, &failure, &decision);
             report.send(latency, Outcome::Failed(failure.clone(), decision));
@@ -345,7 +346,7 @@ async fn call_stream_inner(
         Ok(x) => x,
         Err(f) => {
             let latency = report.started.elapsed();
-            let d = classify(&f, &args.breaker, args.fallback_on_auth);
+            let d = args.policy.decide(&f);
             close_span(span, &c.model, None, Some(&f));
             log_failure(args, &call, latency, &f, &d);
             report.send(latency, Outcome::Failed(f.clone(), d));
@@ -393,7 +394,7 @@ async fn call_stream_inner(
     };
     let latency = report.started.elapsed();
     if let Some(failure) = broken {
-        let decision = classify(&failure, &args.breaker, args.fallback_on_auth);
+        let decision = args.policy.decide(&failure);
         close_span(span, &c.model, None, Some(&failure));
         log_failure(args, &call, latency, &failure, &decision);
         report.send(latency, Outcome::Failed(failure.clone(), decision));
