@@ -28,6 +28,7 @@ use crate::protocol::{ErrorBody, ErrorDetail, ErrorKind, RequestOptions, headers
 use crate::providers::{Adapter, http};
 use crate::routing::Router;
 use crate::routing::fallback::{Ask, Failed, Served};
+use crate::routing::policy::Policy;
 use crate::routing::strategy::Strategy;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,10 @@ impl Engine {
         let events = events::bus();
         let instance: Arc<str> = instance.into();
         let breaker = Arc::new(config.breaker.clone());
+        let policy: Arc<dyn deployment::FailurePolicy> = Arc::new(Policy::new(
+            breaker.clone(),
+            config.routing.fallback_on_auth,
+        ));
         let cluster = Arc::new(Link::new(instance.clone(), &config.cluster));
         let slots: Vec<Slot> = config
             .deployments
@@ -97,7 +102,7 @@ impl Engine {
                     args: deployment::Args {
                         adapter: Arc::new(Adapter::new(d.clone(), client.clone())),
                         breaker: breaker.clone(),
-                        fallback_on_auth: config.routing.fallback_on_auth,
+                        policy: policy.clone(),
                         shared: shared.clone(),
                         events: events.clone(),
                         instance: instance.clone(),
@@ -198,46 +203,58 @@ impl Engine {
     }
 
     /// Serves one chat request: `task` is the subject's task token, `options` what the headers
-    /// said (or why they were refused), `body` the caller's JSON.
+    /// said, `body` the caller's JSON. Headers that could not be read go to `refuse` instead.
     pub async fn chat(
         &self,
         task: &str,
-        options: Result<RequestOptions, String>,
+        options: RequestOptions,
         body: &[u8],
         sink: Option<&mpsc::Sender<Bytes>>,
     ) -> ChatOutcome {
         let started = Instant::now();
-        let request_id: Arc<str> = match options.as_ref().ok().and_then(|o| o.request_id.clone()) {
-            Some(id) => id.into(),
+        let request_id: Arc<str> = match &options.request_id {
+            Some(id) => id.as_str().into(),
             None => headers::new_request_id().into(),
         };
-        // One span per request (OpenTelemetry GenAI attribute names), parent of one span per
-        // attempt; exported over OTLP when built with the `otlp` feature.
-        let span = tracing::info_span!(
-            "chat",
-            otel.name = "chat",
-            otel.kind = "server",
-            gen_ai.operation.name = "chat",
-            llm.request_id = %request_id,
-            llm.task = task,
-            gen_ai.request.model = tracing::field::Empty,
-            gen_ai.system = tracing::field::Empty,
-            gen_ai.response.model = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            llm.deployment = tracing::field::Empty,
-            llm.attempts = tracing::field::Empty,
-            llm.fallback = tracing::field::Empty,
-            llm.cost_usd = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
-        let mut streamed = false;
-        let batch = options.as_ref().is_ok_and(|o| o.batch);
-        let result = self
-            .run(task, options, body, &request_id, sink, &mut streamed)
-            .instrument(span.clone())
-            .await;
-        match &result {
+        let span = request_span(&request_id, task);
+        // A request that streams says so in its body; the reply then closes the stream.
+        let (result, streamed) = match span.in_scope(|| self.read(&options, body, sink)) {
+            Ok((req, strategy)) => {
+                let streamed = req.stream;
+                let ask = Ask {
+                    req: Arc::new(req),
+                    task,
+                    opts: &options,
+                    strategy,
+                    request_id: &request_id,
+                    sink,
+                };
+                let result = self.router.route(ask).instrument(span.clone()).await;
+                (result, streamed)
+            }
+            Err(failed) => (Err(failed), false),
+        };
+        self.record(&span, result.as_ref(), options.batch);
+        ChatOutcome {
+            request_id,
+            latency: started.elapsed(),
+            result,
+            streamed,
+        }
+    }
+
+    /// A request whose options could not be read (`why`): answered `invalid_request` without
+    /// routing, and counted and traced like any other failed request.
+    pub fn refuse(&self, task: &str, request_id: Arc<str>, why: String) -> ChatOutcome {
+        let span = request_span(&request_id, task);
+        let failed = Failed::new(ErrorKind::InvalidRequest, why);
+        self.record(&span, Err(&failed), false);
+        ChatOutcome::failed(request_id, failed, false)
+    }
+
+    /// What the request's span and the error counters learn from its result.
+    fn record(&self, span: &tracing::Span, result: Result<&Served, &Failed>, batch: bool) {
+        match result {
             Ok(s) => {
                 let c = self.router.slots[s.index].config();
                 span.record("gen_ai.system", c.provider.gen_ai_system());
@@ -257,7 +274,7 @@ impl Engine {
                 span.record("llm.attempts", f.attempts.len());
             }
         }
-        match (&result, batch) {
+        match (result, batch) {
             (Ok(_), true) => self.batch_items_ok.fetch_add(1, Relaxed),
             (Ok(_), false) => 0,
             (Err(f), batch) => {
@@ -267,25 +284,17 @@ impl Engine {
                 self.errors[f.kind as usize].fetch_add(1, Relaxed)
             }
         };
-        ChatOutcome {
-            request_id,
-            latency: started.elapsed(),
-            result,
-            streamed,
-        }
     }
 
-    async fn run(
+    /// The request as the router takes it (the parsed body and `Llm-Strategy`), or why it is
+    /// refused before routing.
+    fn read(
         &self,
-        task: &str,
-        options: Result<RequestOptions, String>,
+        options: &RequestOptions,
         body: &[u8],
-        request_id: &Arc<str>,
         sink: Option<&mpsc::Sender<Bytes>>,
-        streamed: &mut bool,
-    ) -> Result<Served, Failed> {
+    ) -> Result<(ChatRequest, Option<Strategy>), Failed> {
         let invalid = |m: String| Failed::new(ErrorKind::InvalidRequest, m);
-        let options = options.map_err(invalid)?;
         if body.len() > self.limits.max_body {
             return Err(invalid(format!(
                 "the body is {} bytes, over limits.max_body ({} bytes)",
@@ -309,17 +318,7 @@ impl Engine {
                 "\"stream\": true needs a reply subject to stream to".into(),
             ));
         }
-        *streamed = req.stream;
-        self.router
-            .route(Ask {
-                req: Arc::new(req),
-                task,
-                opts: &options,
-                strategy,
-                request_id,
-                sink,
-            })
-            .await
+        Ok((req, strategy))
     }
 
     /// This instance's status snapshot; an actor that does not answer within a second is shown
@@ -473,6 +472,29 @@ async fn watch_alerts(
             let _ = events.send(change.into_event(instance.clone()));
         }
     }
+}
+
+/// One span per request (OpenTelemetry GenAI attribute names), parent of one span per attempt;
+/// exported over OTLP when built with the `otlp` feature.
+fn request_span(request_id: &str, task: &str) -> tracing::Span {
+    tracing::info_span!(
+        "chat",
+        otel.name = "chat",
+        otel.kind = "server",
+        gen_ai.operation.name = "chat",
+        llm.request_id = %request_id,
+        llm.task = task,
+        gen_ai.request.model = tracing::field::Empty,
+        gen_ai.system = tracing::field::Empty,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        llm.deployment = tracing::field::Empty,
+        llm.attempts = tracing::field::Empty,
+        llm.fallback = tracing::field::Empty,
+        llm.cost_usd = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
 }
 
 fn unknown_status(slot: &Slot) -> DeploymentStatus {
@@ -675,7 +697,7 @@ mod tests {
         kill_and_wait_restart(slot).await;
         let body = br#"{"model":"flash-sim","messages":[{"role":"user","content":"hi"}]}"#;
         let outcome = engine
-            .chat("chat", Ok(RequestOptions::default()), body, None)
+            .chat("chat", RequestOptions::default(), body, None)
             .await;
         let served = outcome.result.expect("served after the restart");
         assert_eq!(&*served.deployment, "flash-sim");

@@ -19,10 +19,14 @@
 //! 11. `commands` — what each verb does, given its `Args`; `main.rs` parses the line and runs one.
 //!
 //! # A request's shapes
-//! `ChatRequest` (parsed body) with `RequestOptions` (headers) → the router's `Ask` → one
-//! `CallArgs` per attempt at a deployment → the provider's `ProviderReply` or a `Failure`
-//! (whose `Decision` says fall back or stop) → the walk's `Served` or `Failed` → `ChatOutcome`
-//! → the `Reply` on the wire.
+//! In: `ChatRequest` (the parsed body) with `RequestOptions` (the `Llm-*` headers; headers that
+//! cannot be read never reach `Engine::chat`, `Engine::refuse` answers them) → the router's `Ask`
+//! → one `CallArgs` per attempt at a deployment → beside the request, the backend's `CallContext`.
+//! Back: the wire format's `Answer` → the priced `ProviderReply`, or a `Failure` and the
+//! `Decision` of the failure policy (`routing::policy`, handed to each deployment) → the
+//! deployment's `Attempt`, streamed or not (answered, failed, broken after its first chunk, or
+//! skipped) → the walk's `Served` or `Failed` → `ChatOutcome` (with the request id, latency and
+//! whether it streamed) → the `Reply` on the wire.
 
 pub mod batch;
 pub mod cli;

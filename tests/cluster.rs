@@ -46,12 +46,7 @@ async fn shutdown(all: impl IntoIterator<Item = Running>) {
 async fn chat_on(r: &Running) -> Result<String, String> {
     let o = r
         .engine
-        .chat(
-            "chat",
-            Ok(RequestOptions::default()),
-            HELLO.as_bytes(),
-            None,
-        )
+        .chat("chat", RequestOptions::default(), HELLO.as_bytes(), None)
         .await;
     match o.result {
         Ok(s) => Ok(s.deployment.to_string()),
@@ -166,7 +161,7 @@ async fn one_half_open_probe_for_the_whole_cluster() {
     let probe = loop {
         let engine = a.engine.clone();
         let ask = tokio::spawn(async move {
-            let opts = Ok(RequestOptions::default());
+            let opts = RequestOptions::default();
             engine
                 .chat("chat", opts, HELLO.as_bytes(), None)
                 .await

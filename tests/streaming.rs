@@ -149,7 +149,7 @@ async fn a_caller_gone_mid_stream_stops_the_provider_read() {
         let task = tokio::spawn(async move {
             let body = HELLO_STREAM.as_bytes();
             engine
-                .chat("chat", Ok(RequestOptions::default()), body, Some(&tx))
+                .chat("chat", RequestOptions::default(), body, Some(&tx))
                 .await
         });
         for _ in 0..3 {

@@ -386,9 +386,7 @@ async fn run_item(
     let mut raw = None;
     let mut deployment = None;
     while calls < job.max_attempts {
-        let outcome = engine
-            .chat(&job.task, Ok(options.clone()), &body, None)
-            .await;
+        let outcome = engine.chat(&job.task, options.clone(), &body, None).await;
         match outcome.result {
             Ok(served) => {
                 fell_back |= served.fallback || calls > 0;

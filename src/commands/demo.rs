@@ -110,7 +110,7 @@ pub async fn run(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
             });
             let body = serde_json::to_vec(&body).unwrap_or_default();
             let outcome = engine
-                .chat(task, Ok(options), &body, None)
+                .chat(task, options, &body, None)
                 .await;
             let at = started.elapsed().as_secs_f64();
             match &outcome.result {

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 use tracing::{Instrument, debug, info, warn};
 
+use super::decision::Decision;
 use super::limiter::Ticket;
 use super::{Args, Finished, Msg, Outcome, Permit, Skip};
 use crate::cluster;
 use crate::cluster::quota::{SharedWindow, Take, Taken};
 use crate::protocol::{ChatRequest, Usage};
-use crate::providers::{CallContext, Decision, Failure, ProviderReply, classify};
+use crate::providers::{CallContext, Failure, ProviderReply};
 
 /// One try of one request at this deployment.
 pub struct CallArgs {
@@ -28,10 +29,28 @@ pub struct CallArgs {
     pub batch: bool,
 }
 
+/// How one attempt at this deployment went, streamed or not: what the walk goes on from.
 pub enum Attempt {
+    /// The actor did not call its provider.
     Skipped(Skip),
-    Done {
-        result: Result<ProviderReply, (Failure, Decision)>,
+    /// The provider answered. For a stream the chunks already went to the sink: the reply's
+    /// body is empty, its usage and cost are the stream's.
+    Answered {
+        reply: ProviderReply,
+        latency: Duration,
+    },
+    /// Failed before anything reached the caller: the walk may fall back.
+    Failed {
+        failure: Failure,
+        decision: Decision,
+        latency: Duration,
+    },
+    /// A stream that broke after its first chunk: chunks went out, so no fallback now.
+    Broken {
+        failure: Failure,
+        decision: Decision,
+        /// Tokens used before it broke, when the provider said.
+        usage: Option<Usage>,
         latency: Duration,
     },
 }
@@ -227,51 +246,35 @@ async fn call_inner(
         Err(_) => Err(expired),
     };
     let latency = report.started.elapsed();
-    let result = result.map_err(|f| {
-        let d = classify(&f, &args.breaker, args.fallback_on_auth);
-        (f, d)
-    });
     let model = args.adapter.config.model.as_str();
-    match &result {
-        Ok(r) => close_span(span, model, Some(&r.usage), None),
-        Err((f, _)) => close_span(span, model, None, Some(f)),
-    }
-    let outcome = match &result {
-        Ok(r) => {
-            log_success(args, &call, latency, r.usage.total_tokens);
-            Outcome::Ok {
-                prompt_tokens: r.usage.prompt_tokens,
-                completion_tokens: r.usage.completion_tokens,
-                cost_usd: r.cost_usd,
-            }
-        }
-        Err((f, d)) => {
-            log_failure(args, &call, latency, f, d);
-            Outcome::Failed(f.clone(), *d)
-        }
-    };
     // The actor hears of the outcome before the caller goes on, so that the caller's next
     // request already sees the breaker it caused.
-    report.send(latency, outcome);
-    Attempt::Done { result, latency }
-}
-
-/// How a streamed attempt went.
-pub enum StreamAttempt {
-    Skipped(Skip),
-    /// Failed before its first chunk: nothing was sent, the walk may fall back.
-    Failed {
-        failure: Failure,
-        decision: Decision,
-        latency: Duration,
-    },
-    /// Chunks went out. `broken` says why the stream ended early, if it did.
-    Streamed {
-        usage: Option<Usage>,
-        cost_usd: f64,
-        latency: Duration,
-        broken: Option<(Failure, Decision)>,
-    },
+    match result {
+        Ok(reply) => {
+            close_span(span, model, Some(&reply.usage), None);
+            log_success(args, &call, latency, reply.usage.total_tokens);
+            report.send(
+                latency,
+                Outcome::Ok {
+                    prompt_tokens: reply.usage.prompt_tokens,
+                    completion_tokens: reply.usage.completion_tokens,
+                    cost_usd: reply.cost_usd,
+                },
+            );
+            Attempt::Answered { reply, latency }
+        }
+        Err(failure) => {
+            let decision = args.policy.decide(&failure);
+            close_span(span, model, None, Some(&failure));
+            log_failure(args, &call, latency, &failure, &decision);
+            report.send(latency, Outcome::Failed(failure.clone(), decision));
+            Attempt::Failed {
+                failure,
+                decision,
+                latency,
+            }
+        }
+    }
 }
 
 /// A streamed attempt: the first chunk must come within `first_token_timeout` (else it is a
@@ -285,25 +288,11 @@ pub async fn call_stream(
     args: &Args,
     call: CallArgs,
     sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
-) -> StreamAttempt {
+) -> Attempt {
     let span = attempt_span(args, &call);
-    let attempt = call_stream_inner(actor, args, call, sink)
+    call_stream_inner(actor, args, call, sink, &span)
         .instrument(span.clone())
-        .await;
-    let model = args.adapter.config.model.as_str();
-    match &attempt {
-        StreamAttempt::Skipped(_) => {}
-        StreamAttempt::Failed { failure, .. } => close_span(&span, model, None, Some(failure)),
-        StreamAttempt::Streamed { usage, broken, .. } => {
-            close_span(
-                &span,
-                model,
-                usage.as_ref(),
-                broken.as_ref().map(|(f, _)| f),
-            );
-        }
-    }
-    attempt
+        .await
 }
 
 async fn call_stream_inner(
@@ -311,12 +300,13 @@ async fn call_stream_inner(
     args: &Args,
     call: CallArgs,
     sink: &tokio::sync::mpsc::Sender<bytes::Bytes>,
-) -> StreamAttempt {
+    span: &tracing::Span,
+) -> Attempt {
     use futures::StreamExt;
 
     let (permit, mut report) = match admit(actor, args, &call).await {
         Ok(p) => p,
-        Err(skip) => return StreamAttempt::Skipped(skip),
+        Err(skip) => return Attempt::Skipped(skip),
     };
     let ctx = CallContext {
         include_request_extra: call.include_request_extra,
@@ -356,10 +346,11 @@ async fn call_stream_inner(
         Ok(x) => x,
         Err(f) => {
             let latency = report.started.elapsed();
-            let d = classify(&f, &args.breaker, args.fallback_on_auth);
+            let d = args.policy.decide(&f);
+            close_span(span, &c.model, None, Some(&f));
             log_failure(args, &call, latency, &f, &d);
             report.send(latency, Outcome::Failed(f.clone(), d));
-            return StreamAttempt::Failed {
+            return Attempt::Failed {
                 failure: f,
                 decision: d,
                 latency,
@@ -377,11 +368,14 @@ async fn call_stream_inner(
                 Delivery::Gone => {
                     // The caller's side is gone: stop reading; no one to tell.
                     report.send(report.started.elapsed(), Outcome::Abandoned);
-                    return StreamAttempt::Streamed {
-                        usage,
-                        cost_usd: 0.0,
+                    close_span(span, &c.model, usage.as_ref(), None);
+                    return Attempt::Answered {
+                        reply: ProviderReply {
+                            body: bytes::Bytes::new(),
+                            usage: usage.unwrap_or_default(),
+                            cost_usd: 0.0,
+                        },
                         latency: report.started.elapsed(),
-                        broken: None,
                     };
                 }
                 Delivery::Late(expired) => break 'stream Some(expired),
@@ -399,30 +393,37 @@ async fn call_stream_inner(
         }
     };
     let latency = report.started.elapsed();
-    let cost_usd = usage.map_or(0.0, |u| args.adapter.price(&u));
-    let broken = broken.map(|f| {
-        let d = classify(&f, &args.breaker, args.fallback_on_auth);
-        log_failure(args, &call, latency, &f, &d);
-        report.send(latency, Outcome::Failed(f.clone(), d));
-        (f, d)
-    });
-    if broken.is_none() {
-        let u = usage.unwrap_or_default();
-        log_success(args, &call, latency, u.total_tokens);
-        report.send(
+    if let Some(failure) = broken {
+        let decision = args.policy.decide(&failure);
+        close_span(span, &c.model, None, Some(&failure));
+        log_failure(args, &call, latency, &failure, &decision);
+        report.send(latency, Outcome::Failed(failure.clone(), decision));
+        return Attempt::Broken {
+            failure,
+            decision,
+            usage,
             latency,
-            Outcome::Ok {
-                prompt_tokens: u.prompt_tokens,
-                completion_tokens: u.completion_tokens,
-                cost_usd,
-            },
-        );
+        };
     }
-    StreamAttempt::Streamed {
-        usage,
-        cost_usd,
+    let cost_usd = usage.map_or(0.0, |u| args.adapter.price(&u));
+    close_span(span, &c.model, usage.as_ref(), None);
+    let usage = usage.unwrap_or_default();
+    log_success(args, &call, latency, usage.total_tokens);
+    report.send(
         latency,
-        broken,
+        Outcome::Ok {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_usd,
+        },
+    );
+    Attempt::Answered {
+        reply: ProviderReply {
+            body: bytes::Bytes::new(),
+            usage,
+            cost_usd,
+        },
+        latency,
     }
 }
 

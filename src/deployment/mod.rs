@@ -25,13 +25,15 @@
 
 pub mod breaker;
 mod call;
+mod decision;
 pub mod limiter;
 mod shared;
 mod slot;
 pub mod stats;
 pub mod supervisor;
 
-pub use call::{Attempt, CallArgs, StreamAttempt, call, call_stream};
+pub use call::{Attempt, CallArgs, call, call_stream};
+pub use decision::{Decision, FailurePolicy};
 pub use shared::{LATENCY_FRESH, Shared};
 pub use slot::Slot;
 
@@ -52,14 +54,15 @@ use crate::cluster::{self, Link, Publish, Remote};
 use crate::config::BreakerConfig;
 use crate::observe::events::{Event, EventBus, now_rfc3339};
 use crate::observe::status::{DeploymentStatus, LatencyMs};
-use crate::providers::{Adapter, Decision, Failure, simulated};
+use crate::providers::{Adapter, Failure, simulated};
 
 /// Everything a deployment actor is started with; kept by the supervisor to restart it.
 #[derive(Clone)]
 pub struct Args {
     pub adapter: Arc<Adapter>,
     pub breaker: Arc<BreakerConfig>,
-    pub fallback_on_auth: bool,
+    /// What a failed call means: fall back or stop, count for the breaker, cool down.
+    pub policy: Arc<dyn FailurePolicy>,
     pub shared: Arc<Shared>,
     pub events: EventBus,
     pub instance: Arc<str>,
@@ -365,7 +368,7 @@ impl State {
                     (_, false) => Sample::Neutral,
                 };
                 self.stats.record(now, f.latency, sample);
-                // `classify` capped the cool-down at `breaker.max_retry_after`; the sum is still
+                // The policy capped the cool-down at `breaker.max_retry_after`; the sum is still
                 // checked, so no provider header can make this actor panic.
                 if let Some(until) = decision.cool_down.and_then(|d| now.checked_add(d)) {
                     self.cool_down_until(until);

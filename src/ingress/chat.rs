@@ -121,15 +121,23 @@ async fn handle(
     // The id is fixed here, so that a reply made outside the engine names it too.
     let request_id = headers::settle_request_id(&mut options);
     let streaming = may_stream(&msg.payload);
-    let served = serve_one(
-        &msg,
-        reply_to.clone(),
-        client,
-        engine,
-        task,
-        options,
-        streaming,
-    );
+    let served = async {
+        match options {
+            Ok(options) => {
+                serve_one(
+                    &msg,
+                    reply_to.clone(),
+                    client,
+                    engine,
+                    task,
+                    options,
+                    streaming,
+                )
+                .await
+            }
+            Err(why) => engine.refuse(task, request_id.clone(), why),
+        }
+    };
     let outcome = tokio::select! {
         outcome = guarded(served, engine, &request_id, streaming) => outcome,
         () = abort.cancelled() => {
@@ -155,7 +163,7 @@ async fn serve_one(
     client: &Client,
     engine: &Engine,
     task: &str,
-    options: Result<RequestOptions, String>,
+    options: RequestOptions,
     streaming: bool,
 ) -> ChatOutcome {
     if !streaming {

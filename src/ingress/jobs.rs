@@ -305,8 +305,13 @@ impl Jobs {
             }),
         };
         let request_id = settle_request_id(&mut options);
-        let served = self.engine.chat(task, options, &msg.payload, None);
-        let outcome = super::chat::guarded(served, &self.engine, &request_id, false).await;
+        let outcome = match options {
+            Ok(options) => {
+                let served = self.engine.chat(task, options, &msg.payload, None);
+                super::chat::guarded(served, &self.engine, &request_id, false).await
+            }
+            Err(why) => self.engine.refuse(task, request_id, why),
+        };
         // A result too large for one NATS message is stored as the error that says so: a
         // redelivery would pay the provider again for the same too-large answer.
         let reply = outcome

@@ -28,7 +28,7 @@ const MAX_RETRY_AFTER_LEN: usize = 64;
 /// `Retry-After` as seconds or an HTTP date, and OpenAI's `retry-after-ms`. Total: a value that
 /// is not a non-negative finite number or an IMF date (negative, NaN, `inf`, garbage, too long)
 /// counts as absent, and a huge number saturates at `Duration::MAX` instead of overflowing.
-/// Bounding the wait is policy, and is `classify`'s (`breaker.max_retry_after`).
+/// Bounding the wait is policy, and is the failure policy's (`crate::routing::policy`, `breaker.max_retry_after`).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = |name: &str| {
         headers
@@ -276,7 +276,7 @@ mod bounds {
     fn huge_retry_after_saturates_instead_of_panicking() {
         assert_eq!(with("retry-after", "1e20"), Some(Duration::MAX));
         assert_eq!(with("retry-after", "1e300"), Some(Duration::MAX));
-        // Fits in a Duration, but `now + d` would not fit in an Instant: classify caps it.
+        // Fits in a Duration, but `now + d` would not fit in an Instant: the failure policy caps it.
         assert_eq!(
             with("retry-after", "1e19"),
             Some(Duration::from_secs(10_000_000_000_000_000_000))

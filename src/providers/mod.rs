@@ -2,7 +2,8 @@
 //! and the answer into a `chat.completion` (or a stream of chunks) or a `Failure`.
 //!
 //! The files stand in layers, each naming only those below it (no two name each other):
-//! - `failure.rs` — `Failure`, and `classify`, the one table that decides fall back or stop.
+//! - `failure.rs` — `Failure`: how a call failed, as seen on the wire (what is done about it is
+//!   routing's failure policy).
 //! - `shape.rs` — the OpenAI request and reply pieces that every format reads and writes alike.
 //! - `http.rs` — the shared client and what is read off any response: `Retry-After`, bounded
 //!   bodies, redacted URLs.
@@ -34,7 +35,7 @@ use crate::protocol::{ChatRequest, Usage};
 use send::HttpBackend;
 use wire::WireFormat;
 
-pub use failure::{Decision, Failure, classify};
+pub use failure::Failure;
 pub use shape::{MAX_TOKENS, sane_usage, unix_now};
 pub use wire::Answer;
 
@@ -285,7 +286,7 @@ mod tests {
         let f = a.call(&hello(), ctx()).await.unwrap_err();
         let over = format!("reply body over {} bytes", body.len() - 1);
         assert_eq!(f, Failure::InvalidBody(over.clone()));
-        let d = classify(&f, &BreakerConfig::default(), false);
+        let d = crate::routing::policy::decide(&f, &BreakerConfig::default(), false);
         assert!(d.fall_back && d.count);
         // Error bodies too, at every provider.
         for provider in [

@@ -14,7 +14,7 @@ use super::budget::Verdict;
 use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::{ProviderKind, Shift};
-use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip, StreamAttempt};
+use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip};
 use crate::protocol::CircuitState;
 use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions, Usage};
 use crate::providers::{Failure, ProviderReply};
@@ -77,10 +77,15 @@ impl Failed {
     }
 }
 
-/// What the walk has seen, to name the error when candidates run out.
+/// One walk over the candidates: what every attempt of the request shares, and what the walk has
+/// seen, to name the error when candidates run out.
 struct Walk {
     started: Instant,
     deadline: Option<Instant>,
+    /// Prompt estimate plus `max_tokens`: what a context window must hold.
+    needed_context: u64,
+    /// Why the route went where it did (`Llm-Route-Reason`).
+    reason: Arc<str>,
     records: Vec<AttemptRecord>,
     calls: u32,
     failed_calls: u32,
@@ -91,18 +96,6 @@ struct Walk {
     only_over_cost: bool,
     /// The provider of the first call: `extra_body` goes only to that provider.
     first_provider: Option<ProviderKind>,
-}
-
-/// What every attempt of one request shares.
-#[derive(Clone, Copy)]
-struct Leg<'a> {
-    req: &'a Arc<ChatRequest>,
-    opts: &'a RequestOptions,
-    request_id: &'a Arc<str>,
-    sink: Option<&'a mpsc::Sender<Bytes>>,
-    /// Prompt estimate plus `max_tokens`: what a context window must hold.
-    needed_context: u64,
-    reason: &'a Arc<str>,
 }
 
 impl Walk {
@@ -201,19 +194,15 @@ impl Router {
     }
 
     async fn walk(&self, ask: Ask<'_>, route: Route) -> Result<Served, Failed> {
-        let Ask {
-            req,
-            task: _,
-            opts,
-            strategy,
-            request_id,
-            sink,
-        } = ask;
+        let Route { target, reason } = route;
+        let (req, opts) = (&ask.req, ask.opts);
         let started = Instant::now();
         let mut w = Walk {
             started,
             // Deadlines are clamped to `limits.max_deadline` at the edge; the sum is checked anyway.
             deadline: opts.deadline.and_then(|d| started.checked_add(d)),
+            needed_context: req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0)),
+            reason,
             records: Vec::new(),
             calls: 0,
             failed_calls: 0,
@@ -223,17 +212,9 @@ impl Router {
             only_over_cost: true,
             first_provider: None,
         };
-        let groups: Vec<Option<usize>> = match route.target {
+        let groups: Vec<Option<usize>> = match target {
             Target::Group(g) => self.table.chain(g).map(Some).collect(),
             Target::Deployment(_) => vec![None],
-        };
-        let leg = Leg {
-            needed_context: req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0)),
-            req: &req,
-            opts,
-            request_id,
-            sink,
-            reason: &route.reason,
         };
         // A small share of requests still tries degraded deployments in their place, so that
         // their recovery is measured and their alerts can clear.
@@ -242,8 +223,8 @@ impl Router {
         let mut deferred = Vec::new();
 
         for (group_number, group) in groups.into_iter().enumerate() {
-            let order = match (group, route.target) {
-                (Some(g), _) => self.order(g, &req, opts, strategy, probing),
+            let order = match (group, target) {
+                (Some(g), _) => self.order(g, req, opts, ask.strategy, probing),
                 (None, Target::Deployment(d)) => vec![d],
                 (None, Target::Group(_)) => Vec::new(),
             };
@@ -252,14 +233,14 @@ impl Router {
                     deferred.push((group_number, index));
                     continue;
                 }
-                if let Some(done) = self.try_one(&mut w, &leg, index, group_number).await {
+                if let Some(done) = self.try_one(&mut w, &ask, index, group_number).await {
                     return done;
                 }
             }
         }
         // Degraded deployments (`alerts.shift = "skip"`) come after the whole chain.
         for (group_number, index) in deferred {
-            if let Some(done) = self.try_one(&mut w, &leg, index, group_number).await {
+            if let Some(done) = self.try_one(&mut w, &ask, index, group_number).await {
                 return done;
             }
         }
@@ -300,18 +281,12 @@ impl Router {
     async fn try_one(
         &self,
         w: &mut Walk,
-        leg: &Leg<'_>,
+        ask: &Ask<'_>,
         index: usize,
         group_number: usize,
     ) -> Option<Result<Served, Failed>> {
-        let Leg {
-            req,
-            opts,
-            request_id,
-            sink,
-            needed_context,
-            ..
-        } = *leg;
+        let (req, opts, request_id, sink) = (&ask.req, ask.opts, ask.request_id, ask.sink);
+        let needed_context = w.needed_context;
         let slot = &self.slots[index];
         let c = slot.config();
         let now = Instant::now();
@@ -376,49 +351,7 @@ impl Router {
         };
         let attempt = match sink {
             Some(sink) if req.stream => {
-                match deployment::call_stream(&actor, &slot.args, call, sink).await {
-                    StreamAttempt::Skipped(skip) => Attempt::Skipped(skip),
-                    StreamAttempt::Failed {
-                        failure,
-                        decision,
-                        latency,
-                    } => Attempt::Done {
-                        result: Err((failure, decision)),
-                        latency,
-                    },
-                    StreamAttempt::Streamed {
-                        usage,
-                        cost_usd,
-                        latency,
-                        broken: None,
-                    } => Attempt::Done {
-                        result: Ok(ProviderReply {
-                            body: Bytes::new(),
-                            usage: usage.unwrap_or_default(),
-                            cost_usd,
-                        }),
-                        latency,
-                    },
-                    StreamAttempt::Streamed {
-                        usage,
-                        latency,
-                        broken: Some((failure, decision)),
-                        ..
-                    } => {
-                        // Chunks already went out: no fallback now, the stream ends in error.
-                        w.calls += 1;
-                        w.failed_calls += 1;
-                        w.record_failure(&c.name, &failure, latency);
-                        let message = format!(
-                            "{}: stream broken after the first chunk: {}",
-                            c.name,
-                            failure.describe()
-                        );
-                        let mut failed = w.fail(decision.kind, message);
-                        failed.usage = usage;
-                        return Some(Err(failed));
-                    }
-                }
+                deployment::call_stream(&actor, &slot.args, call, sink).await
             }
             _ => deployment::call(&actor, &slot.args, call).await,
         };
@@ -427,9 +360,7 @@ impl Router {
                 let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
                 w.skip(c.name.as_str(), skip.describe(), limited, false);
             }
-            Attempt::Done {
-                result: Ok(reply), ..
-            } => {
+            Attempt::Answered { reply, .. } => {
                 w.calls += 1;
                 return Some(Ok(Served {
                     reply,
@@ -438,11 +369,12 @@ impl Router {
                     provider: c.provider.as_str(),
                     attempts: w.calls,
                     fallback: w.failed_calls > 0 || group_number > 0,
-                    route_reason: leg.reason.clone(),
+                    route_reason: w.reason.clone(),
                 }));
             }
-            Attempt::Done {
-                result: Err((failure, decision)),
+            Attempt::Failed {
+                failure,
+                decision,
                 latency,
             } => {
                 w.calls += 1;
@@ -455,6 +387,25 @@ impl Router {
                     let message = format!("{}: {}", c.name, failure.describe());
                     return Some(Err(w.fail(decision.kind, message)));
                 }
+            }
+            Attempt::Broken {
+                failure,
+                decision,
+                usage,
+                latency,
+            } => {
+                // Chunks already went out: no fallback now, the stream ends in error.
+                w.calls += 1;
+                w.failed_calls += 1;
+                w.record_failure(&c.name, &failure, latency);
+                let message = format!(
+                    "{}: stream broken after the first chunk: {}",
+                    c.name,
+                    failure.describe()
+                );
+                let mut failed = w.fail(decision.kind, message);
+                failed.usage = usage;
+                return Some(Err(failed));
             }
         }
         None

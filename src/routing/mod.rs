@@ -1,10 +1,12 @@
 //! Routing: from a request to the deployment that serves it. `classify` maps the task (or a pinned
 //! model) to a group, `strategy` orders the group's deployments, `budget` applies the daily caps,
-//! and `fallback` walks the chain over the deployments' `Slot`s.
+//! `fallback` walks the chain over the deployments' `Slot`s, and `policy` decides what a failed
+//! call does (fall back or stop, count for the breaker, cool down).
 
 pub mod budget;
 pub mod classify;
 pub mod fallback;
+pub mod policy;
 pub mod strategy;
 
 use std::sync::Arc;
