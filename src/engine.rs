@@ -23,8 +23,9 @@ use crate::observe::alerts::{Alert, Change, Inputs, Rules};
 use crate::observe::events::{self, EventBus};
 use crate::observe::spend::{Ledger, LedgerError, Spend};
 use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
+use crate::protocol::reply::{Reply, ServedBy};
 use crate::protocol::{ChatRequest, InvalidRequest};
-use crate::protocol::{ErrorBody, ErrorDetail, ErrorKind, RequestOptions, headers};
+use crate::protocol::{ErrorDetail, ErrorKind, RequestOptions, headers};
 use crate::providers::{Adapter, http};
 use crate::routing::Router;
 use crate::routing::fallback::{Ask, Failed, Served};
@@ -70,12 +71,6 @@ pub struct ChatOutcome {
     pub result: Result<Served, Failed>,
     /// The request was streamed to the sink: the reply is the stream's closing message.
     pub streamed: bool,
-}
-
-/// A reply as it goes on the wire: `Llm-*` headers and a JSON body.
-pub struct Reply {
-    pub headers: Vec<(&'static str, String)>,
-    pub body: bytes::Bytes,
 }
 
 impl Engine {
@@ -532,13 +527,6 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
     }
 }
 
-/// Dollars to the 1e-10 (a hundredth of a micro-dollar), without float noise or trailing zeros.
-pub fn format_usd(x: f64) -> String {
-    let s = format!("{x:.10}");
-    let s = s.trim_end_matches('0');
-    s.strip_suffix('.').unwrap_or(s).to_string()
-}
-
 impl ChatOutcome {
     /// A request answered with `failed` before or instead of the engine's own answer.
     pub fn failed(request_id: Arc<str>, failed: Failed, streamed: bool) -> Self {
@@ -587,48 +575,37 @@ impl ChatOutcome {
     /// The reply of docs/contract.md §1: a `chat.completion` with success headers, or the error
     /// body with `Llm-Error`.
     pub fn into_reply(self) -> Reply {
-        let mut h = vec![(headers::REQUEST_ID, self.request_id.to_string())];
-        if self.streamed {
-            let end = if self.result.is_ok() { "end" } else { "error" };
-            h.push((headers::STREAM, end.to_string()));
-        }
-        let latency_ms = self.latency.as_millis().to_string();
         match self.result {
             Ok(s) => {
-                h.push((headers::DEPLOYMENT, s.deployment.to_string()));
-                h.push((headers::PROVIDER, s.provider.to_string()));
-                h.push((headers::ATTEMPTS, s.attempts.to_string()));
-                h.push((headers::FALLBACK, s.fallback.to_string()));
-                h.push((headers::ROUTE_REASON, s.route_reason.to_string()));
-                h.push((headers::LATENCY_MS, latency_ms));
-                h.push((headers::COST_USD, format_usd(s.reply.cost_usd)));
-                Reply {
-                    headers: h,
-                    body: s.reply.body,
-                }
-            }
-            Err(f) => {
-                h.push((headers::ERROR, f.kind.as_str().to_string()));
-                if let Some(r) = &f.route_reason {
-                    h.push((headers::ROUTE_REASON, r.to_string()));
-                }
-                h.push((headers::LATENCY_MS, latency_ms));
-                let body = ErrorBody {
-                    error: ErrorDetail {
-                        kind: f.kind,
-                        message: f.message,
-                        status: f.status,
-                        request_id: self.request_id.to_string(),
-                        attempts: f.attempts,
-                        usage: f.usage,
-                    },
+                let by = ServedBy {
+                    deployment: &s.deployment,
+                    provider: s.provider,
+                    attempts: s.attempts,
+                    fallback: s.fallback,
+                    route_reason: &s.route_reason,
+                    cost_usd: s.reply.cost_usd,
                 };
-                let body = serde_json::to_vec(&body).unwrap_or_default();
-                Reply {
-                    headers: h,
-                    body: body.into(),
-                }
+                Reply::success(
+                    &self.request_id,
+                    self.streamed,
+                    self.latency,
+                    &by,
+                    s.reply.body,
+                )
             }
+            Err(f) => Reply::failure(
+                self.streamed,
+                self.latency,
+                f.route_reason.as_deref(),
+                ErrorDetail {
+                    kind: f.kind,
+                    message: f.message,
+                    status: f.status,
+                    request_id: self.request_id.to_string(),
+                    attempts: f.attempts,
+                    usage: f.usage,
+                },
+            ),
         }
     }
 }
@@ -637,13 +614,6 @@ impl ChatOutcome {
 mod tests {
     use super::*;
     use crate::config::Config;
-
-    #[test]
-    fn costs_print_without_float_noise() {
-        assert_eq!(format_usd(0.000006440000000000001), "0.00000644");
-        assert_eq!(format_usd(1.5), "1.5");
-        assert_eq!(format_usd(0.0), "0");
-    }
 
     /// Kills the slot's actor and waits for the supervisor to put a new one in its place.
     async fn kill_and_wait_restart(slot: &Slot) {

@@ -4,6 +4,7 @@
 pub mod circuit;
 pub mod error;
 pub mod headers;
+pub mod reply;
 pub mod request;
 pub mod response;
 pub mod subjects;
@@ -11,6 +12,7 @@ pub mod subjects;
 pub use circuit::CircuitState;
 pub use error::{AttemptRecord, ErrorBody, ErrorDetail, ErrorKind};
 pub use headers::RequestOptions;
+pub use reply::Reply;
 pub use request::{ChatRequest, InvalidRequest};
 pub use response::{ChatCompletion, Usage};
 pub use subjects::Subjects;

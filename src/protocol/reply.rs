@@ -1,0 +1,124 @@
+//! A reply as it goes on the wire (docs/contract.md §1): the `Llm-*` headers and the body. A
+//! success carries the `chat.completion` bytes as they came; a failure the error body. The engine
+//! says what happened (`engine::ChatOutcome::into_reply`); how it is spelled lives here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::headers;
+use super::{ErrorBody, ErrorDetail};
+
+/// `Llm-*` headers and a body, ready to publish.
+pub struct Reply {
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+/// What a success reply's headers tell the caller.
+pub struct ServedBy<'a> {
+    pub deployment: &'a str,
+    pub provider: &'a str,
+    /// Provider calls made, the one that answered included.
+    pub attempts: u32,
+    pub fallback: bool,
+    pub route_reason: &'a str,
+    pub cost_usd: f64,
+}
+
+impl Reply {
+    /// A success: `body` is the `chat.completion` (empty for a stream's closing message).
+    pub fn success(
+        request_id: &str,
+        streamed: bool,
+        latency: Duration,
+        by: &ServedBy<'_>,
+        body: Bytes,
+    ) -> Self {
+        let mut h = Self::opening(request_id, streamed.then_some("end"));
+        h.push((headers::DEPLOYMENT, by.deployment.to_string()));
+        h.push((headers::PROVIDER, by.provider.to_string()));
+        h.push((headers::ATTEMPTS, by.attempts.to_string()));
+        h.push((headers::FALLBACK, by.fallback.to_string()));
+        h.push((headers::ROUTE_REASON, by.route_reason.to_string()));
+        h.push((headers::LATENCY_MS, latency.as_millis().to_string()));
+        h.push((headers::COST_USD, format_usd(by.cost_usd)));
+        Self { headers: h, body }
+    }
+
+    /// A failure: `Llm-Error` and the error body.
+    pub fn failure(
+        streamed: bool,
+        latency: Duration,
+        route_reason: Option<&str>,
+        error: ErrorDetail,
+    ) -> Self {
+        let mut h = Self::opening(&error.request_id, streamed.then_some("error"));
+        h.push((headers::ERROR, error.kind.as_str().to_string()));
+        if let Some(r) = route_reason {
+            h.push((headers::ROUTE_REASON, r.to_string()));
+        }
+        h.push((headers::LATENCY_MS, latency.as_millis().to_string()));
+        // Serializing plain structs of strings and numbers cannot fail.
+        let body = serde_json::to_vec(&ErrorBody { error }).unwrap_or_default();
+        Self {
+            headers: h,
+            body: body.into(),
+        }
+    }
+
+    /// `Llm-Request-Id`, and `Llm-Stream` on the message that closes a stream.
+    fn opening(request_id: &str, stream_end: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut h = Vec::with_capacity(9);
+        h.push((headers::REQUEST_ID, request_id.to_string()));
+        if let Some(end) = stream_end {
+            h.push((headers::STREAM, end.to_string()));
+        }
+        h
+    }
+}
+
+/// Dollars to the 1e-10 (a hundredth of a micro-dollar), without float noise or trailing zeros.
+pub fn format_usd(x: f64) -> String {
+    let s = format!("{x:.10}");
+    let s = s.trim_end_matches('0');
+    s.strip_suffix('.').unwrap_or(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorKind;
+
+    #[test]
+    fn costs_print_without_float_noise() {
+        assert_eq!(format_usd(0.000006440000000000001), "0.00000644");
+        assert_eq!(format_usd(1.5), "1.5");
+        assert_eq!(format_usd(0.0), "0");
+    }
+
+    #[test]
+    fn a_failure_closing_a_stream_says_so_and_carries_its_kind() {
+        let error = ErrorDetail {
+            kind: ErrorKind::Timeout,
+            message: "cut".into(),
+            status: None,
+            request_id: "r-1".into(),
+            attempts: Vec::new(),
+            usage: None,
+        };
+        let r = Reply::failure(true, Duration::from_millis(5), None, error);
+        let h: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            h,
+            [
+                ("Llm-Request-Id", "r-1"),
+                ("Llm-Stream", "error"),
+                ("Llm-Error", "timeout"),
+                ("Llm-Latency-Ms", "5"),
+            ]
+        );
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["error"]["kind"], "timeout");
+    }
+}
