@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cluster::Link;
-use crate::cluster::quota::SharedWindow;
+use crate::cluster::quota::ClusterWindow;
 use crate::config::Config;
 use crate::deployment::Slot;
 use crate::deployment::supervisor::{self, Supervisor};
-use crate::deployment::{self, Shared};
+use crate::deployment::{self, Published};
 use crate::observe::alerts::{Alert, Change, Inputs, Rules};
 use crate::observe::events::{self, EventBus};
 use crate::observe::spend::{Ledger, LedgerError, Spend};
@@ -92,19 +92,19 @@ impl Engine {
             .iter()
             .map(|d| {
                 let name: Arc<str> = d.name.as_str().into();
-                let shared = Arc::new(Shared::new(epoch));
+                let published = Arc::new(Published::new(epoch));
                 Slot {
                     args: deployment::Args {
                         adapter: Arc::new(Adapter::new(d.clone(), client.clone())),
                         breaker: breaker.clone(),
                         policy: policy.clone(),
-                        shared: shared.clone(),
+                        published: published.clone(),
                         events: events.clone(),
                         instance: instance.clone(),
                         name: name.clone(),
                         batch_share: 1.0 - config.batch_live_reserve,
                         cluster: cluster.clone(),
-                        quota: SharedWindow::new(
+                        quota: ClusterWindow::new(
                             &d.name,
                             d.rpm.map(|n| u64::from(n.get())),
                             d.tpm.map(|n| n.get()),
@@ -112,7 +112,7 @@ impl Engine {
                         .map(Arc::new),
                     },
                     name,
-                    shared,
+                    published,
                     actor: Default::default(),
                     name_hash: crate::config::stable_hash(d.name.as_bytes()),
                 }
@@ -444,7 +444,8 @@ async fn watch_alerts(
             budgets: &budgets,
         });
         for (i, slot) in router.slots.iter().enumerate() {
-            slot.shared.set_health(rules.degraded(i), rules.baseline(i));
+            slot.published
+                .set_health(rules.degraded(i), rules.baseline(i));
         }
         active.store(Arc::new(rules.active()));
         for change in changes {
@@ -500,16 +501,16 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
         provider: c.provider.as_str().into(),
         model: c.model.clone(),
         circuit: "unknown".into(),
-        in_flight: slot.shared.in_flight(),
-        rpm_used: slot.shared.rpm_used(),
+        in_flight: slot.published.in_flight(),
+        rpm_used: slot.published.rpm_used(),
         rpm_limit: c.rpm.map(|n| u64::from(n.get())),
-        tpm_used: slot.shared.tpm_used(),
+        tpm_used: slot.published.tpm_used(),
         tpm_limit: c.tpm.map(|n| n.get()),
         latency_ms: LatencyMs {
             p50: 0.0,
             p95: 0.0,
-            ewma: slot.shared.ewma_ms().unwrap_or_default(),
-            baseline: slot.shared.baseline_ms(),
+            ewma: slot.published.ewma_ms().unwrap_or_default(),
+            baseline: slot.published.baseline_ms(),
         },
         error_rate: 0.0,
         timeout_rate: 0.0,
@@ -517,7 +518,7 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
         failures: 0,
         cost_usd: 0.0,
         cooldown_s: None,
-        degraded: slot.shared.degraded(),
+        degraded: slot.published.degraded(),
         cluster_rpm_used: None,
         cluster_tpm_used: None,
         prompt_tokens: 0,
@@ -647,10 +648,10 @@ mod tests {
             instance: "other".into(),
         };
         // What the sync task does with a record from another instance.
-        slot.shared.remember(&remote);
+        slot.published.remember(&remote);
         actor.send_message(deployment::Msg::Remote(remote)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while slot.shared.circuit() != CircuitState::Open {
+        while slot.published.circuit() != CircuitState::Open {
             assert!(Instant::now() < deadline, "the record was not applied");
             tokio::task::yield_now().await;
         }

@@ -41,7 +41,7 @@ const CORRECTION_DELAY: Duration = Duration::from_secs(1);
 /// (unix second, requests, tokens), oldest first.
 type Counters = Vec<(u64, u64, u64)>;
 
-pub struct SharedWindow {
+pub struct ClusterWindow {
     key: String,
     rpm: Option<u64>,
     tpm: Option<u64>,
@@ -73,7 +73,7 @@ fn answered(answer: &mut oneshot::Receiver<Take>) -> Option<Take> {
     answer.try_recv().ok()
 }
 
-/// A slot taken in the shared window, to correct with real usage later.
+/// A slot taken in the cluster window, to correct with real usage later.
 #[derive(Debug, Clone, Copy)]
 pub struct Taken {
     sec: u64,
@@ -92,7 +92,7 @@ pub enum Take {
     Unshared(String),
 }
 
-impl SharedWindow {
+impl ClusterWindow {
     /// `None` for a deployment without `rpm` or `tpm`: it pays no round trip.
     pub fn new(deployment: &str, rpm: Option<u64>, tpm: Option<u64>) -> Option<Self> {
         (rpm.is_some() || tpm.is_some()).then(|| Self {

@@ -13,7 +13,7 @@ use super::decision::Decision;
 use super::limiter::Ticket;
 use super::{Args, Finished, Msg, Outcome, Permit, Skip};
 use crate::cluster;
-use crate::cluster::quota::{SharedWindow, Take, Taken};
+use crate::cluster::quota::{ClusterWindow, Take, Taken};
 use crate::protocol::{ChatRequest, Usage};
 use crate::providers::{CallContext, Failure, ProviderReply};
 
@@ -76,7 +76,7 @@ async fn admit<'a>(
         probe: permit.probe,
         rpm_ticket: permit.rpm_ticket,
         tpm_ticket: permit.tpm_ticket,
-        shared: None,
+        window: None,
         probe_claim: None,
         started: Instant::now(),
         sent: false,
@@ -114,7 +114,7 @@ async fn admit<'a>(
             .take(&kv, estimate, share, args.cluster.sync_timeout())
             .await
         {
-            Take::Taken(t) => report.shared = Some((quota.clone(), kv, t)),
+            Take::Taken(t) => report.window = Some((quota.clone(), kv, t)),
             Take::Full { limit, retry_in } => {
                 report.send(Duration::ZERO, Outcome::Refused);
                 return Err(Skip::AtLimit { limit, retry_in });
@@ -493,8 +493,8 @@ struct Report<'a> {
     rpm_ticket: Option<Ticket>,
     tpm_ticket: Option<Ticket>,
     /// The slot taken in the cluster-wide window, corrected with real usage at the end.
-    shared: Option<(
-        Arc<SharedWindow>,
+    window: Option<(
+        Arc<ClusterWindow>,
         Arc<async_nats::jetstream::kv::Store>,
         Taken,
     )>,
@@ -523,7 +523,7 @@ impl Report<'_> {
                 completion_tokens,
                 ..
             },
-        ) = (self.shared.take(), &outcome)
+        ) = (self.window.take(), &outcome)
         {
             // The reply does not wait for the bookkeeping: the next take carries it.
             if quota.correct(taken, prompt_tokens.saturating_add(*completion_tokens)) {

@@ -8,7 +8,7 @@
 //! no extra wake-up per attempt — and `call` reports the outcome back as `Finished`, which
 //! updates the breaker, limits and stats. A guard sends `Finished` even if the request's task is
 //! dropped mid-call, so in-flight counts and half-open probes are never leaked. What routing needs
-//! on every request (circuit state, in-flight, latency, usage) is published in `Shared` atomics,
+//! on every request (circuit state, in-flight, latency, usage) is published in `Published` atomics,
 //! so the router reads it without a mailbox round trip.
 //!
 //! In a cluster (`crate::cluster`) the actor hands its breaker's openings and closings and its
@@ -27,14 +27,14 @@ pub mod breaker;
 mod call;
 mod decision;
 pub mod limiter;
-mod shared;
+mod published;
 mod slot;
 pub mod stats;
 pub mod supervisor;
 
 pub use call::{Attempt, CallArgs, call, call_stream};
 pub use decision::{Decision, FailurePolicy};
-pub use shared::{LATENCY_FRESH, Shared};
+pub use published::{LATENCY_FRESH, Published};
 pub use slot::Slot;
 
 use std::sync::Arc;
@@ -49,7 +49,7 @@ use tracing::{info, warn};
 use self::breaker::{Admission, Breaker, CircuitState, Transition};
 use self::limiter::{Ticket, WindowBudget};
 use self::stats::{Sample, Stats, WindowFigures};
-use crate::cluster::quota::SharedWindow;
+use crate::cluster::quota::ClusterWindow;
 use crate::cluster::{self, Link, Publish, Remote};
 use crate::config::BreakerConfig;
 use crate::observe::events::{Event, EventBus, now_rfc3339};
@@ -63,7 +63,7 @@ pub struct Args {
     pub breaker: Arc<BreakerConfig>,
     /// What a failed call means: fall back or stop, count for the breaker, cool down.
     pub policy: Arc<dyn FailurePolicy>,
-    pub shared: Arc<Shared>,
+    pub published: Arc<Published>,
     pub events: EventBus,
     pub instance: Arc<str>,
     pub name: Arc<str>,
@@ -72,7 +72,7 @@ pub struct Args {
     /// What this instance shares with the others of its cluster.
     pub cluster: Arc<Link>,
     /// The cluster-wide `rpm`/`tpm` window; `None` without limits.
-    pub quota: Option<Arc<SharedWindow>>,
+    pub quota: Option<Arc<ClusterWindow>>,
 }
 
 /// Why the actor did not call its provider.
@@ -179,11 +179,11 @@ impl Actor for DeploymentActor {
         let c = &args.adapter.config;
         let seed = c.simulated.as_ref().map_or(0, |s| s.seed);
         // A restarted actor starts afresh; what it publishes must say so.
-        args.shared
+        args.published
             .circuit
             .store(CircuitState::Closed.to_u8(), Relaxed);
-        args.shared.in_flight.store(0, Relaxed);
-        let shared = args.shared.clone();
+        args.published.in_flight.store(0, Relaxed);
+        let published = args.published.clone();
         let mut state = State {
             breaker: Breaker::new(&args.breaker),
             rpm: c.rpm.map(|n| WindowBudget::per_minute(u64::from(n.get()))),
@@ -198,8 +198,8 @@ impl Actor for DeploymentActor {
         // What the cluster decided still holds for a restarted actor (expired records do
         // nothing).
         let kept = [
-            shared.remote_circuit.load_full(),
-            shared.remote_cooldown.load_full(),
+            published.remote_circuit.load_full(),
+            published.remote_cooldown.load_full(),
         ];
         for r in kept.into_iter().flatten() {
             state.remote(&me, (*r).clone());
@@ -259,7 +259,7 @@ impl State {
                 return Err(Skip::CoolingDown(until - now));
             }
             self.cool_until = None;
-            self.args.shared.cool_until_ms.store(0, Relaxed);
+            self.args.published.cool_until_ms.store(0, Relaxed);
         }
         let (admission, transition) = self.breaker.check(now);
         if let Some(t) = transition {
@@ -329,8 +329,8 @@ impl State {
                 if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
                     b.correct(t, prompt_tokens + completion_tokens);
                 }
-                let since = now.saturating_duration_since(self.args.shared.epoch);
-                let last = self.args.shared.ewma_at_ms.load(Relaxed);
+                let since = now.saturating_duration_since(self.args.published.epoch);
+                let last = self.args.published.ewma_at_ms.load(Relaxed);
                 if (since.as_millis() as u64).saturating_sub(last)
                     > LATENCY_FRESH.as_millis() as u64
                 {
@@ -339,7 +339,7 @@ impl State {
                 }
                 self.stats.record(now, f.latency, Sample::Ok);
                 self.args
-                    .shared
+                    .published
                     .ewma_at_ms
                     .store(since.as_millis() as u64, Relaxed);
                 self.stats.cost_usd += cost_usd;
@@ -395,7 +395,7 @@ impl State {
     }
 
     fn publish_usage(&mut self, now: Instant) {
-        let s = &self.args.shared;
+        let s = &self.args.published;
         s.in_flight.store(self.in_flight, Relaxed);
         if let Some(ms) = self.stats.ewma_ms() {
             s.ewma_us.store(((ms * 1000.0) as u64).max(1), Relaxed);
@@ -410,8 +410,8 @@ impl State {
 
     fn cool_down_until(&mut self, until: Instant) {
         self.cool_until = Some(until);
-        let at = until.saturating_duration_since(self.args.shared.epoch);
-        self.args.shared.cool_until_ms.store(
+        let at = until.saturating_duration_since(self.args.published.epoch);
+        self.args.published.cool_until_ms.store(
             u64::try_from(at.as_millis()).unwrap_or(u64::MAX - 1) + 1,
             Relaxed,
         );
@@ -459,7 +459,7 @@ impl State {
     /// Publishes a breaker transition: `origin` is the instance that forced it, `None` when this
     /// instance's own breaker decided (then it is announced on the event bus and shared).
     fn transition(&mut self, t: Transition, origin: Option<&Arc<str>>) {
-        self.args.shared.circuit.store(t.to.to_u8(), Relaxed);
+        self.args.published.circuit.store(t.to.to_u8(), Relaxed);
         if let Some(origin) = origin {
             info!(
                 deployment = %self.args.name,
@@ -513,15 +513,15 @@ impl State {
             model: c.model.clone(),
             circuit: self.breaker.state().as_str().into(),
             in_flight: self.in_flight,
-            rpm_used: self.args.shared.rpm_used(),
+            rpm_used: self.args.published.rpm_used(),
             rpm_limit: self.rpm.as_ref().map(WindowBudget::limit),
-            tpm_used: self.args.shared.tpm_used(),
+            tpm_used: self.args.published.tpm_used(),
             tpm_limit: self.tpm.as_ref().map(WindowBudget::limit),
             latency_ms: LatencyMs {
                 p50: latency.p50,
                 p95: latency.p95,
                 ewma: latency.ewma,
-                baseline: self.args.shared.baseline_ms(),
+                baseline: self.args.published.baseline_ms(),
             },
             error_rate,
             timeout_rate,
@@ -532,7 +532,7 @@ impl State {
                 .cool_until
                 .filter(|u| *u > now)
                 .map(|u| (u - now).as_secs_f64()),
-            degraded: self.args.shared.degraded(),
+            degraded: self.args.published.degraded(),
             cluster_rpm_used: cluster_seen.filter(|_| c.rpm.is_some()).map(|s| s.0),
             cluster_tpm_used: cluster_seen.filter(|_| c.tpm.is_some()).map(|s| s.1),
             prompt_tokens: self.stats.prompt_tokens,

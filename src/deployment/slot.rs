@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use ractor::ActorRef;
 
-use super::{Args, Msg, Shared};
+use super::{Args, Msg, Published};
 use crate::config::DeploymentConfig;
 
 /// One deployment as routing sees it: its config, what its actor publishes, and the actor itself
@@ -16,7 +16,7 @@ pub struct Slot {
     pub name: Arc<str>,
     /// What the actor is started with: adapter, breaker policy, published state, event bus.
     pub args: Args,
-    pub shared: Arc<Shared>,
+    pub published: Arc<Published>,
     pub actor: ArcSwapOption<ActorRef<Msg>>,
     /// A stable number per name for affinity hashing.
     pub name_hash: u64,

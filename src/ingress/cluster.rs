@@ -342,7 +342,7 @@ impl Sync {
             _ => return,
         };
         debug!(key = %entry.key, ?remote, "cluster record");
-        slot.shared.remember(&remote);
+        slot.published.remember(&remote);
         if let Some(actor) = slot.actor.load_full() {
             let _ = actor.send_message(deployment::Msg::Remote(remote));
         }

@@ -229,7 +229,7 @@ impl Router {
                 (None, Target::Group(_)) => Vec::new(),
             };
             for index in order {
-                if deferring && self.slots[index].shared.degraded() {
+                if deferring && self.slots[index].published.degraded() {
                     deferred.push((group_number, index));
                     continue;
                 }
@@ -325,7 +325,7 @@ impl Router {
                 return None;
             }
         }
-        if slot.shared.circuit() == CircuitState::Open {
+        if slot.published.circuit() == CircuitState::Open {
             w.skip(c.name.as_str(), Skip::CircuitOpen.describe(), false, false);
             return None;
         }
@@ -433,14 +433,14 @@ impl Router {
                 Candidate {
                     index: i,
                     weight: c.weight.get(),
-                    in_flight: s.shared.in_flight(),
-                    headroom: if s.shared.cooling_down(now) {
+                    in_flight: s.published.in_flight(),
+                    headroom: if s.published.cooling_down(now) {
                         0.0
                     } else {
-                        headroom(s.shared.rpm_used(), c.rpm.map(|n| u64::from(n.get())))
-                            .min(headroom(s.shared.tpm_used(), c.tpm.map(|n| n.get())))
+                        headroom(s.published.rpm_used(), c.rpm.map(|n| u64::from(n.get())))
+                            .min(headroom(s.published.tpm_used(), c.tpm.map(|n| n.get())))
                     },
-                    ewma_ms: s.shared.recent_ewma_ms(now, LATENCY_FRESH),
+                    ewma_ms: s.published.recent_ewma_ms(now, LATENCY_FRESH),
                     estimated_cost: estimated_cost(s, req),
                 }
             })
@@ -453,7 +453,7 @@ impl Router {
         }
         if self.shift == Shift::Deprioritize && !probing {
             // Degraded deployments go last, in the strategy's order (the sort is stable).
-            candidates.sort_by_key(|c| self.slots[c.index].shared.degraded());
+            candidates.sort_by_key(|c| self.slots[c.index].published.degraded());
         }
         candidates.into_iter().map(|c| c.index).collect()
     }

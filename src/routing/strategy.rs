@@ -1,6 +1,6 @@
 //! Routing strategies (docs/contract.md §4): each orders a group's candidates, best first. The
 //! fallback walk then tries them in that order, skipping those that cannot take the call. The
-//! inputs come from what the deployment actors publish (`Shared`), so a decision takes no lock
+//! inputs come from what the deployment actors publish (`Published`), so a decision takes no lock
 //! and no mailbox round trip.
 
 use std::cmp::Ordering;

@@ -16,7 +16,7 @@ pub const LATENCY_FRESH: Duration = Duration::from_secs(2);
 
 /// What the actor publishes for lock-free reads on the request path.
 #[derive(Debug)]
-pub struct Shared {
+pub struct Published {
     pub(super) epoch: Instant,
     pub(super) circuit: AtomicU8,
     pub(super) in_flight: AtomicU32,
@@ -37,7 +37,7 @@ pub struct Shared {
     pub(super) remote_cooldown: arc_swap::ArcSwapOption<Remote>,
 }
 
-impl Shared {
+impl Published {
     pub fn new(epoch: Instant) -> Self {
         Self {
             epoch,
