@@ -238,6 +238,16 @@ async fn every_bad_input_on_every_subject_gets_one_reply_and_nothing_panics() {
         );
     }
 
+    // Batches that no instance holds: `not_found`, after the holders had their chance.
+    for subject in ["llm.batch.no-such-batch.status", "llm.batch.x.cancel"] {
+        let reply = client
+            .request(subject, "garbage".into())
+            .await
+            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        let kind = reply.headers.as_ref().and_then(|h| h.get("Llm-Error"));
+        assert_eq!(kind.map(|k| k.as_str()), Some("not_found"), "{subject}");
+    }
+
     // Still serving, and nothing panicked along the way.
     let reply = running.ask("chat", HELLO, &[]).await;
     assert_eq!(reply.served_by(), "primary");

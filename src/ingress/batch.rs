@@ -54,6 +54,8 @@ pub struct BatchService {
     running: Mutex<HashMap<String, Run>>,
     /// Batch tasks, so that shutdown waits for their in-flight items to be checkpointed.
     tracker: TaskTracker,
+    /// Places for `not_found` answers waiting their delay.
+    not_held: Arc<tokio::sync::Semaphore>,
     /// Set at shutdown: a batch stopped then stays `running`, to be resumed by the next `serve`.
     shutting_down: AtomicBool,
     /// `llm.batch.submit` as the `$SRV` endpoint counts it.
@@ -66,6 +68,10 @@ pub struct BatchService {
 
 /// Item results held between a batch's workers and the NATS publisher.
 const ITEMS_BUFFER: usize = 64;
+/// How long an instance that does not hold a batch waits before saying so.
+const NOT_HELD_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+/// `not_found` answers waiting at once.
+const NOT_HELD_WAITING: usize = 256;
 
 /// A batch this instance runs.
 struct Run {
@@ -142,6 +148,7 @@ impl BatchService {
             input_dir: config.batch_input_dir.clone(),
             running: Mutex::new(HashMap::new()),
             tracker,
+            not_held: Arc::new(tokio::sync::Semaphore::new(NOT_HELD_WAITING)),
             shutting_down: AtomicBool::new(false),
             submits,
             lease_ttl: config.cluster.enabled.then_some(config.cluster.lease_ttl),
@@ -598,7 +605,7 @@ impl BatchService {
         self.subjects.batch_id_of(subject)
     }
 
-    async fn status(&self, msg: Message) {
+    async fn status(self: &Arc<Self>, msg: Message) {
         let Some(id) = self.id_of(&msg.subject).map(str::to_string) else {
             return;
         };
@@ -615,8 +622,9 @@ impl BatchService {
             state.map(|s| (s, Checkpoint::open(&db).and_then(|c| c.counts(&batch))))
         })
         .await;
-        // Only the instance that has the batch answers.
+        // The instance that has the batch answers at once; the others say they do not, later.
         let Ok(Some((state, counts))) = read else {
+            self.not_held(msg, id);
             return;
         };
         let answer = match counts {
@@ -630,7 +638,7 @@ impl BatchService {
         self.reply(&msg, &answer).await;
     }
 
-    async fn cancel(&self, msg: Message) {
+    async fn cancel(self: &Arc<Self>, msg: Message) {
         let Some(id) = self.id_of(&msg.subject).map(str::to_string) else {
             return;
         };
@@ -639,12 +647,34 @@ impl BatchService {
             .lock()
             .ok()
             .and_then(|r| r.get(&id).map(|r| r.cancel.clone()));
-        // Only the instance running it answers.
-        if let Some(token) = token {
-            token.cancel();
-            self.reply(&msg, &json!({"batch_id": id, "cancelled": true}))
-                .await;
+        // The instance running it answers at once; the others say they do not, later.
+        match token {
+            Some(token) => {
+                token.cancel();
+                self.reply(&msg, &json!({"batch_id": id, "cancelled": true}))
+                    .await;
+            }
+            None => self.not_held(msg, id),
         }
+    }
+
+    /// Answers `not_found` for a batch this instance does not hold, after `NOT_HELD_DELAY`: every
+    /// instance hears `llm.batch.<id>.status` and `.cancel`, and a requester takes the first
+    /// answer, so the holder's (sent at once) wins and a batch no instance holds still gets an
+    /// answer. At most `NOT_HELD_WAITING` such answers wait at once; beyond, they go at once.
+    fn not_held(self: &Arc<Self>, msg: Message, id: String) {
+        let answer = json!({"error": {
+            "kind": "not_found",
+            "message": format!("no instance holds batch {}", headers::shorten(&id)),
+        }});
+        let this = self.clone();
+        let waiting = self.not_held.clone().try_acquire_owned().ok();
+        tokio::spawn(async move {
+            if let Some(_place) = waiting {
+                tokio::time::sleep(NOT_HELD_DELAY).await;
+            }
+            this.reply_as(&msg, &answer, Some("not_found")).await;
+        });
     }
 
     async fn reply(&self, msg: &Message, body: &Value) {
