@@ -15,6 +15,7 @@ pub fn int(n: impl TryInto<i64>) -> i64 {
 }
 
 /// The longest status description we send: the human line, not a provider's whole error body.
+#[cfg(any(feature = "otlp", test))]
 const MAX_DESCRIPTION: usize = 200;
 
 /// Marks `span` failed (OpenTelemetry status `Error`), with a short description.
@@ -29,6 +30,7 @@ pub fn fail(span: &tracing::Span, description: &str) {
 }
 
 /// `text` cut to `MAX_DESCRIPTION` bytes, on a character boundary, with an ellipsis when cut.
+#[cfg(any(feature = "otlp", test))]
 fn short(text: &str) -> String {
     if text.len() <= MAX_DESCRIPTION {
         return text.to_string();
