@@ -131,6 +131,60 @@ fn show(v: Option<&Value>) -> String {
     }
 }
 
+/// What the README's Traces section lists: on the request span, on attempt spans, and what the
+/// tracing bridge adds to every span. Nothing else may arrive.
+const REQUEST_KEYS: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.request.model",
+    "gen_ai.system",
+    "gen_ai.response.model",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "llm.request_id",
+    "llm.task",
+    "llm.deployment",
+    "llm.attempts",
+    "llm.fallback",
+    "llm.cost_usd",
+    "error.type",
+];
+const ATTEMPT_KEYS: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.system",
+    "gen_ai.request.model",
+    "gen_ai.request.max_tokens",
+    "gen_ai.request.temperature",
+    "gen_ai.response.model",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "server.address",
+    "server.port",
+    "llm.deployment",
+    "llm.attempt",
+    "http.response.status_code",
+    "error.type",
+];
+const BRIDGE_KEYS: &[&str] = &[
+    "code.file.path",
+    "code.line.number",
+    "code.module.name",
+    "target",
+    "thread.id",
+    "thread.name",
+    "busy_ns",
+    "idle_ns",
+];
+
+fn check_keys(span: &Span, ours: &[&str]) {
+    for key in attrs(span).keys() {
+        assert!(
+            ours.contains(key) || BRIDGE_KEYS.contains(key),
+            "{}: {key} is not in the README",
+            span.name
+        );
+    }
+}
+
 fn attrs(span: &Span) -> BTreeMap<&str, Option<&Value>> {
     span.attributes
         .iter()
@@ -223,6 +277,7 @@ fn trace<'a>(spans: &'a [&'a Span], id: &str) -> Trace<'a> {
     let request = *roots[0];
     assert_eq!(request.name, "chat");
     assert_eq!(request.kind, SpanKind::Server as i32);
+    check_keys(request, REQUEST_KEYS);
     let mut attempts: Vec<&Span> = spans
         .iter()
         .copied()
@@ -236,6 +291,7 @@ fn trace<'a>(spans: &'a [&'a Span], id: &str) -> Trace<'a> {
             a.name
         );
         assert_eq!(a.kind, SpanKind::Client as i32);
+        check_keys(a, ATTEMPT_KEYS);
         assert_eq!(
             a.name,
             format!("chat {}", string(a, "gen_ai.request.model"))
