@@ -23,6 +23,7 @@ use crate::observe::alerts::{Alert, Change, Inputs, Rules};
 use crate::observe::events::{self, EventBus};
 use crate::observe::spend::{Ledger, LedgerError, Spend};
 use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
+use crate::observe::trace::{self, int};
 use crate::protocol::reply::{Reply, ServedBy};
 use crate::protocol::{ChatRequest, InvalidRequest};
 use crate::protocol::{ErrorDetail, ErrorKind, RequestOptions, headers};
@@ -254,19 +255,18 @@ impl Engine {
                 let c = self.router.slots[s.index].config();
                 span.record("gen_ai.system", c.provider.gen_ai_system());
                 span.record("gen_ai.response.model", c.model.as_str());
-                span.record("gen_ai.usage.input_tokens", s.reply.usage.prompt_tokens);
-                span.record(
-                    "gen_ai.usage.output_tokens",
-                    s.reply.usage.completion_tokens,
-                );
+                let usage = &s.reply.usage;
+                span.record("gen_ai.usage.input_tokens", int(usage.prompt_tokens));
+                span.record("gen_ai.usage.output_tokens", int(usage.completion_tokens));
                 span.record("llm.deployment", &*s.deployment);
-                span.record("llm.attempts", s.attempts);
+                span.record("llm.attempts", int(s.attempts));
                 span.record("llm.fallback", s.fallback);
                 span.record("llm.cost_usd", s.reply.cost_usd);
             }
             Err(f) => {
                 span.record("error.type", f.kind.as_str());
-                span.record("llm.attempts", f.attempts.len());
+                span.record("llm.attempts", int(f.attempts.len()));
+                trace::fail(span, &f.message);
             }
         }
         match (result, batch) {

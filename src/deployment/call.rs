@@ -14,6 +14,7 @@ use super::limiter::Ticket;
 use super::{Args, Finished, Msg, Outcome, Permit, Skip};
 use crate::cluster;
 use crate::cluster::quota::{ClusterWindow, Take, Taken};
+use crate::observe::trace::{self, int};
 use crate::protocol::{ChatRequest, Usage};
 use crate::providers::{CallContext, Failure, ProviderReply};
 
@@ -186,7 +187,7 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
         server.address = tracing::field::Empty,
         server.port = tracing::field::Empty,
         llm.deployment = %args.name,
-        llm.attempt = call.attempt,
+        llm.attempt = int(call.attempt),
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
@@ -194,11 +195,11 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
     if let Some((host, port)) = args.adapter.server() {
         span.record("server.address", host);
         if let Some(port) = port {
-            span.record("server.port", port);
+            span.record("server.port", int(port));
         }
     }
     if let Some(n) = call.req.max_tokens {
-        span.record("gen_ai.request.max_tokens", n);
+        span.record("gen_ai.request.max_tokens", int(n));
     }
     if let Some(t) = call.req.body.get("temperature").and_then(|t| t.as_f64()) {
         span.record("gen_ai.request.temperature", t);
@@ -211,17 +212,18 @@ fn close_span(span: &tracing::Span, model: &str, usage: Option<&Usage>, failure:
     match failure {
         None => {
             span.record("gen_ai.response.model", model);
-            span.record("http.response.status_code", 200);
+            span.record("http.response.status_code", 200_i64);
             if let Some(u) = usage {
-                span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
-                span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+                span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
+                span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
             }
         }
         Some(f) => {
             if let Some(status) = f.status() {
-                span.record("http.response.status_code", status);
+                span.record("http.response.status_code", int(status));
             }
             span.record("error.type", f.kind_name());
+            trace::fail(span, &f.describe());
         }
     }
 }

@@ -1,4 +1,5 @@
-//! What the engine tells about itself: the status snapshot and the event stream.
+//! What the engine tells about itself: the status snapshot, the event stream, and how its trace
+//! spans carry numbers and failures (`trace`).
 
 pub mod alerts;
 pub mod events;
@@ -6,6 +7,7 @@ pub mod events;
 pub mod otlp;
 pub mod spend;
 pub mod status;
+pub mod trace;
 
 pub use events::{Event, EventBus};
 pub use status::{DeploymentStatus, StatusSnapshot};

@@ -3,7 +3,9 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), e.g.
 //! `http://localhost:4318` for Jaeger, Tempo or an OpenTelemetry collector, or Langfuse's OTLP
 //! endpoint with `OTEL_EXPORTER_OTLP_HEADERS` for its key. Spans are batched and sent from the
-//! SDK's own thread: no request waits on the exporter.
+//! SDK's own thread: no request waits on the exporter. Only our own spans (target `switchyard`)
+//! go out: the actor library's internal spans would arrive as root spans with nothing a collector
+//! can use.
 
 use opentelemetry::trace::TracerProvider;
 use opentelemetry_otlp::WithExportConfig;
@@ -11,6 +13,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
 /// Flushes the spans still batched when dropped (at exit).
@@ -48,8 +51,12 @@ where
         .with_resource(Resource::builder().with_service_name("switchyard").build())
         .build();
     let tracer = provider.tracer("switchyard");
+    // A filter on this layer alone: the log lines keep whatever RUST_LOG lets through.
+    let ours = Targets::new().with_target("switchyard", tracing::Level::TRACE);
     Ok(Some((
-        tracing_opentelemetry::layer().with_tracer(tracer),
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(ours),
         Guard(provider),
     )))
 }
