@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode as Code;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use prost::Message;
 
-use common::harness::{ask, openai_deployment};
+use common::harness::{ask, ask_stream, openai_deployment};
 use common::{FakeProvider, Fault, NatsServer};
 
 const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello there"}],"max_tokens":32,"temperature":0.5}"#;
@@ -401,6 +401,16 @@ async fn a_collector_gets_typed_genai_spans_with_error_status_and_nothing_else()
     secondary.push(Fault::status(502));
     let r = ask(&client, "chat", BODY, &[("Llm-Request-Id", "down")]).await;
     assert_eq!(r.error_kind(), "unavailable", "{}", r.body);
+    let streamed_body = BODY.replacen('{', r#"{"stream":true,"#, 1);
+    let s = ask_stream(
+        &client,
+        "chat",
+        &streamed_body,
+        &[("Llm-Request-Id", "streamed")],
+    )
+    .await;
+    assert!(!s.chunks.is_empty(), "no chunk streamed");
+    assert_eq!(s.last.header("Llm-Stream"), Some("end"), "{}", s.last.body);
 
     // SIGTERM: the exporter's guard flushes the batched spans before the process exits.
     let ok = Command::new("kill")
@@ -428,10 +438,11 @@ async fn a_collector_gets_typed_genai_spans_with_error_status_and_nothing_else()
         );
     }
     let spans: Vec<&Span> = received.spans.iter().map(|(_, _, s)| s).collect();
-    // One request span each, with one attempt (plain) and two (fallback, down): nothing else.
+    // One request span each, with one attempt (plain, streamed) and two (fallback, down):
+    // nothing else.
     assert_eq!(
         spans.len(),
-        3 + 1 + 2 + 2,
+        4 + 1 + 2 + 2 + 1,
         "{:#?}",
         spans.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
@@ -508,4 +519,20 @@ async fn a_collector_gets_typed_genai_spans_with_error_status_and_nothing_else()
     check_failed(first, 503);
     check_attempt(second, "secondary", 2, &secondary);
     check_failed(second, 502);
+
+    // Streamed: the same types on the streaming path, tokens from the stream's usage.
+    let streamed = trace(&spans, "streamed");
+    println!("\nstreamed request:");
+    streamed.print();
+    let req = streamed.request;
+    assert_eq!(string(req, "llm.deployment"), "primary");
+    assert_eq!(int(req, "llm.attempts"), 1);
+    assert!(int(req, "gen_ai.usage.input_tokens") > 0);
+    assert!(int(req, "gen_ai.usage.output_tokens") > 0);
+    assert_ne!(status(req).0, Code::Error);
+    let [attempt] = streamed.attempts[..] else {
+        panic!("one attempt: {:?}", streamed.attempts);
+    };
+    check_attempt(attempt, "primary", 1, &primary);
+    check_answered(attempt);
 }
