@@ -231,6 +231,13 @@ async fn a_stream_that_never_ends_is_cut_at_max_stream_duration_as_a_timeout() {
 
 const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","description":"The weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]"#;
 
+/// The engine with one deployment, in group `main`.
+async fn alone(nats: &NatsServer, provider: &str, name: &str, fake: &FakeProvider) -> Running {
+    let deployments = deployment(provider, name, "main", &fake.base_url(), "");
+    let rest = "[routing]\ndefault_group = \"main\"\n";
+    Running::start(nats, config(&nats.url(), rest, &deployments)).await
+}
+
 fn turn(messages: &[Value]) -> String {
     let tools: Value = serde_json::from_str(TOOLS).unwrap();
     json!({"model": "gpt-4o", "messages": messages, "tools": tools, "max_tokens": 100}).to_string()
@@ -314,16 +321,7 @@ async fn tool_rounds_on_gemini_then_a_turn_on_anthropic() {
 async fn the_anthropic_fake_refuses_repeated_tool_use_ids() {
     let nats = NatsServer::start();
     let claude = FakeProvider::start_anthropic("claude").await;
-    let deployments = deployment("anthropic", "claude-haiku", "main", &claude.base_url(), "");
-    let sy = Running::start(
-        &nats,
-        config(
-            &nats.url(),
-            "[routing]\ndefault_group = \"main\"\n",
-            &deployments,
-        ),
-    )
-    .await;
+    let sy = alone(&nats, "anthropic", "claude-haiku", &claude).await;
     let call = |city: &str| json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": format!("{{\"city\":\"{city}\"}}")}}]});
     let messages = [
         json!({"role": "user", "content": "Weather in Porto, then Lisbon?"}),
@@ -348,16 +346,7 @@ async fn the_anthropic_fake_refuses_repeated_tool_use_ids() {
 async fn streamed_gemini_tool_calls_get_unique_ids() {
     let nats = NatsServer::start();
     let gemini = FakeProvider::start_gemini("gemini").await;
-    let deployments = deployment("gemini", "gemini-flash", "main", &gemini.base_url(), "");
-    let sy = Running::start(
-        &nats,
-        config(
-            &nats.url(),
-            "[routing]\ndefault_group = \"main\"\n",
-            &deployments,
-        ),
-    )
-    .await;
+    let sy = alone(&nats, "gemini", "gemini-flash", &gemini).await;
     let messages = [json!({"role": "user", "content": "Weather in Porto?"})];
     let body = turn(&messages).replacen('{', r#"{"stream":true,"#, 1);
     let mut ids = Vec::new();
