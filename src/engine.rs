@@ -93,7 +93,11 @@ impl Engine {
             .iter()
             .map(|d| {
                 let name: Arc<str> = d.name.as_str().into();
-                let published = Arc::new(Published::new(epoch));
+                let published = Arc::new(Published::new(
+                    epoch,
+                    d.rpm.map(|n| u64::from(n.get())),
+                    d.tpm.map(|n| n.get()),
+                ));
                 Slot {
                     args: deployment::Args {
                         adapter: Arc::new(Adapter::new(d.clone(), client.clone())),
@@ -111,6 +115,7 @@ impl Engine {
                             d.tpm.map(|n| n.get()),
                         )
                         .map(Arc::new),
+                        fates: deployment::Fates::of(d),
                     },
                     name,
                     published,

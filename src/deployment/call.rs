@@ -4,19 +4,20 @@
 //! to the actor (also when the task is dropped mid-call).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use tracing::{Instrument, debug, info, warn};
 
 use super::decision::Decision;
-use super::limiter::Ticket;
-use super::{Args, Finished, Msg, Outcome, Permit, Skip};
+use super::gate::{Admitted, Refused};
+use super::{Args, Finished, Msg, Outcome, Published, Skip};
 use crate::cluster;
 use crate::cluster::quota::{ClusterWindow, Take, Taken};
 use crate::observe::trace::{self, int};
 use crate::protocol::{ChatRequest, Usage};
-use crate::providers::{CallContext, Failure, ProviderReply};
+use crate::providers::{CallContext, Failure, ProviderReply, simulated};
 
 /// One try of one request at this deployment.
 pub struct CallArgs {
@@ -56,34 +57,56 @@ pub enum Attempt {
     },
 }
 
-/// Asks the actor for a permit, and arms the report that will tell it how the call went.
+/// Admits the call at the deployment's published gate (asking the actor only when a limit
+/// looks spent), takes the cluster's slot or probe claim if there is one, and arms the report
+/// that will tell the actor how the call went.
 async fn admit<'a>(
     actor: &'a ActorRef<Msg>,
     args: &Args,
     call: &CallArgs,
-) -> Result<(Permit, Report<'a>), Skip> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+) -> Result<(Option<simulated::Fate>, Report<'a>), Skip> {
     let estimate = call.req.estimated_total_tokens();
-    actor
-        .send_message(Msg::Admit {
-            estimate,
-            batch: call.batch,
-            reply: tx.into(),
-        })
-        .map_err(|_| Skip::Unreachable)?;
-    let permit = rx.await.map_err(|_| Skip::Unreachable)??;
+    let share = if call.batch { args.batch_share } else { 1.0 };
+    let published = &args.published;
+    let admitted = match published.admit(Instant::now(), estimate, share) {
+        Ok(a) => a,
+        Err(Refused::Skip(skip)) => return Err(skip),
+        Err(Refused::Limit(_)) => {
+            // The actor may have room it has not published yet (old calls left the window).
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            actor
+                .send_message(Msg::Recheck {
+                    estimate,
+                    reply: tx.into(),
+                })
+                .map_err(|_| Skip::Unreachable)?;
+            let room = rx.await.map_err(|_| Skip::Unreachable)?;
+            match published.admit(Instant::now(), estimate, share) {
+                Ok(a) => a,
+                Err(Refused::Skip(skip)) => return Err(skip),
+                Err(Refused::Limit(limit)) => {
+                    let retry_in = if limit == "rpm" { room.rpm } else { room.tpm };
+                    return Err(Skip::AtLimit {
+                        limit,
+                        // Room may already have come back to another request's call.
+                        retry_in: retry_in.max(Duration::from_millis(1)),
+                    });
+                }
+            }
+        }
+    };
+    let fate = args.fates.as_ref().and_then(|f| f.throw(admitted.at));
     let mut report = Report {
         actor,
-        probe: permit.probe,
-        rpm_ticket: permit.rpm_ticket,
-        tpm_ticket: permit.tpm_ticket,
+        published: published.clone(),
+        admitted,
         window: None,
         probe_claim: None,
         started: Instant::now(),
         sent: false,
     };
     // A half-open probe is the cluster's one probe, not one per instance.
-    if report.probe
+    if admitted.probe
         && let Some(kv) = args.cluster.kv()
     {
         let claim = cluster::claim_probe(
@@ -95,7 +118,7 @@ async fn admit<'a>(
         match tokio::time::timeout(args.cluster.sync_timeout(), claim).await {
             Ok(Ok(true)) => report.probe_claim = Some((kv, args.name.clone())),
             Ok(Ok(false)) => {
-                report.send(Duration::ZERO, Outcome::Refused);
+                report.refused();
                 return Err(Skip::CircuitOpen);
             }
             Ok(Err(why)) => {
@@ -110,14 +133,13 @@ async fn admit<'a>(
     // The cluster-wide window, after the local one: only deployments with limits pay for it,
     // and only while the bucket is reachable (else the local windows guard alone).
     if let (Some(quota), Some(kv)) = (&args.quota, args.cluster.kv()) {
-        let share = if call.batch { args.batch_share } else { 1.0 };
         match quota
             .take(&kv, estimate, share, args.cluster.sync_timeout())
             .await
         {
             Take::Taken(t) => report.window = Some((quota.clone(), kv, t)),
             Take::Full { limit, retry_in } => {
-                report.send(Duration::ZERO, Outcome::Refused);
+                report.refused();
                 return Err(Skip::AtLimit { limit, retry_in });
             }
             Take::Unshared(why) => {
@@ -126,7 +148,7 @@ async fn admit<'a>(
         }
         report.started = Instant::now();
     }
-    Ok((permit, report))
+    Ok((fate, report))
 }
 
 /// How long a call may take: the deployment's `limit`, or less if the caller's deadline comes
@@ -234,13 +256,13 @@ async fn call_inner(
     call: CallArgs,
     span: &tracing::Span,
 ) -> Attempt {
-    let (permit, mut report) = match admit(actor, args, &call).await {
+    let (fate, mut report) = match admit(actor, args, &call).await {
         Ok(p) => p,
         Err(skip) => return Attempt::Skipped(skip),
     };
     let ctx = CallContext {
         include_request_extra: call.include_request_extra,
-        fate: permit.fate,
+        fate,
     };
     let (limit, expired) = bound(args.adapter.config.timeout, call.deadline, report.started);
     let result = match tokio::time::timeout(limit, args.adapter.call(&call.req, ctx)).await {
@@ -255,21 +277,23 @@ async fn call_inner(
         Ok(reply) => {
             close_span(span, model, Some(&reply.usage), None);
             log_success(args, &call, latency, reply.usage.total_tokens);
-            report.send(
-                latency,
-                Outcome::Ok {
-                    prompt_tokens: reply.usage.prompt_tokens,
-                    completion_tokens: reply.usage.completion_tokens,
-                    cost_usd: reply.cost_usd,
-                },
-            );
+            report
+                .answered(
+                    latency,
+                    Outcome::Ok {
+                        prompt_tokens: reply.usage.prompt_tokens,
+                        completion_tokens: reply.usage.completion_tokens,
+                        cost_usd: reply.cost_usd,
+                    },
+                )
+                .await;
             Attempt::Answered { reply, latency }
         }
         Err(failure) => {
             let decision = args.policy.decide(&failure);
             close_span(span, model, None, Some(&failure));
             log_failure(args, &call, latency, &failure, &decision);
-            report.send(latency, Outcome::Failed(failure.clone(), decision));
+            report.failed(latency, &failure, decision).await;
             Attempt::Failed {
                 failure,
                 decision,
@@ -306,13 +330,13 @@ async fn call_stream_inner(
 ) -> Attempt {
     use futures::StreamExt;
 
-    let (permit, mut report) = match admit(actor, args, &call).await {
+    let (fate, mut report) = match admit(actor, args, &call).await {
         Ok(p) => p,
         Err(skip) => return Attempt::Skipped(skip),
     };
     let ctx = CallContext {
         include_request_extra: call.include_request_extra,
-        fate: permit.fate,
+        fate,
     };
     let c = &args.adapter.config;
     let mut usage = None;
@@ -351,7 +375,7 @@ async fn call_stream_inner(
             let d = args.policy.decide(&f);
             close_span(span, &c.model, None, Some(&f));
             log_failure(args, &call, latency, &f, &d);
-            report.send(latency, Outcome::Failed(f.clone(), d));
+            report.failed(latency, &f, d).await;
             return Attempt::Failed {
                 failure: f,
                 decision: d,
@@ -369,7 +393,7 @@ async fn call_stream_inner(
                 Delivery::Sent => {}
                 Delivery::Gone => {
                     // The caller's side is gone: stop reading; no one to tell.
-                    report.send(report.started.elapsed(), Outcome::Abandoned);
+                    report.send(report.started.elapsed(), Outcome::Abandoned, false);
                     close_span(span, &c.model, usage.as_ref(), None);
                     return Attempt::Answered {
                         reply: ProviderReply {
@@ -399,7 +423,7 @@ async fn call_stream_inner(
         let decision = args.policy.decide(&failure);
         close_span(span, &c.model, None, Some(&failure));
         log_failure(args, &call, latency, &failure, &decision);
-        report.send(latency, Outcome::Failed(failure.clone(), decision));
+        report.failed(latency, &failure, decision).await;
         return Attempt::Broken {
             failure,
             decision,
@@ -411,14 +435,16 @@ async fn call_stream_inner(
     close_span(span, &c.model, usage.as_ref(), None);
     let usage = usage.unwrap_or_default();
     log_success(args, &call, latency, usage.total_tokens);
-    report.send(
-        latency,
-        Outcome::Ok {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            cost_usd,
-        },
-    );
+    report
+        .answered(
+            latency,
+            Outcome::Ok {
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cost_usd,
+            },
+        )
+        .await;
     Attempt::Answered {
         reply: ProviderReply {
             body: bytes::Bytes::new(),
@@ -488,12 +514,11 @@ fn log_failure(args: &Args, call: &CallArgs, latency: Duration, f: &Failure, d: 
     );
 }
 
-/// Reports the outcome of a permitted call exactly once, also when the caller's task is dropped.
+/// Reports the outcome of an admitted call exactly once, also when the caller's task is dropped.
 struct Report<'a> {
     actor: &'a ActorRef<Msg>,
-    probe: bool,
-    rpm_ticket: Option<Ticket>,
-    tpm_ticket: Option<Ticket>,
+    published: Arc<Published>,
+    admitted: Admitted,
     /// The slot taken in the cluster-wide window, corrected with real usage at the end.
     window: Option<(
         Arc<ClusterWindow>,
@@ -508,7 +533,42 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    fn send(&mut self, latency: Duration, outcome: Outcome) {
+    /// The cluster refused what the gate admitted: no call is made; its units and probe go back
+    /// without troubling the actor.
+    fn refused(&mut self) {
+        self.sent = true;
+        let a = self.admitted;
+        self.published.give_back(a.rpm, a.tpm);
+        self.published.in_flight.fetch_sub(1, Relaxed);
+        if a.probe {
+            self.published.release_probe();
+        }
+    }
+
+    /// A failed call: reported, and waited for when it may move the breaker or start a
+    /// cool-down (or was the probe), so that the caller's next request sees it.
+    async fn failed(&mut self, latency: Duration, failure: &Failure, decision: Decision) {
+        let wait = decision.count || decision.cool_down.is_some() || self.admitted.probe;
+        let ack = self.send(latency, Outcome::Failed(failure.clone(), decision), wait);
+        if let Some(ack) = ack {
+            let _ = ack.await;
+        }
+    }
+
+    /// A call that answered: reported without waiting, unless it was the probe (whose success
+    /// may close the circuit for the caller's next request).
+    async fn answered(&mut self, latency: Duration, outcome: Outcome) {
+        if let Some(ack) = self.send(latency, outcome, self.admitted.probe) {
+            let _ = ack.await;
+        }
+    }
+
+    fn send(
+        &mut self,
+        latency: Duration,
+        outcome: Outcome,
+        wait: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         self.sent = true;
         if let Some((kv, name)) = self.probe_claim.take()
             && !matches!(outcome, Outcome::Failed(..))
@@ -532,12 +592,18 @@ impl Report<'_> {
                 tokio::spawn(async move { quota.flush_later(&kv).await });
             }
         }
+        self.published.in_flight.fetch_sub(1, Relaxed);
+        let (ack, acked) = if wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let finished = Finished {
-            probe: self.probe,
-            rpm_ticket: self.rpm_ticket,
-            tpm_ticket: self.tpm_ticket,
+            admitted: self.admitted,
             latency,
             outcome,
+            ack,
         };
         if self
             .actor
@@ -545,14 +611,16 @@ impl Report<'_> {
             .is_err()
         {
             debug!("deployment actor gone before the call finished");
+            return None;
         }
+        acked
     }
 }
 
 impl Drop for Report<'_> {
     fn drop(&mut self) {
         if !self.sent {
-            self.send(self.started.elapsed(), Outcome::Abandoned);
+            self.send(self.started.elapsed(), Outcome::Abandoned, false);
         }
     }
 }

@@ -1,31 +1,32 @@
 //! The deployment actor: one per `[[deployments]]` entry. It owns that deployment's limits
-//! (`rpm`/`tpm` windows and `Retry-After` cool-down), circuit breaker, in-flight count and latency
-//! stats, and decides whether a call may go out.
+//! (`rpm`/`tpm` windows and `Retry-After` cool-down), circuit breaker and latency stats.
 //!
-//! Its handler never awaits a provider. `Admit` checks the cool-down, breaker and limits, takes
-//! the reservation and answers at once with a `Permit` (or why the call is skipped). The call
-//! itself runs in the request's own task — already spawned by the ingress, so no second task and
-//! no extra wake-up per attempt — and `call` reports the outcome back as `Finished`, which
-//! updates the breaker, limits and stats. A guard sends `Finished` even if the request's task is
-//! dropped mid-call, so in-flight counts and half-open probes are never leaked. What routing needs
-//! on every request (circuit state, in-flight, latency, usage) is published in `Published` atomics,
-//! so the router reads it without a mailbox round trip.
+//! The request path does not ask it for leave. The actor publishes what admission needs in
+//! `Published` atomics — circuit state and until when, cool-down, the half-open probe flag, and
+//! `rpm`/`tpm` permits it refills from its windows — and a request admits itself there
+//! (`gate.rs`), then calls its provider in its own task. How the call went reaches the actor as
+//! `Finished`, sent without waiting for an answer (a failure or a probe waits for the actor to
+//! have applied it, so that the caller's next request sees the breaker it caused). A guard sends
+//! `Finished` even if the request's task is dropped mid-call, so in-flight counts and half-open
+//! probes are never leaked. The handler never awaits I/O.
 //!
 //! In a cluster (`crate::cluster`) the actor hands its breaker's openings and closings and its
 //! cool-downs to the cluster link, and is told other instances' as `Msg::Remote`; a deployment
-//! with `rpm`/`tpm` also takes its slot in the cluster-wide window, in the request's task, once
-//! the actor has admitted the call.
+//! with `rpm`/`tpm` also takes its slot in the cluster-wide window (leased in blocks), in the
+//! request's task, once it has admitted itself locally.
 //!
 //! The mailbox is ractor's, which has no bound; it cannot grow without one here because every
-//! message has a bounded source: each attempt sends one `Admit` and one `Finished`, and attempts
-//! in flight are bounded by `limits.max_in_flight` (synchronous requests), `[jobs] concurrency`
-//! and each batch's `concurrency`; `Remote` comes from the one cluster sync task per record it
-//! reads, `Snapshot` and `Window` from status and the alert task, which wait for each answer
-//! before asking again, and `Tick` is one timer per breaker opening.
+//! message has a bounded source: each attempt sends one `Finished` (and at a limit one
+//! `Recheck`, waited for), and attempts in flight are bounded by `limits.max_in_flight`
+//! (synchronous requests), `[jobs] concurrency` and each batch's `concurrency`; `Remote` comes
+//! from the one cluster sync task per record it reads, `Snapshot` and `Window` from status and
+//! the alert task, which wait for each answer before asking again, `Tick` is one timer per
+//! breaker opening and `Refresh` one timer at a time.
 
 pub mod breaker;
 mod call;
 mod decision;
+pub mod gate;
 pub mod limiter;
 mod published;
 mod slot;
@@ -46,8 +47,8 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tracing::{info, warn};
 
-use self::breaker::{Admission, Breaker, CircuitState, Transition};
-use self::limiter::{Ticket, WindowBudget};
+use self::breaker::{Breaker, CircuitState, Transition};
+use self::limiter::WindowBudget;
 use self::stats::{Sample, Stats, WindowFigures};
 use crate::cluster::quota::ClusterWindow;
 use crate::cluster::{self, Link, Publish, Remote};
@@ -73,6 +74,8 @@ pub struct Args {
     pub cluster: Arc<Link>,
     /// The cluster-wide `rpm`/`tpm` window; `None` without limits.
     pub quota: Option<Arc<ClusterWindow>>,
+    /// The simulated provider's dice; `None` for a real provider.
+    pub fates: Option<Arc<Fates>>,
 }
 
 /// Why the actor did not call its provider.
@@ -105,25 +108,56 @@ impl Skip {
     }
 }
 
-/// Leave to make one call: what the actor reserved for it.
-pub struct Permit {
-    probe: bool,
-    rpm_ticket: Option<Ticket>,
-    tpm_ticket: Option<Ticket>,
-    fate: Option<simulated::Fate>,
+/// The simulated provider's dice (`[deployments.simulated]`): thrown on the request path when a
+/// call is admitted, from one seeded generator per deployment, so that a seed replays the same
+/// outcomes in the same order.
+pub struct Fates {
+    spec: crate::config::SimulatedSpec,
+    rng: std::sync::Mutex<SmallRng>,
+    started: Instant,
+}
+
+impl Fates {
+    /// `None` for a deployment that is not simulated.
+    pub fn of(config: &crate::config::DeploymentConfig) -> Option<Arc<Self>> {
+        config.simulated.as_ref().map(|spec| {
+            Arc::new(Self {
+                spec: spec.clone(),
+                rng: std::sync::Mutex::new(SmallRng::seed_from_u64(spec.seed)),
+                started: Instant::now(),
+            })
+        })
+    }
+
+    fn throw(&self, now: Instant) -> Option<simulated::Fate> {
+        let mut rng = self.rng.lock().ok()?;
+        Some(simulated::decide(
+            &self.spec,
+            &mut rng,
+            now.saturating_duration_since(self.started),
+        ))
+    }
+}
+
+/// How long until each limit has room for a call, as the actor sees its windows (`Recheck`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Room {
+    pub rpm: Duration,
+    pub tpm: Duration,
 }
 
 pub enum Msg {
-    /// May a call go out now? `estimate` is the tokens to reserve against `tpm`.
-    Admit {
+    /// The request path found a limit without room as published: refill from the window (old
+    /// calls may have left it) and say when there will be room for `estimate` tokens.
+    Recheck {
         estimate: u64,
-        /// Batch work: admitted only within the batch share of `rpm`/`tpm`.
-        batch: bool,
-        reply: RpcReplyPort<Result<Permit, Skip>>,
+        reply: RpcReplyPort<Room>,
     },
     Finished(Box<Finished>),
     /// The breaker's reset timeout may have passed.
     Tick,
+    /// Old calls may have left the windows: publish the room they leave.
+    Refresh,
     /// What another instance of the cluster decided.
     Remote(Remote),
     Snapshot(RpcReplyPort<DeploymentStatus>),
@@ -135,12 +169,15 @@ pub enum Msg {
     },
 }
 
+/// How an admitted call went, as its request reports it.
 pub struct Finished {
-    probe: bool,
-    rpm_ticket: Option<Ticket>,
-    tpm_ticket: Option<Ticket>,
+    admitted: gate::Admitted,
     latency: Duration,
     outcome: Outcome,
+    /// Answered once the actor has applied the outcome to its breaker and cool-down: a request
+    /// whose call failed waits for it, so that its caller's next request sees the breaker it
+    /// caused.
+    ack: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 enum Outcome {
@@ -152,8 +189,6 @@ enum Outcome {
     Failed(Failure, Decision),
     /// The request's task went away mid-call: counts neither way.
     Abandoned,
-    /// The cluster's window was full: no call was made, the reservation is given back.
-    Refused,
 }
 
 pub struct DeploymentActor;
@@ -163,12 +198,19 @@ pub struct State {
     breaker: Breaker,
     rpm: Option<WindowBudget>,
     tpm: Option<WindowBudget>,
+    /// Units the actor has heard of in all, in the request path's currency (1 per call for
+    /// `rpm`, the estimate for `tpm`): `gate.rs`'s R.
+    rpm_recorded: u64,
+    tpm_recorded: u64,
+    /// A `Refresh` is due.
+    refresh_armed: bool,
     cool_until: Option<Instant>,
-    in_flight: u32,
     stats: Stats,
-    rng: SmallRng,
-    started: Instant,
 }
+
+/// The soonest a `Refresh` follows another: old calls leave the window continuously under load,
+/// and one refresh a quarter second publishes their room soon enough for routing.
+const REFRESH_SPACING: Duration = Duration::from_millis(250);
 
 impl Actor for DeploymentActor {
     type Msg = Msg;
@@ -177,22 +219,24 @@ impl Actor for DeploymentActor {
 
     async fn pre_start(&self, me: ActorRef<Msg>, args: Args) -> Result<State, ActorProcessingErr> {
         let c = &args.adapter.config;
-        let seed = c.simulated.as_ref().map_or(0, |s| s.seed);
         // A restarted actor starts afresh; what it publishes must say so.
-        args.published
-            .circuit
-            .store(CircuitState::Closed.to_u8(), Relaxed);
-        args.published.in_flight.store(0, Relaxed);
+        let p = &args.published;
+        p.publish_circuit(CircuitState::Closed, None);
+        p.release_probe();
+        p.in_flight.store(0, Relaxed);
+        for permits in [&p.rpm, &p.tpm].into_iter().flatten() {
+            permits.reset();
+        }
         let published = args.published.clone();
         let mut state = State {
             breaker: Breaker::new(&args.breaker),
             rpm: c.rpm.map(|n| WindowBudget::per_minute(u64::from(n.get()))),
             tpm: c.tpm.map(|n| WindowBudget::per_minute(n.get())),
+            rpm_recorded: 0,
+            tpm_recorded: 0,
+            refresh_armed: false,
             cool_until: None,
-            in_flight: 0,
             stats: Stats::default(),
-            rng: SmallRng::seed_from_u64(seed),
-            started: Instant::now(),
             args,
         };
         // What the cluster decided still holds for a restarted actor (expired records do
@@ -214,12 +258,8 @@ impl Actor for DeploymentActor {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            Msg::Admit {
-                estimate,
-                batch,
-                reply,
-            } => {
-                let _ = reply.send(state.admit(estimate, batch));
+            Msg::Recheck { estimate, reply } => {
+                let _ = reply.send(state.recheck(&me, estimate));
             }
             Msg::Finished(f) => state.finished(&me, *f),
             Msg::Tick => {
@@ -227,9 +267,13 @@ impl Actor for DeploymentActor {
                     state.transition(t, None);
                 }
             }
+            Msg::Refresh => {
+                state.refresh_armed = false;
+                state.refill(&me, Instant::now());
+            }
             Msg::Remote(r) => state.remote(&me, r),
             Msg::Snapshot(reply) => {
-                let _ = reply.send(state.snapshot());
+                let _ = reply.send(state.snapshot(&me));
             }
             Msg::Window {
                 window,
@@ -244,91 +288,76 @@ impl Actor for DeploymentActor {
 }
 
 impl State {
-    fn admit(&mut self, estimate: u64, batch: bool) -> Result<Permit, Skip> {
-        let share = self.args.batch_share;
-        let cap = |limit: u64| {
-            if batch {
-                (limit as f64 * share).floor() as u64
-            } else {
-                limit
+    /// Publishes the room the windows leave (`gate.rs`: A = R + limit − used), and arms a
+    /// `Refresh` for when the oldest call leaves them.
+    fn refill(&mut self, me: &ActorRef<Msg>, now: Instant) {
+        let p = &self.args.published;
+        let mut next: Option<Instant> = None;
+        for (window, permits, recorded) in [
+            (&mut self.rpm, &p.rpm, self.rpm_recorded),
+            (&mut self.tpm, &p.tpm, self.tpm_recorded),
+        ] {
+            if let (Some(w), Some(permits)) = (window.as_mut(), permits) {
+                permits.refill(recorded, w.used(now));
+                next = match (next, w.next_expiry()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
-        };
+        }
+        if let (Some(at), false) = (next, self.refresh_armed) {
+            self.refresh_armed = true;
+            let wait = at.saturating_duration_since(now).max(REFRESH_SPACING);
+            ractor::time::send_after(wait, me.get_cell(), || Msg::Refresh);
+        }
+    }
+
+    fn recheck(&mut self, me: &ActorRef<Msg>, estimate: u64) -> Room {
         let now = Instant::now();
-        if let Some(until) = self.cool_until {
-            if now < until {
-                return Err(Skip::CoolingDown(until - now));
-            }
-            self.cool_until = None;
-            self.args.published.cool_until_ms.store(0, Relaxed);
+        self.refill(me, now);
+        let p = &self.args.published;
+        let mut room = Room::default();
+        if let (Some(w), Some(permits)) = (self.rpm.as_mut(), &p.rpm) {
+            room.rpm = w.wait_for(now, 1, permits.in_flight(self.rpm_recorded));
         }
-        let (admission, transition) = self.breaker.check(now);
-        if let Some(t) = transition {
-            self.transition(t, None);
+        if let (Some(w), Some(permits)) = (self.tpm.as_mut(), &p.tpm) {
+            room.tpm = w.wait_for(now, estimate, permits.in_flight(self.tpm_recorded));
         }
-        if admission == Admission::Rejected {
-            return Err(Skip::CircuitOpen);
-        }
-        let rpm_ticket = match self
-            .rpm
-            .as_mut()
-            .map(|b| b.try_take_under(now, 1, cap(b.limit())))
-        {
-            Some(Err(retry_in)) => {
-                return Err(Skip::AtLimit {
-                    limit: "rpm",
-                    retry_in,
-                });
-            }
-            Some(Ok(t)) => Some(t),
-            None => None,
-        };
-        let tpm_ticket = match self
-            .tpm
-            .as_mut()
-            .map(|b| b.try_take_under(now, estimate, cap(b.limit())))
-        {
-            Some(Err(retry_in)) => {
-                if let (Some(b), Some(t)) = (self.rpm.as_mut(), rpm_ticket) {
-                    b.correct(t, 0);
-                }
-                return Err(Skip::AtLimit {
-                    limit: "tpm",
-                    retry_in,
-                });
-            }
-            Some(Ok(t)) => Some(t),
-            None => None,
-        };
-        self.breaker.admit(admission);
-        self.in_flight += 1;
-        self.publish_usage(now);
-        let fate = self.args.adapter.config.simulated.as_ref().map(|spec| {
-            simulated::decide(
-                spec,
-                &mut self.rng,
-                now.saturating_duration_since(self.started),
-            )
-        });
-        Ok(Permit {
-            probe: admission == Admission::Probe,
-            rpm_ticket,
-            tpm_ticket,
-            fate,
-        })
+        room
     }
 
     fn finished(&mut self, me: &ActorRef<Msg>, f: Finished) {
         let now = Instant::now();
-        self.in_flight = self.in_flight.saturating_sub(1);
+        let a = f.admitted;
+        // The call's units move from "in flight" to the window, at what it really used.
+        if let (Some(w), true) = (self.rpm.as_mut(), a.rpm > 0) {
+            self.rpm_recorded = self.rpm_recorded.saturating_add(a.rpm);
+            w.record(now, a.at, a.rpm);
+        }
+        if let (Some(w), true) = (self.tpm.as_mut(), a.tpm > 0) {
+            self.tpm_recorded = self.tpm_recorded.saturating_add(a.tpm);
+            let used = match &f.outcome {
+                Outcome::Ok {
+                    prompt_tokens,
+                    completion_tokens,
+                    ..
+                } => prompt_tokens.saturating_add(*completion_tokens),
+                _ => a.tpm,
+            };
+            w.record(now, a.at, used);
+        }
+        if a.probe
+            && let Some(t) = self.breaker.poll(now)
+        {
+            // The probe went out on the published time, before this actor's timer moved it.
+            self.transition(t, None);
+        }
         let transition = match &f.outcome {
             Outcome::Ok {
                 prompt_tokens,
                 completion_tokens,
                 cost_usd,
             } => {
-                if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
-                    b.correct(t, prompt_tokens + completion_tokens);
-                }
                 let since = now.saturating_duration_since(self.args.published.epoch);
                 let last = self.args.published.ewma_at_ms.load(Relaxed);
                 if (since.as_millis() as u64).saturating_sub(last)
@@ -345,20 +374,10 @@ impl State {
                 self.stats.cost_usd += cost_usd;
                 self.stats.prompt_tokens += prompt_tokens;
                 self.stats.completion_tokens += completion_tokens;
-                self.breaker.on_success(f.probe)
+                self.breaker.on_success(a.probe)
             }
             Outcome::Abandoned => {
-                self.breaker.on_neutral(f.probe);
-                None
-            }
-            Outcome::Refused => {
-                if let (Some(b), Some(t)) = (self.rpm.as_mut(), f.rpm_ticket) {
-                    b.correct(t, 0);
-                }
-                if let (Some(b), Some(t)) = (self.tpm.as_mut(), f.tpm_ticket) {
-                    b.correct(t, 0);
-                }
-                self.breaker.on_neutral(f.probe);
+                self.breaker.on_neutral(a.probe);
                 None
             }
             Outcome::Failed(failure, decision) => {
@@ -378,9 +397,9 @@ impl State {
                     });
                 }
                 if decision.count {
-                    self.breaker.on_failure(now, f.probe)
+                    self.breaker.on_failure(now, a.probe)
                 } else {
-                    self.breaker.on_neutral(f.probe);
+                    self.breaker.on_neutral(a.probe);
                     None
                 }
             }
@@ -391,20 +410,21 @@ impl State {
                 ractor::time::send_after(self.breaker.reset_timeout(), me.get_cell(), || Msg::Tick);
             }
         }
-        self.publish_usage(now);
+        if a.probe {
+            // Its outcome is published: the next probe (if still half-open) may go.
+            self.args.published.release_probe();
+        }
+        self.publish_usage();
+        self.refill(me, now);
+        if let Some(ack) = f.ack {
+            let _ = ack.send(());
+        }
     }
 
-    fn publish_usage(&mut self, now: Instant) {
-        let s = &self.args.published;
-        s.in_flight.store(self.in_flight, Relaxed);
+    fn publish_usage(&mut self) {
         if let Some(ms) = self.stats.ewma_ms() {
+            let s = &self.args.published;
             s.ewma_us.store(((ms * 1000.0) as u64).max(1), Relaxed);
-        }
-        if let Some(b) = self.rpm.as_mut() {
-            s.rpm_used.store(b.used(now), Relaxed);
-        }
-        if let Some(b) = self.tpm.as_mut() {
-            s.tpm_used.store(b.used(now), Relaxed);
         }
     }
 
@@ -429,8 +449,13 @@ impl State {
                 if until <= now {
                     return;
                 }
-                if let Some(t) = self.breaker.force_open(until) {
-                    self.transition(t, Some(&instance));
+                match self.breaker.force_open(until) {
+                    Some(t) => self.transition(t, Some(&instance)),
+                    // Open already: only its time moved.
+                    None => self
+                        .args
+                        .published
+                        .publish_circuit(CircuitState::Open, self.breaker.open_until()),
                 }
                 ractor::time::send_after(until - now, me.get_cell(), || Msg::Tick);
             }
@@ -459,7 +484,9 @@ impl State {
     /// Publishes a breaker transition: `origin` is the instance that forced it, `None` when this
     /// instance's own breaker decided (then it is announced on the event bus and shared).
     fn transition(&mut self, t: Transition, origin: Option<&Arc<str>>) {
-        self.args.published.circuit.store(t.to.to_u8(), Relaxed);
+        self.args
+            .published
+            .publish_circuit(t.to, self.breaker.open_until());
         if let Some(origin) = origin {
             info!(
                 deployment = %self.args.name,
@@ -499,9 +526,9 @@ impl State {
         });
     }
 
-    fn snapshot(&mut self) -> DeploymentStatus {
+    fn snapshot(&mut self, me: &ActorRef<Msg>) -> DeploymentStatus {
         let now = Instant::now();
-        self.publish_usage(now);
+        self.refill(me, now);
         let c = &self.args.adapter.config;
         let latency = self.stats.latency();
         let (error_rate, timeout_rate) = self.stats.rates();
@@ -512,7 +539,7 @@ impl State {
             provider: c.provider.as_str().into(),
             model: c.model.clone(),
             circuit: self.breaker.state().as_str().into(),
-            in_flight: self.in_flight,
+            in_flight: self.args.published.in_flight(),
             rpm_used: self.args.published.rpm_used(),
             rpm_limit: self.rpm.as_ref().map(WindowBudget::limit),
             tpm_used: self.args.published.tpm_used(),

@@ -4,10 +4,14 @@
 #![warn(clippy::arithmetic_side_effects)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
 use std::time::{Duration, Instant};
 
 use super::breaker::CircuitState;
+use super::gate::Permits;
 use crate::cluster::Remote;
 
 /// How long a latency average is trusted without new samples: after that, routing reads it as
@@ -25,8 +29,14 @@ pub struct Published {
     pub(super) ewma_at_ms: AtomicU64,
     /// Milliseconds since `epoch` until which the deployment cools down; 0 for none.
     pub(super) cool_until_ms: AtomicU64,
-    pub(super) rpm_used: AtomicU64,
-    pub(super) tpm_used: AtomicU64,
+    /// Milliseconds since `epoch` until which an open circuit rejects calls (`u64::MAX`: until
+    /// told otherwise).
+    pub(super) open_until_ms: AtomicU64,
+    /// A half-open probe is out (`gate.rs`).
+    pub(super) probe: AtomicBool,
+    /// The `rpm` and `tpm` units the request path spends and the actor refills (`gate.rs`).
+    pub(super) rpm: Option<Permits>,
+    pub(super) tpm: Option<Permits>,
     /// A degradation alert is raised on this deployment: routing moves traffic away.
     pub(super) degraded: AtomicBool,
     /// The alert rules' latency baseline (P95, µs); 0 until learned.
@@ -38,7 +48,7 @@ pub struct Published {
 }
 
 impl Published {
-    pub fn new(epoch: Instant) -> Self {
+    pub fn new(epoch: Instant, rpm: Option<u64>, tpm: Option<u64>) -> Self {
         Self {
             epoch,
             circuit: AtomicU8::new(CircuitState::Closed.to_u8()),
@@ -46,8 +56,10 @@ impl Published {
             ewma_us: AtomicU64::new(0),
             ewma_at_ms: AtomicU64::new(0),
             cool_until_ms: AtomicU64::new(0),
-            rpm_used: AtomicU64::new(0),
-            tpm_used: AtomicU64::new(0),
+            open_until_ms: AtomicU64::new(0),
+            probe: AtomicBool::new(false),
+            rpm: rpm.map(Permits::new),
+            tpm: tpm.map(Permits::new),
             degraded: AtomicBool::new(false),
             baseline_us: AtomicU64::new(0),
             remote_circuit: arc_swap::ArcSwapOption::empty(),
@@ -56,7 +68,7 @@ impl Published {
     }
 
     pub fn circuit(&self) -> CircuitState {
-        CircuitState::from_u8(self.circuit.load(Relaxed))
+        CircuitState::from_u8(self.circuit.load(Acquire))
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -83,16 +95,51 @@ impl Published {
     }
 
     pub fn cooling_down(&self, now: Instant) -> bool {
+        self.cool_down_left(now).is_some()
+    }
+
+    /// How much of a cool-down is left, if one holds.
+    pub(super) fn cool_down_left(&self, now: Instant) -> Option<Duration> {
         let until = self.cool_until_ms.load(Relaxed);
-        until != 0 && (now.saturating_duration_since(self.epoch).as_millis() as u64) < until
+        let now = self.ms_since_epoch(now);
+        (until != 0 && now < until).then(|| Duration::from_millis(until.saturating_sub(now)))
     }
 
+    pub(super) fn ms_since_epoch(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn open_until_ms(&self) -> u64 {
+        self.open_until_ms.load(Acquire)
+    }
+
+    /// The actor's breaker moved: what admission reads. The time is stored first, so that a
+    /// request that sees `Open` also sees until when.
+    pub(super) fn publish_circuit(&self, state: CircuitState, open_until: Option<Instant>) {
+        let until = open_until.map_or(u64::MAX, |u| self.ms_since_epoch(u));
+        self.open_until_ms.store(until, Release);
+        self.circuit.store(state.to_u8(), Release);
+    }
+
+    /// Takes the half-open probe: true for exactly one caller until `release_probe`.
+    pub(super) fn take_probe(&self) -> bool {
+        self.probe
+            .compare_exchange(false, true, AcqRel, Acquire)
+            .is_ok()
+    }
+
+    pub(super) fn release_probe(&self) {
+        self.probe.store(false, Release);
+    }
+
+    /// Requests in the `rpm` window, those in flight included (0 without the limit).
     pub fn rpm_used(&self) -> u64 {
-        self.rpm_used.load(Relaxed)
+        self.rpm.as_ref().map_or(0, Permits::used)
     }
 
+    /// Tokens in the `tpm` window, estimates of calls in flight included (0 without the limit).
     pub fn tpm_used(&self) -> u64 {
-        self.tpm_used.load(Relaxed)
+        self.tpm.as_ref().map_or(0, Permits::used)
     }
 
     pub fn degraded(&self) -> bool {
