@@ -12,19 +12,23 @@
 //!
 //! Loads: sequential, 64 in flight, open loop at 1k/2k/5k requests/s. Prints a table and the
 //! engine/floor ratios, and writes `target/bench/overhead.json`.
+//! Then each target but failover is started once more under valgrind's callgrind and its
+//! user-space instructions per request counted over 2,000 sequential requests (`callgrind.rs`):
+//! the figure that stays put when the machine's timings drift.
 //! Flags (after `--`): `--quick` for a smoke run, `--soak 300s` to add a memory soak, `--only
-//! engine` to run one target (e.g. under a profiler).
+//! engine` to run one target (e.g. under a profiler), `--no-callgrind` to skip the counts.
 
 #[path = "../../tests/common/nats.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
 mod nats;
 
+mod callgrind;
 mod floor;
 mod load;
 mod procs;
 mod upstream;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -44,6 +48,8 @@ struct Plan {
     open_loop: Duration,
     rates: Vec<u32>,
     soak: Option<Duration>,
+    /// Sequential requests counted under callgrind per target (0: skip).
+    counted: usize,
 }
 
 fn main() {
@@ -65,6 +71,7 @@ fn main() {
                 .position(|a| a == "--only")
                 .and_then(|i| args.get(i + 1))
                 .cloned();
+            let no_callgrind = args.iter().any(|a| a == "--no-callgrind");
             let targets = ["floor", "engine", "engine-local", "engine-failover"]
                 .into_iter()
                 .filter(|t| only.as_deref().is_none_or(|o| o == *t))
@@ -78,6 +85,7 @@ fn main() {
                     open_loop: Duration::from_secs(1),
                     rates: vec![1_000, 2_000, 5_000],
                     soak,
+                    counted: if no_callgrind { 0 } else { 300 },
                 }
             } else {
                 Plan {
@@ -88,6 +96,7 @@ fn main() {
                     open_loop: Duration::from_secs(5),
                     rates: vec![1_000, 2_000, 5_000],
                     soak,
+                    counted: if no_callgrind { 0 } else { 2_000 },
                 }
             };
             rt.block_on(bench(plan));
@@ -226,12 +235,15 @@ async fn bench(plan: Plan) {
             rows.push(row);
         }
     }
+    let mut subjects = Vec::new();
     for (target, proc, subject) in running {
         if let (Some(d), "engine") = (plan.soak, target) {
             soak(&client, &subject, &body, &proc, d).await;
         }
         proc.stop();
+        subjects.push((target, subject));
     }
+    let instructions = instructions(&plan, &client, &nats.url(), &upstream, &subjects).await;
     up.child.kill().ok();
 
     let mut report = String::new();
@@ -253,6 +265,20 @@ async fn bench(plan: Plan) {
     for r in &rows {
         report.push_str(&format_row(r));
         report.push('\n');
+    }
+    if !instructions.is_empty() {
+        report.push_str(&format!(
+            "\ninstructions per request (callgrind, {} sequential, all threads, user space):\n",
+            plan.counted
+        ));
+        let floor = instructions
+            .iter()
+            .find(|(t, _)| *t == "floor")
+            .map(|(_, n)| *n);
+        for (target, n) in &instructions {
+            let ratio = floor.map_or(String::new(), |f| format!("  {:.2}x the floor", n / f));
+            report.push_str(&format!("{target:<16} {:>8.1} k{ratio}\n", n / 1000.0));
+        }
     }
     report.push_str("\nidle RSS after start: ");
     for (t, mb) in &idle {
@@ -298,11 +324,82 @@ async fn bench(plan: Plan) {
         })).collect::<Vec<_>>(),
         "idle_rss_mb": idle.iter().map(|(t, mb)| json!({"target": t, "mb": mb})).collect::<Vec<_>>(),
         "ratios": ratios,
+        "instructions_per_request": instructions
+            .iter()
+            .map(|(t, n)| json!({"target": t, "instructions": n}))
+            .collect::<Vec<_>>(),
     });
     let path = dir.join("overhead.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")).expect("write");
     std::fs::write(dir.join("overhead.txt"), &report).expect("write");
     println!("written: {}", path.display());
+}
+
+/// Instructions per request of each target but failover (whose upstream 503 is the same work
+/// every time), counted under callgrind after the timed loads, one target at a time.
+async fn instructions(
+    plan: &Plan,
+    client: &async_nats::Client,
+    nats: &str,
+    upstream: &str,
+    subjects: &[(&'static str, String)],
+) -> Vec<(&'static str, f64)> {
+    if plan.counted == 0 {
+        return Vec::new();
+    }
+    if !callgrind::available() {
+        eprintln!("valgrind not found: no instruction counts (apt-get install valgrind)");
+        return Vec::new();
+    }
+    let dir = out_dir();
+    let me = std::env::current_exe().expect("own path");
+    let body = Bytes::from_static(REQUEST.as_bytes());
+    let mut counts = Vec::new();
+    for (target, subject) in subjects {
+        if *target == "engine-failover" {
+            continue;
+        }
+        eprintln!("{target}: counting instructions under callgrind");
+        let out = dir.join(format!("callgrind.{target}.out"));
+        let result = if *target == "floor" {
+            let args = ["--floor".to_string(), nats.into(), upstream.into()];
+            let ready = async |p: &mut Proc| assert_eq!(p.read_line(), "ready");
+            callgrind::per_request(
+                client, &me, &args, &[], &out, subject, &body, 200, plan.counted, ready,
+            )
+            .await
+        } else {
+            let config = dir.join(format!("{target}.toml"));
+            let args = [
+                "serve".to_string(),
+                "--config".into(),
+                config.display().to_string(),
+            ];
+            let prefix = target.replace('-', "_");
+            let ready = async |_: &mut Proc| wait_ready(client, &prefix).await;
+            callgrind::per_request(
+                client,
+                Path::new(env!("CARGO_BIN_EXE_switchyard")),
+                &args,
+                &[("SWITCHYARD_INSTANCE", target)],
+                &out,
+                subject,
+                &body,
+                200,
+                plan.counted,
+                ready,
+            )
+            .await
+        };
+        match result {
+            Ok(n) => {
+                eprintln!("{target}: {:.1} k instructions per request", n / 1000.0);
+                counts.push((*target, n));
+            }
+            Err(e) => eprintln!("{target}: no instruction count: {e}"),
+        }
+    }
+    counts
 }
 
 /// Each load is run this many times per target, alternating targets.
