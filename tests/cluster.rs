@@ -1,7 +1,8 @@
 //! Several `serve` instances as one (`[cluster]`): load spread over the queue group, circuits
 //! and `Retry-After` cool-downs seen by one instance held by all, `rpm` held for the cluster and
-//! not per instance, a killed instance costing only its in-flight requests, and local state while
-//! NATS is away, shared again once it returns.
+//! not per instance (and, far from the limits, at a handful of writes to the bucket), a killed
+//! instance costing only its in-flight requests, and local state while NATS is away, shared
+//! again once it returns.
 
 mod common;
 
@@ -262,6 +263,66 @@ async fn without_the_cluster_each_instance_spends_the_whole_limit() {
     println!("without the cluster: {ok} of 180 served");
     assert!(fake.calls() > 60, "{} calls", fake.calls());
     shutdown([a, b, c]).await;
+}
+
+/// With limits far above the traffic, keeping them for the cluster costs a handful of writes to
+/// the bucket, not one per request: an instance leases capacity in blocks that grow with its
+/// demand and spends them locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_far_above_the_traffic_cost_a_handful_of_kv_writes() {
+    const REQUESTS: usize = 500;
+    const CALLERS: usize = 4;
+    let nats = NatsServer::start();
+    let fake = FakeProvider::start().await;
+    let limits = "rpm = 1000000\ntpm = 1000000000\n";
+    let a = Arc::new(Running::start(&nats, solo(&nats, &fake, "", limits)).await);
+    wait_shared(&a).await;
+    // Every write to the key, successful or not, is a message on its subject.
+    let mut writes = a
+        .client
+        .subscribe("$KV.switchyard_state.quota.solo")
+        .await
+        .unwrap();
+    a.client.flush().await.unwrap();
+
+    let started = Instant::now();
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for _ in 0..REQUESTS / CALLERS {
+                    assert_eq!(chat_on(&a).await, Ok("solo".into()));
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.expect("caller");
+    }
+    let took = started.elapsed();
+    assert_eq!(fake.calls(), REQUESTS);
+    // Unspent capacity and token corrections are written a moment after the last request: count
+    // those too, until the key has been quiet for longer than a lease and a correction take.
+    let mut count = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(
+        Duration::from_millis(3000),
+        futures::StreamExt::next(&mut writes),
+    )
+    .await
+    {
+        count += 1;
+    }
+    println!("{REQUESTS} requests in {took:?} ({CALLERS} callers): {count} writes to quota.solo");
+    assert!(
+        count <= 20,
+        "{count} writes to the quota key for {REQUESTS} requests"
+    );
+    let d = &a.engine.status().await.deployments[0];
+    assert_eq!(d.rpm_used, REQUESTS as u64);
+    let Ok(a) = Arc::try_unwrap(a) else {
+        panic!("a caller still holds the instance");
+    };
+    a.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

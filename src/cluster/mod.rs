@@ -5,9 +5,9 @@
 //!   it there; every instance watches the bucket and forces its own breaker the same way, until
 //!   the same wall-clock time (the sync task, `ingress::cluster`).
 //! - `cooldown.<deployment>`: a `Retry-After` cool-down, held by every instance (`ingress::cluster`).
-//! - `quota.<deployment>`: per-second request and token counts of the last minute, taken with
-//!   compare-and-swap by the request's own task, so that `rpm`/`tpm` hold for the cluster, not per
-//!   instance (`quota.rs`).
+//! - `quota.<deployment>`: per-second request and token counts of the last minute, reserved in
+//!   leases with compare-and-swap by the request's own task (one write serves many attempts), so
+//!   that `rpm`/`tpm` hold for the cluster, not per instance (`quota/`).
 //! - `probe.<deployment>`: which instance sends the half-open probe, so that the cluster sends one.
 //! - `lease.batch.<id>`: which instance runs a batch over NATS (`lease.rs`).
 //!

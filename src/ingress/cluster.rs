@@ -113,7 +113,7 @@ impl Sync {
             }
             let opened = tokio::time::timeout(self.timeout * 2, async {
                 let store = open_bucket(&self.js, &self.bucket).await?;
-                // Two watches rather than the whole bucket: every rpm/tpm take writes a quota key,
+                // Two watches rather than the whole bucket: every rpm/tpm lease writes a quota key,
                 // and no instance needs to hear of those. (One consumer with two filters needs
                 // nats-server 2.10.)
                 let mut watches = Vec::new();
