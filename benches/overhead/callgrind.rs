@@ -3,7 +3,7 @@
 //!
 //! Each target is started again under `valgrind --tool=callgrind --instr-atstart=no`, warmed up,
 //! then counted for exactly `n` sequential requests (`callgrind_control -i on` … `-i off`); the
-//! process is stopped and the `summary:` line of its output divided by `n`. All threads count,
+//! process is stopped and the `totals:` line of its output divided by `n`. All threads count,
 //! so work moved to a background task still shows. Kernel time (syscalls) does not: this is the
 //! user-space share, where the engine's own work is.
 
@@ -28,7 +28,10 @@ pub fn available() -> bool {
 
 /// Runs `program args` under callgrind, waits for `ready`, warms it up with `warmup` requests
 /// and returns the instructions per request over `n` more.
-#[allow(clippy::too_many_arguments, reason = "one call site, each argument named there")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument named there"
+)]
 pub async fn per_request(
     client: &async_nats::Client,
     program: &Path,
@@ -55,7 +58,10 @@ pub async fn per_request(
     ready(&mut proc).await;
     let warm = load::sequential(client, subject, body, warmup).await;
     if warm.errors > 0 {
-        return Err(format!("{} of {warmup} warm-up requests failed", warm.errors));
+        return Err(format!(
+            "{} of {warmup} warm-up requests failed",
+            warm.errors
+        ));
     }
     let pid = proc.pid().to_string();
     control(&pid, "on")?;
@@ -70,9 +76,9 @@ pub async fn per_request(
     let text = std::fs::read_to_string(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let total: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("summary:"))
+        .find_map(|l| l.strip_prefix("totals:"))
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("no summary line in {}", out.display()))?;
+        .ok_or_else(|| format!("no totals line in {}", out.display()))?;
     Ok(total as f64 / n as f64)
 }
 

@@ -365,7 +365,16 @@ async fn instructions(
             let args = ["--floor".to_string(), nats.into(), upstream.into()];
             let ready = async |p: &mut Proc| assert_eq!(p.read_line(), "ready");
             callgrind::per_request(
-                client, &me, &args, &[], &out, subject, &body, 200, plan.counted, ready,
+                client,
+                &me,
+                &args,
+                &[],
+                &out,
+                subject,
+                &body,
+                200,
+                plan.counted,
+                ready,
             )
             .await
         } else {

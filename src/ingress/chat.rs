@@ -166,13 +166,17 @@ async fn serve_one(
     options: RequestOptions,
     streaming: bool,
 ) -> ChatOutcome {
+    // The engine's future is large (the whole fallback walk, with each provider call in it):
+    // on the heap, it is allocated once instead of copied by every wrapper it passes through
+    // (`guarded`, `catch_unwind`, `select!`, the task) — a copy per wrapper was a third of the
+    // instructions of a request.
     if !streaming {
-        return engine.chat(task, options, &msg.payload, None).await;
+        return Box::pin(engine.chat(task, options, &msg.payload, None)).await;
     }
     // Chunks are published as they come, by this same task, while the engine produces them;
     // the channel is small, so a slow NATS connection slows the provider read, not memory.
     let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
-    let chat = async move { engine.chat(task, options, &msg.payload, Some(&tx)).await };
+    let chat = async move { Box::pin(engine.chat(task, options, &msg.payload, Some(&tx))).await };
     let publish = async {
         while let Some(chunk) = rx.recv().await {
             if let Err(e) = client.publish(reply_to.clone(), chunk).await {
