@@ -1,6 +1,8 @@
 //! `[cluster]`: several `serve` instances on one NATS act as one. They share what they learn —
 //! open circuits, `Retry-After` cool-downs, `rpm`/`tpm` usage, batch ownership — through one
 //! JetStream key-value bucket. Only `serve` has NATS: `demo` and `batch run` keep local state.
+//! `replicas` is how many NATS servers hold a copy of each stream `serve` creates: the bucket's
+//! and the async jobs' (`LLM_JOBS`, `LLM_RESULTS`), whether or not the state is shared.
 
 use std::time::Duration;
 
@@ -23,6 +25,10 @@ pub struct RawCluster {
     /// A batch whose owner has not renewed its lease for this long is taken over.
     #[serde(default = "default_lease_ttl", with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// JetStream replicas of the streams `serve` creates (a NATS cluster of at least as many
+    /// servers is needed); streams that already exist keep theirs.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
 }
 
 impl Default for RawCluster {
@@ -32,6 +38,7 @@ impl Default for RawCluster {
             bucket: default_bucket(),
             sync_timeout: default_sync_timeout(),
             lease_ttl: default_lease_ttl(),
+            replicas: default_replicas(),
         }
     }
 }
@@ -48,6 +55,12 @@ fn default_sync_timeout() -> Duration {
 fn default_lease_ttl() -> Duration {
     Duration::from_secs(15)
 }
+fn default_replicas() -> usize {
+    1
+}
+
+/// JetStream keeps at most five copies of a stream.
+const MAX_REPLICAS: usize = 5;
 
 /// `[cluster]`, validated.
 #[derive(Debug, Clone)]
@@ -57,6 +70,8 @@ pub struct ClusterConfig {
     pub bucket: String,
     pub sync_timeout: Duration,
     pub lease_ttl: Duration,
+    /// `num_replicas` of `KV_<bucket>`, `LLM_JOBS` and `LLM_RESULTS` when `serve` creates them.
+    pub replicas: usize,
 }
 
 impl Default for ClusterConfig {
@@ -67,6 +82,7 @@ impl Default for ClusterConfig {
             bucket: raw.bucket,
             sync_timeout: raw.sync_timeout,
             lease_ttl: raw.lease_ttl,
+            replicas: raw.replicas,
         }
     }
 }
@@ -92,11 +108,20 @@ pub(super) fn validate(raw: RawCluster, v: &mut Validator) -> ClusterConfig {
             "must be at least 3s (leases are renewed every ttl / 3)",
         );
     }
+    if !(1..=MAX_REPLICAS).contains(&raw.replicas) {
+        v.problem(
+            "cluster.replicas",
+            format!(
+                "must be 1 to {MAX_REPLICAS} (JetStream copies of each stream; more than 1 needs a NATS cluster of at least that many servers)"
+            ),
+        );
+    }
     ClusterConfig {
         enabled: raw.enabled,
         bucket: raw.bucket,
         sync_timeout: raw.sync_timeout,
         lease_ttl: raw.lease_ttl,
+        replicas: raw.replicas,
     }
 }
 
@@ -117,6 +142,7 @@ mod tests {
         let c = Config::parse(MINIMAL, "t.toml", &|_| None).unwrap();
         assert!(c.cluster.enabled);
         assert_eq!(c.cluster.bucket, "switchyard_state");
+        assert_eq!(c.cluster.replicas, 1);
         let text = format!(
             "[cluster]\nbucket = \"a.b\"\nsync_timeout = \"0s\"\nlease_ttl = \"1s\"\n{MINIMAL}"
         );
@@ -130,5 +156,26 @@ mod tests {
         ] {
             assert!(err.contains(&format!("t.toml: {key}: ")), "{key} in {err}");
         }
+    }
+
+    #[test]
+    fn replicas_are_one_to_five() {
+        for n in [1, 3, 5] {
+            let text = format!("[cluster]\nreplicas = {n}\n{MINIMAL}");
+            let c = Config::parse(&text, "t.toml", &|_| None).unwrap();
+            assert_eq!(c.cluster.replicas, n);
+        }
+        for n in [0, 6] {
+            let text = format!("[cluster]\nreplicas = {n}\n{MINIMAL}");
+            let err = Config::parse(&text, "t.toml", &|_| None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("t.toml: cluster.replicas: must be 1 to 5"),
+                "{n}: {err}"
+            );
+        }
+        let text = format!("[cluster]\nreplicas = -1\n{MINIMAL}");
+        assert!(Config::parse(&text, "t.toml", &|_| None).is_err());
     }
 }

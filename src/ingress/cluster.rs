@@ -34,10 +34,14 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// Unsent records kept for the sync task; beyond it an actor's record is dropped (and logged).
 const OUTBOX: usize = 1024;
 
-/// Opens (creating it if needed) the bucket: a `KV_<bucket>` stream made by hand, because
-/// async-nats 0.51's `create_key_value` fails against nats-server 2.9.
-pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<Store, String> {
-    js.get_or_create_stream(stream::Config {
+/// Opens (creating it if needed, with `replicas` copies) the bucket: a `KV_<bucket>` stream made
+/// by hand, because async-nats 0.51's `create_key_value` fails against nats-server 2.9.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<Store, String> {
+    let config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
@@ -46,13 +50,14 @@ pub async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<Store,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas,
         duplicate_window: Duration::from_secs(120),
         description: Some("Switchyard cluster state".into()),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("cannot create stream KV_{bucket}: {e}"))?;
+    };
+    super::get_or_create_stream(js, config)
+        .await
+        .map_err(|e| format!("cannot create stream KV_{bucket} ({replicas} replicas): {e}"))?;
     js.get_key_value(bucket)
         .await
         .map_err(|e| format!("cannot open bucket {bucket}: {e}"))
@@ -78,6 +83,7 @@ pub fn spawn(
         js: jetstream::new(client.clone()),
         client,
         bucket: config.bucket.clone(),
+        replicas: config.replicas,
         timeout: config.sync_timeout,
         link,
         slots,
@@ -91,6 +97,7 @@ struct Sync {
     client: Client,
     js: jetstream::Context,
     bucket: String,
+    replicas: usize,
     timeout: Duration,
     link: Arc<Link>,
     slots: Arc<[Slot]>,
@@ -112,7 +119,7 @@ impl Sync {
                 break;
             }
             let opened = tokio::time::timeout(self.timeout * 2, async {
-                let store = open_bucket(&self.js, &self.bucket).await?;
+                let store = open_bucket(&self.js, &self.bucket, self.replicas).await?;
                 // Two watches rather than the whole bucket: every rpm/tpm lease writes a quota key,
                 // and no instance needs to hear of those. (One consumer with two filters needs
                 // nats-server 2.10.)

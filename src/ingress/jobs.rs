@@ -53,6 +53,8 @@ struct Jobs {
     engine: Arc<Engine>,
     subjects: Subjects,
     config: JobsConfig,
+    /// `[cluster] replicas`: copies of the two streams when they are created here.
+    replicas: usize,
     /// Job ids running on this instance.
     running: RunningJobs,
     /// Shutdown ran out of time: jobs still running stop unacked, to be redelivered elsewhere.
@@ -82,6 +84,7 @@ pub fn serve(
         engine,
         subjects: Subjects::new(&config.nats.prefix),
         config: config.jobs.clone(),
+        replicas: config.cluster.replicas,
         running: RunningJobs::default(),
         abort,
     });
@@ -103,7 +106,7 @@ async fn serve_jobs(jobs: Arc<Jobs>, tracker: TaskTracker, stop: CancellationTok
                 Arc::new(b)
             }
             Err(e) => {
-                warn!(error = %e, "async jobs: cannot set up the JetStream streams and consumer; retrying");
+                warn!(error = %e, replicas = jobs.replicas, "async jobs: cannot set up the JetStream streams and consumer; retrying");
                 backoff.wait(&stop).await;
                 continue;
             }
@@ -122,29 +125,33 @@ impl Jobs {
     /// Looks up the streams and the durable consumer, creating what is missing.
     async fn setup(&self) -> Result<Bound, async_nats::Error> {
         let c = &self.config;
-        let jobs = self
-            .js
-            .get_or_create_stream(stream::Config {
+        let jobs = super::get_or_create_stream(
+            &self.js,
+            stream::Config {
                 name: c.stream.clone(),
                 subjects: vec![self.subjects.submit_wildcard()],
                 storage: stream::StorageType::File,
                 max_age: c.jobs_max_age,
                 duplicate_window: c.duplicate_window,
+                num_replicas: self.replicas,
                 ..Default::default()
-            })
-            .await?;
-        let mut results = self
-            .js
-            .get_or_create_stream(stream::Config {
+            },
+        )
+        .await?;
+        let mut results = super::get_or_create_stream(
+            &self.js,
+            stream::Config {
                 name: c.results_stream.clone(),
                 subjects: vec![self.subjects.result_wildcard()],
                 storage: stream::StorageType::File,
                 max_age: c.results_max_age,
                 duplicate_window: c.duplicate_window,
                 allow_direct: true,
+                num_replicas: self.replicas,
                 ..Default::default()
-            })
-            .await?;
+            },
+        )
+        .await?;
         // A results stream made elsewhere may not allow direct gets.
         let direct = results.info().await?.config.allow_direct;
         let consumer = jobs

@@ -103,6 +103,29 @@ pub async fn connect(c: &NatsConfig, name: &str) -> Result<async_nats::Client, I
     Ok(client)
 }
 
+/// Looks up the stream `config.name`, creating it from `config` when missing. A stream that
+/// already exists keeps its settings: its replica count is an operator's decision (raised with
+/// `nats stream edit --replicas`, say), so one that differs from `config.num_replicas` is only
+/// logged — updating it would shrink a stream scaled up by hand to the default 1.
+pub(crate) async fn get_or_create_stream(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) -> Result<async_nats::jetstream::stream::Stream, async_nats::jetstream::context::CreateStreamError>
+{
+    let (name, wanted) = (config.name.clone(), config.num_replicas.max(1));
+    let stream = js.get_or_create_stream(config).await?;
+    let replicas = stream.cached_info().config.num_replicas.max(1);
+    if replicas != wanted {
+        warn!(
+            stream = %name,
+            replicas,
+            configured = wanted,
+            "the stream exists with another replica count than cluster.replicas: kept as it is (`nats stream edit STREAM --replicas N` changes it)"
+        );
+    }
+    Ok(stream)
+}
+
 /// How a serving loop's tasks are tracked and ended: `stop` ends taking new work (drain),
 /// `abort` ends the work still running once the shutdown timeout has passed.
 #[derive(Clone)]

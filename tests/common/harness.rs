@@ -53,6 +53,8 @@ pub fn deployment(provider: &str, name: &str, group: &str, base_url: &str, extra
 
 pub struct Running {
     pub client: Client,
+    /// The connection the ingress serves on (to see which server it is on).
+    pub serve_client: Client,
     nats_url: String,
     config: Config,
     pub engine: Arc<Engine>,
@@ -70,15 +72,41 @@ impl Running {
         Self::start_instance(&self.nats_url, self.config.clone(), instance).await
     }
 
+    /// An instance that connects as `serve` does (`ingress::connect` on `nats.url`, which may
+    /// list the servers of a NATS cluster); the test's own client is given the same list.
+    pub async fn start_connected(config: Config, instance: &str) -> Running {
+        let url = config.nats.url.clone();
+        let servers: Vec<async_nats::ServerAddr> = url
+            .split(',')
+            .map(|u| u.trim().parse().expect("a server address"))
+            .collect();
+        let client = async_nats::connect(servers).await.expect("connect");
+        let serve_client =
+            switchyard::ingress::connect(&config.nats, &format!("switchyard-{instance}"))
+                .await
+                .expect("connect as serve does");
+        Self::start_with(client, serve_client, &url, config, instance).await
+    }
+
     async fn start_instance(nats_url: &str, config: Config, instance: &str) -> Running {
         let client = async_nats::connect(nats_url).await.expect("connect");
         let serve_client = async_nats::connect(nats_url).await.expect("connect");
+        Self::start_with(client, serve_client, nats_url, config, instance).await
+    }
+
+    async fn start_with(
+        client: Client,
+        serve_client: Client,
+        nats_url: &str,
+        config: Config,
+        instance: &str,
+    ) -> Running {
         let engine = Arc::new(Engine::start(&config, instance).await.expect("engine"));
         let kept = config.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let e = engine.clone();
+        let (e, serving) = (engine.clone(), serve_client.clone());
         let task = tokio::spawn(async move {
-            switchyard::ingress::run(serve_client, e, &config, async {
+            switchyard::ingress::run(serving, e, &config, async {
                 let _ = stopped.await;
             })
             .await
@@ -100,6 +128,7 @@ impl Running {
         }
         Running {
             client,
+            serve_client,
             nats_url: nats_url.to_string(),
             config: kept,
             engine,

@@ -4,6 +4,7 @@
 //! it, hence the blanket `dead_code` and `unused_imports` allowances.
 //!
 //! - [`NatsServer`]: a private `nats-server` with JetStream on a free port.
+//! - [`NatsCluster`]: several of them clustered over loopback routes.
 //! - [`FakeProvider`]: a scriptable provider endpoint (OpenAI, Anthropic or Gemini dialect) that can
 //!   answer, fail, stall or break the connection on demand ([`Fault`]).
 #![allow(dead_code, unused_imports)]
@@ -13,6 +14,6 @@ pub mod harness;
 pub mod nats;
 
 pub use fake::{Dialect, FakeProvider, Fault, Recorded};
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 pub mod cluster;
 pub mod jobs;
