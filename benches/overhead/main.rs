@@ -17,6 +17,8 @@
 //! the figure that stays put when the machine's timings drift.
 //! Flags (after `--`): `--quick` for a smoke run, `--soak 300s` to add a memory soak, `--only
 //! engine` to run one target (e.g. under a profiler), `--no-callgrind` to skip the counts.
+//! `SWITCHYARD_BENCH_BIN=path` runs another build of `switchyard` (an older commit's) as the
+//! engine, for a before/after with the same harness.
 
 #[path = "../../tests/common/nats.rs"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
@@ -28,7 +30,7 @@ mod load;
 mod procs;
 mod upstream;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -112,6 +114,16 @@ struct Row {
     peak_rss_mb: f64,
 }
 
+/// The `switchyard` binary under test: this build's, or another one named by
+/// `SWITCHYARD_BENCH_BIN` (e.g. an older commit's release build, for a before/after in one run of
+/// the same harness).
+fn engine_bin() -> PathBuf {
+    std::env::var_os("SWITCHYARD_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_switchyard")),
+        PathBuf::from,
+    )
+}
+
 fn out_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).expect("target/bench");
@@ -161,7 +173,7 @@ async fn bench(plan: Plan) {
                 )
                 .expect("config");
                 let p = Proc::spawn(
-                    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                    Command::new(engine_bin())
                         .args(["serve", "--config"])
                         .arg(&config)
                         .env("SWITCHYARD_INSTANCE", target),
@@ -388,7 +400,7 @@ async fn instructions(
             let ready = async |_: &mut Proc| wait_ready(client, &prefix).await;
             callgrind::per_request(
                 client,
-                Path::new(env!("CARGO_BIN_EXE_switchyard")),
+                &engine_bin(),
                 &args,
                 &[("SWITCHYARD_INSTANCE", target)],
                 &out,

@@ -4,7 +4,6 @@
 //! to the actor (also when the task is dropped mid-call).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -539,7 +538,7 @@ impl Report<'_> {
         self.sent = true;
         let a = self.admitted;
         self.published.give_back(a.rpm, a.tpm);
-        self.published.in_flight.fetch_sub(1, Relaxed);
+        self.published.call_ended();
         if a.probe {
             self.published.release_probe();
         }
@@ -592,7 +591,7 @@ impl Report<'_> {
                 tokio::spawn(async move { quota.flush_later(&kv).await });
             }
         }
-        self.published.in_flight.fetch_sub(1, Relaxed);
+        self.published.call_ended();
         let (ack, acked) = if wait {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))

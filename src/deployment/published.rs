@@ -75,6 +75,13 @@ impl Published {
         self.in_flight.load(Relaxed)
     }
 
+    /// An admitted call ended. Saturating: an actor restarted meanwhile counted from 0 again.
+    pub(super) fn call_ended(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    }
+
     /// Latency EWMA in ms; `None` before the first success.
     pub fn ewma_ms(&self) -> Option<f64> {
         match self.ewma_us.load(Relaxed) {
