@@ -138,7 +138,12 @@ fn init_logs(format: LogFormat, default_level: &str) -> LogGuards {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter =
+    use tracing_subscriber::filter::FilterExt;
+
+    // What RUST_LOG lets through, for the log lines alone: a filter on that layer, not on the
+    // whole subscriber, so that without a trace exporter no layer wants spans and a request's
+    // spans cost nearly nothing (the exporter has its own filter, `observe::otlp`).
+    let logged =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
@@ -154,7 +159,7 @@ fn init_logs(format: LogFormat, default_level: &str) -> LogGuards {
     // Lines carry their own fields, each once: the log layer is not shown spans at all, so it
     // neither formats their fields when they open (work on every request) nor repeats them on
     // every line inside them. Spans are for the trace exporter.
-    let events_only = tracing_subscriber::filter::filter_fn(|m| m.is_event());
+    let events_only = logged.and(tracing_subscriber::filter::filter_fn(|m| m.is_event()));
     let fmt = match format {
         LogFormat::Json => fmt
             .json()
@@ -165,7 +170,7 @@ fn init_logs(format: LogFormat, default_level: &str) -> LogGuards {
             .boxed(),
         LogFormat::Text => fmt.with_filter(events_only).boxed(),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    let registry = tracing_subscriber::registry().with(fmt);
     #[cfg(feature = "otlp")]
     {
         let (otlp, otlp_guard) = match switchyard::observe::otlp::layer() {

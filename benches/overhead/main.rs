@@ -532,6 +532,7 @@ fn engine_config(
     failover: bool,
     cluster: bool,
 ) -> String {
+    let alerts = !failover;
     let (fast, threshold) = if failover {
         (
             format!(
@@ -569,6 +570,11 @@ analysis = "deep-analysis"
 [breaker]
 failure_threshold = {threshold}
 reset_timeout = "60s"
+
+# Failover: the alert rules would mark the failing deployment degraded after 20 s and route it
+# last, so that requests would stop failing over; the target measures the fallback itself.
+[alerts]
+enabled = {alerts}
 
 [cluster]
 enabled = {cluster}

@@ -51,8 +51,9 @@ where
         .with_resource(Resource::builder().with_service_name("switchyard").build())
         .build();
     let tracer = provider.tracer("switchyard");
-    // A filter on this layer alone: the log lines keep whatever RUST_LOG lets through.
-    let ours = Targets::new().with_target("switchyard", tracing::Level::TRACE);
+    // A filter on this layer alone: the log lines keep whatever RUST_LOG lets through, and the
+    // traces get switchyard's spans (and the events in them) at `info` and above, whatever it is.
+    let ours = Targets::new().with_target("switchyard", tracing::Level::INFO);
     Ok(Some((
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
