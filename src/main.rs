@@ -147,6 +147,10 @@ fn init_logs(format: LogFormat, default_level: &str) -> LogGuards {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        // Lines waiting for the writer thread: 16k lines is ~4 MB of a few seconds' work; past
+        // it, logging waits for stderr instead of growing memory (the default, 128k lines, let
+        // a stalled writer hold ~30 MB).
+        .buffered_lines_limit(16_384)
         // Buffered: the writer thread flushes whenever it has drained the queue, so a burst of
         // lines costs one write(2), not one each.
         .finish(std::io::BufWriter::with_capacity(
