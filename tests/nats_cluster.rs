@@ -497,7 +497,12 @@ async fn kill_under_load(kind: Victim, cluster: &str) -> Killed {
         c.await.expect("every chat request answered");
     }
     println!(
-        "{kind:?}: {} chat requests answered across the kill ({} asked again); rpm {RPM}: {} calls, {served_after} of them after the kill",
+        "{kind:?} ({}): {} chat requests answered across the kill ({} asked again); rpm {RPM}: {} calls, {served_after} of them after the kill",
+        if cluster.is_empty() {
+            "defaults"
+        } else {
+            cluster.trim()
+        },
         answered.load(Relaxed),
         again.load(Relaxed),
         metered.calls()

@@ -74,6 +74,8 @@ const CORRECTION_DELAY: Duration = Duration::from_secs(1);
 /// The first and the longest pause before asking a failing bucket again.
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
 const LAST_PAUSE: Duration = Duration::from_millis(400);
+/// The longest `retry_in` of an attempt refused by its instance alone: about an election's length.
+const ALONE_RETRY: Duration = Duration::from_secs(5);
 
 /// (unix second, requests, tokens), oldest first.
 type Counters = Vec<(u64, u64, u64)>;
@@ -341,7 +343,12 @@ impl ClusterWindow {
             }
             Err((limit, retry_in)) => {
                 tracing::warn!(key = %self.key, %why, limit, "bucket unanswered: this instance's share is spent");
-                Take::Full { limit, retry_in }
+                // The bucket, likely back by then, may well have room sooner than this
+                // instance's share does.
+                Take::Full {
+                    limit,
+                    retry_in: retry_in.min(ALONE_RETRY),
+                }
             }
         }
     }
@@ -381,9 +388,12 @@ impl ClusterWindow {
         last: &mut Option<(Counters, u64)>,
         deadline: Option<Instant>,
     ) {
-        // A lease made since these attempts queued may cover them.
+        // A lease made since these attempts queued may cover them. One that stopped waiting (past
+        // its `sync_timeout` while the bucket failed) went on without its slot, judged alone and
+        // owed to the bucket: reserving it now would count it twice, or count a refused attempt,
+        // and after an election that fills the window with slots nobody spends.
         let mut rest = Vec::new();
-        for w in batch {
+        for w in batch.into_iter().filter(|w| !w.reply.is_closed()) {
             match self.spend(w.ask.class, w.ask.estimate) {
                 // A waiter gone meanwhile timed out and goes on under the local limits alone (or
                 // its request was dropped): its slot stays spent, which errs on the safe side (so
@@ -545,6 +555,7 @@ impl ClusterWindow {
                     }
                 }
                 Err(Write::Failed(e)) => {
+                    unsure(folded);
                     if !again(&mut pause, deadline).await {
                         return (unshared(&e), Vec::new());
                     }
@@ -694,7 +705,12 @@ impl ClusterWindow {
                     return true;
                 }
                 Err(Write::Conflict) => continue,
-                Err(Write::Failed(_)) => break,
+                Err(Write::Failed(_)) => {
+                    let mut folded = folded;
+                    unsure(&mut folded);
+                    self.give_back(folded);
+                    return false;
+                }
             }
         }
         self.give_back(folded);
@@ -754,6 +770,18 @@ fn apply(counters: &mut Counters, corrections: &[Correction], now_s: u64) {
             );
         }
     }
+}
+
+/// After a write that failed: it may have been applied all the same (its answer lost with a dying
+/// node, or timed out while the stream elected a leader). Giving back twice would free room no
+/// lease gave back, so what it gave back is dropped, which errs low for at most a minute; what it
+/// added (attempts admitted alone, tokens beyond an estimate) stays, as counting it twice errs low
+/// too.
+fn unsure(folded: &mut Vec<Correction>) {
+    for c in folded.iter_mut() {
+        *c = (c.0, c.1.max(0), c.2.max(0));
+    }
+    folded.retain(|c| c.1 > 0 || c.2 > 0);
 }
 
 /// Sleeps `pause` (doubled for next time, up to `LAST_PAUSE`) if asking again after it is still
