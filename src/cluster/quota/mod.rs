@@ -389,11 +389,11 @@ impl ClusterWindow {
         deadline: Option<Instant>,
     ) {
         // A lease made since these attempts queued may cover them. One that stopped waiting (past
-        // its `sync_timeout` while the bucket failed) went on without its slot, judged alone and
-        // owed to the bucket: reserving it now would count it twice, or count a refused attempt,
-        // and after an election that fills the window with slots nobody spends.
+        // its `sync_timeout`) is still reserved: it was judged alone, and the bucket counting it
+        // now, before its own correction lands, keeps the other instances from spending it (an
+        // attempt refused alone is counted too, which errs low after a long election).
         let mut rest = Vec::new();
-        for w in batch.into_iter().filter(|w| !w.reply.is_closed()) {
+        for w in batch {
             match self.spend(w.ask.class, w.ask.estimate) {
                 // A waiter gone meanwhile timed out and goes on under the local limits alone (or
                 // its request was dropped): its slot stays spent, which errs on the safe side (so
