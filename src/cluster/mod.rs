@@ -15,7 +15,9 @@
 //! channel to the sync task, never waited on), and the sync task sends what others published to
 //! the actors as `deployment::Msg::Remote`. When NATS is unreachable every instance keeps its own
 //! windows and breakers, says so in its status (`cluster.shared = false`), and catches up when
-//! NATS returns.
+//! NATS returns. A bucket that fails while the connection is up (a stream electing its leader)
+//! is retried for `rpm`/`tpm` within `sync_timeout`, then judged within the instance's fair share
+//! of each limit (`quota/share.rs`).
 
 pub mod lease;
 pub mod quota;

@@ -3,7 +3,9 @@
 //! bucket what its own actors decided (their `Publish`es, through the `Link`'s channel).
 //!
 //! When NATS goes away it says so (`cluster.shared = false`: every actor keeps its own breaker and
-//! windows) and keeps what its actors decided meanwhile. When NATS returns it opens the bucket
+//! windows) and keeps what its actors decided meanwhile. The bucket handle the request path uses
+//! for `rpm`/`tpm` is cleared only when the connection stays down past `sync_timeout`; a watch
+//! lost while async-nats reconnects to another node leaves it set. When NATS returns it opens the bucket
 //! again, re-reads every key (the watch starts with each key's last value), resumes watching,
 //! and republishes its own circuits and cool-downs unless a newer decision stands in the bucket.
 
@@ -137,6 +139,9 @@ impl Sync {
             .unwrap_or_else(|_| Err(format!("bucket {} did not answer", self.bucket)));
             let (store, watch) = match opened {
                 Ok(x) => x,
+                // A handle to the bucket from before stays set: the connection is up, and the
+                // bucket that did not answer now (a stream electing its leader) is what the
+                // request path asks and retries (`cluster::quota`).
                 Err(e) => {
                     self.link.set_status(false, format!("local state: {e}"));
                     if !self.pause(&mut rx, &stop, Duration::from_millis(500)).await {
@@ -149,8 +154,12 @@ impl Sync {
             self.republish(&store).await;
             self.link
                 .set_status(true, format!("shared through bucket {}", self.bucket));
+            // The bucket handle outlives the watch: async-nats moves the connection to a live
+            // node by itself, and a handle made on this client keeps working there. Clearing it
+            // when only the watch is lost would have each instance judge rpm/tpm by its own
+            // windows until the watch is back, admitting up to the whole limit each. Only a real
+            // loss of NATS (`wait_connected`) clears it.
             let ended = self.serve(&store, watch, &mut rx, &stop).await;
-            self.link.set_kv(None);
             match ended {
                 Ended::Stopped => break,
                 Ended::Lost(why) => self.link.set_status(false, format!("local state: {why}")),
@@ -161,15 +170,21 @@ impl Sync {
     }
 
     /// Waits for the NATS connection, remembering what the actors decide meanwhile. `false` on
-    /// stop.
+    /// stop. A connection that has not come back within `sync_timeout` is a real loss: the bucket
+    /// handle is cleared, and every instance keeps its own windows until NATS returns. A shorter
+    /// gap is async-nats moving to another node, during which a quota take retries.
     async fn wait_connected(
         &mut self,
         rx: &mut mpsc::Receiver<Publish>,
         stop: &CancellationToken,
     ) -> bool {
+        let since = Instant::now();
         while self.client.connection_state() != State::Connected {
             self.link
                 .set_status(false, "local state: NATS unreachable".to_string());
+            if since.elapsed() >= self.timeout && self.link.kv().is_some() {
+                self.link.set_kv(None);
+            }
             if !self.pause(rx, stop, CHECK_EVERY).await {
                 return false;
             }

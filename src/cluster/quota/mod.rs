@@ -33,10 +33,20 @@
 //! one write, and the last value written is kept so that the usual case costs one round trip (the
 //! CAS) instead of two. Corrections — what a closed lease gives back, real token usage replacing
 //! an estimate — ride on the next write, or are written on their own a second later.
+//!
+//! When the bucket fails (no leader while its stream elects one, a timeout, no responders while
+//! the client moves to another node) a turn reads and writes again, backing off from
+//! `FIRST_PAUSE` to `LAST_PAUSE`, for as long as the attempt's budget (`sync_timeout`) allows:
+//! an election usually ends within it, and the count stays exact. An attempt still unanswered
+//! then is judged by this instance alone within its fair share of each limit (`share.rs`), and
+//! what that admits is added to the bucket once it answers. The attempt never waits longer than
+//! `sync_timeout` for the bucket, and never goes on against the whole limit while the bucket
+//! handle is set; only without NATS (no handle at all) does each instance keep its own windows.
 
 #![warn(clippy::arithmetic_side_effects)]
 
 mod lease;
+mod share;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -51,6 +61,7 @@ use super::Write;
 use lease::{
     Book, CLASSES, Class, Correction, LEASE_LIFE, Lease, lease_second, negative, prefetch,
 };
+use share::Share;
 
 /// Seconds counted: the current one and the 60 before it.
 const SPAN_S: u64 = 60;
@@ -60,6 +71,11 @@ const MAX_ROUNDS: u32 = 64;
 const SEEN_FRESH: Duration = Duration::from_secs(5);
 /// How long a correction waits for a take to carry it before it is written on its own.
 const CORRECTION_DELAY: Duration = Duration::from_secs(1);
+/// The first and the longest pause before asking a failing bucket again.
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const LAST_PAUSE: Duration = Duration::from_millis(400);
+/// The longest `retry_in` of an attempt refused by its instance alone: about an election's length.
+const ALONE_RETRY: Duration = Duration::from_secs(5);
 
 /// (unix second, requests, tokens), oldest first.
 type Counters = Vec<(u64, u64, u64)>;
@@ -84,6 +100,8 @@ pub struct ClusterWindow {
     /// Corrections not written yet.
     pending: Mutex<Vec<Correction>>,
     flush_scheduled: AtomicBool,
+    /// What this instance admitted, and its share of the limits when the bucket does not answer.
+    share: Mutex<Share>,
 }
 
 /// What one attempt asks of the window.
@@ -124,7 +142,9 @@ pub enum Take {
         limit: &'static str,
         retry_in: Duration,
     },
-    /// The bucket did not answer in time (or at all): the attempt is judged by the local windows.
+    /// The bucket did not answer in time (or at all). `take` does not answer this: it judges the
+    /// attempt within this instance's fair share instead (`share.rs`), and answers `Taken` or
+    /// `Full`.
     Unshared(String),
 }
 
@@ -234,6 +254,7 @@ impl ClusterWindow {
             seen_at_ms: AtomicU64::new(0),
             pending: Mutex::new(Vec::new()),
             flush_scheduled: AtomicBool::new(false),
+            share: Mutex::new(Share::default()),
         })
     }
 
@@ -254,19 +275,19 @@ impl ClusterWindow {
     ) -> Take {
         let class = Class::of(share);
         if let Some(t) = self.spend(class, estimate) {
+            self.share().admitted(estimate, super::wall_ms());
             return Take::Taken(t);
         }
         let cap = |l: u64| (l as f64 * share).floor() as u64;
+        let ask = Ask {
+            class,
+            estimate,
+            caps: (self.rpm.map(cap), self.tpm.map(cap)),
+        };
+        let deadline = Instant::now().checked_add(timeout);
         let (reply, mut answer) = oneshot::channel();
         if let Ok(mut q) = self.queue.lock() {
-            q.push(Waiter {
-                ask: Ask {
-                    class,
-                    estimate,
-                    caps: (self.rpm.map(cap), self.tpm.map(cap)),
-                },
-                reply,
-            });
+            q.push(Waiter { ask, reply });
         }
         let turn = async {
             let mut last = self.last.lock().await;
@@ -279,14 +300,62 @@ impl ClusterWindow {
                 .lock()
                 .map(|mut q| std::mem::take(&mut *q))
                 .unwrap_or_default();
-            self.serve(kv, batch, &mut last).await;
+            self.serve(kv, batch, &mut last, deadline).await;
             answered(&mut answer)
                 .unwrap_or_else(|| Take::Unshared("the cluster window lost this attempt".into()))
         };
-        match tokio::time::timeout(timeout, turn).await {
+        let take = match tokio::time::timeout(timeout, turn).await {
             Ok(t) => t,
             Err(_) => Take::Unshared(format!("no answer from the bucket within {timeout:?}")),
+        };
+        match take {
+            Take::Taken(t) => {
+                self.share().admitted(estimate, super::wall_ms());
+                Take::Taken(t)
+            }
+            Take::Full { limit, retry_in } => Take::Full { limit, retry_in },
+            Take::Unshared(why) => self.alone(kv, ask, &why),
         }
+    }
+
+    /// Judges an attempt the bucket did not answer within this instance's share of the limits,
+    /// and owes what it admits to the bucket.
+    fn alone(self: &Arc<Self>, kv: &Arc<Store>, ask: Ask, why: &str) -> Take {
+        let now_ms = super::wall_ms();
+        let judged = self.share().judge(ask.caps, ask.estimate, now_ms);
+        match judged {
+            Ok(()) => {
+                tracing::warn!(key = %self.key, %why, "bucket unanswered: judged within this instance's share");
+                let sec = now_ms / 1000;
+                self.give_back(vec![(
+                    sec,
+                    1,
+                    i64::try_from(ask.estimate).unwrap_or(i64::MAX),
+                )]);
+                self.flush_soon(kv);
+                Take::Taken(Taken {
+                    sec,
+                    tokens: ask.estimate,
+                    class: ask.class,
+                    // No lease has id 0: a correction of its tokens is written, not settled.
+                    lease: 0,
+                })
+            }
+            Err((limit, retry_in)) => {
+                tracing::warn!(key = %self.key, %why, limit, "bucket unanswered: this instance's share is spent");
+                // The bucket, likely back by then, may well have room sooner than this
+                // instance's share does.
+                Take::Full {
+                    limit,
+                    retry_in: retry_in.min(ALONE_RETRY),
+                }
+            }
+        }
+    }
+
+    fn share(&self) -> MutexGuard<'_, Share> {
+        // Its counts change by saturating arithmetic alone: a poisoned lock is a consistent one.
+        self.share.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The leases of every class. A panic cannot leave one half-updated (its fields change by
@@ -317,8 +386,12 @@ impl ClusterWindow {
         kv: &Arc<Store>,
         batch: Vec<Waiter>,
         last: &mut Option<(Counters, u64)>,
+        deadline: Option<Instant>,
     ) {
-        // A lease made since these attempts queued may cover them.
+        // A lease made since these attempts queued may cover them. One that stopped waiting (past
+        // its `sync_timeout`) is still reserved: it was judged alone, and the bucket counting it
+        // now, before its own correction lands, keeps the other instances from spending it (an
+        // attempt refused alone is counted too, which errs low after a long election).
         let mut rest = Vec::new();
         for w in batch {
             match self.spend(w.ask.class, w.ask.estimate) {
@@ -355,7 +428,9 @@ impl ClusterWindow {
             }
         }
         let asks: Vec<Ask> = rest.iter().map(|w| w.ask).collect();
-        let (answers, leases) = self.take_rounds(kv, &asks, wanted, last, &mut folded).await;
+        let (answers, leases) = self
+            .take_rounds(kv, &asks, wanted, last, &mut folded, deadline)
+            .await;
         if !folded.is_empty() {
             self.give_back(folded);
             self.flush_soon(kv);
@@ -369,7 +444,8 @@ impl ClusterWindow {
     }
 
     /// Rounds of read, plan and compare-and-swap until one is written. `folded` holds the
-    /// corrections to write with it; what is left there on return was not written.
+    /// corrections to write with it; what is left there on return was not written. A failed read
+    /// or write is tried again after a pause while `deadline` allows.
     async fn take_rounds(
         &self,
         kv: &Store,
@@ -377,9 +453,11 @@ impl ClusterWindow {
         wanted: [(u64, u64); 2],
         last: &mut Option<(Counters, u64)>,
         folded: &mut Vec<Correction>,
+        deadline: Option<Instant>,
     ) -> (Vec<Take>, Vec<(Class, Lease)>) {
         let unshared = |why: &str| asks.iter().map(|_| Take::Unshared(why.into())).collect();
         let mut fresh = false;
+        let mut pause = FIRST_PAUSE;
         for round in 0..MAX_ROUNDS {
             let (mut counters, revision) = match last.take() {
                 Some(v) => v,
@@ -388,7 +466,12 @@ impl ClusterWindow {
                         fresh = true;
                         v
                     }
-                    Err(e) => return (unshared(&e), Vec::new()),
+                    Err(e) => {
+                        if again(&mut pause, deadline).await {
+                            continue;
+                        }
+                        return (unshared(&e), Vec::new());
+                    }
                 },
             };
             let now_ms = super::wall_ms();
@@ -397,7 +480,7 @@ impl ClusterWindow {
             // Seconds ahead of now are leases still being spent: they stay and count.
             counters.retain(|&(s, _, _)| s.saturating_add(SPAN_S) >= now_s);
             let base = (counters.clone(), revision);
-            apply(&mut counters, folded);
+            apply(&mut counters, folded, now_s);
             let plan = plan(&counters, now_ms, asks, wanted);
             if plan.refusals.iter().any(Option::is_some) && !fresh {
                 // What this instance last saw may be old (leases given back since): look again
@@ -415,7 +498,7 @@ impl ClusterWindow {
             let sec = lease_second(now_ms);
             if requests == 0 {
                 // Every ask was refused: nothing to write.
-                self.saw(plan.used, now_ms);
+                self.saw(plan.used, (0, 0), now_ms);
                 *last = Some(base);
                 return (answers(asks, &plan, sec, [0; 2]), Vec::new());
             }
@@ -433,7 +516,15 @@ impl ClusterWindow {
                         folded.push((sec, negative(requests), negative(tokens)));
                         continue;
                     }
-                    self.saw(plan.used, now_ms);
+                    // This instance's part of what it saw: the demand it served now, not the
+                    // prefetch it may give back (which would overstate its fair share).
+                    let demand = plan.leases.iter().flatten().fold((0u64, 0u64), |a, r| {
+                        (
+                            a.0.saturating_add(r.demand.0),
+                            a.1.saturating_add(r.demand.1),
+                        )
+                    });
+                    self.saw(plan.used, demand, now_ms);
                     let mut ids = [0; 2];
                     let mut leases = Vec::new();
                     for class in CLASSES {
@@ -463,7 +554,12 @@ impl ClusterWindow {
                         tokio::time::sleep(Duration::from_micros(us)).await;
                     }
                 }
-                Err(Write::Failed(e)) => return (unshared(&e), Vec::new()),
+                Err(Write::Failed(e)) => {
+                    unsure(folded);
+                    if !again(&mut pause, deadline).await {
+                        return (unshared(&e), Vec::new());
+                    }
+                }
             }
         }
         let why = format!("{} stayed busy for {MAX_ROUNDS} rounds", self.key);
@@ -520,7 +616,9 @@ impl ClusterWindow {
         }
     }
 
-    fn saw(&self, (requests, tokens): (u64, u64), now_ms: u64) {
+    /// What a take saw of the cluster's window, `ours` of it the demand its own write served.
+    fn saw(&self, (requests, tokens): (u64, u64), ours: (u64, u64), now_ms: u64) {
+        self.share().saw((requests, tokens), ours, now_ms);
         self.seen_requests.store(requests, Relaxed);
         self.seen_tokens.store(tokens, Relaxed);
         self.seen_at_ms.store(now_ms, Relaxed);
@@ -563,34 +661,60 @@ impl ClusterWindow {
         !self.flush_scheduled.swap(true, Relaxed)
     }
 
-    /// Writes the corrections no take has carried. Best effort: a failure leaves the counts high,
-    /// which errs on the safe side.
+    /// Writes the corrections no take has carried, a second from now and every second after
+    /// while the bucket fails, until they are written or have left the window. What this
+    /// instance admitted alone is among them: other instances must count it.
     pub async fn flush_later(&self, kv: &Store) {
-        tokio::time::sleep(CORRECTION_DELAY).await;
-        self.flush_scheduled.store(false, Relaxed);
+        loop {
+            tokio::time::sleep(CORRECTION_DELAY).await;
+            self.flush_scheduled.store(false, Relaxed);
+            if self.flush(kv).await {
+                return;
+            }
+            let now_s = super::wall_ms() / 1000;
+            let owed = self.pending.lock().is_ok_and(|mut p| {
+                p.retain(|c| c.0.saturating_add(SPAN_S) >= now_s);
+                !p.is_empty()
+            });
+            // Another task (a take's, or a newer flush) may carry them already.
+            if !owed || self.flush_scheduled.swap(true, Relaxed) {
+                return;
+            }
+        }
+    }
+
+    /// One try at writing the pending corrections; `false` if they are still owed.
+    async fn flush(&self, kv: &Store) -> bool {
         let mut last = self.last.lock().await;
         let folded = self.take_pending();
         if folded.is_empty() {
-            return;
+            return true;
         }
         for _ in 0..8 {
             let (mut counters, revision) = match last.take() {
                 Some(v) => v,
                 None => match read(kv, &self.key).await {
                     Ok(v) => v,
-                    Err(_) => return,
+                    Err(_) => break,
                 },
             };
-            apply(&mut counters, &folded);
+            apply(&mut counters, &folded, super::wall_ms() / 1000);
             match write(kv, &self.key, &counters, revision).await {
                 Ok(revision) => {
                     *last = Some((counters, revision));
-                    return;
+                    return true;
                 }
                 Err(Write::Conflict) => continue,
-                Err(Write::Failed(_)) => return,
+                Err(Write::Failed(_)) => {
+                    let mut folded = folded;
+                    unsure(&mut folded);
+                    self.give_back(folded);
+                    return false;
+                }
             }
         }
+        self.give_back(folded);
+        false
     }
 
     fn take_pending(&self) -> Vec<Correction> {
@@ -626,14 +750,53 @@ fn answers(asks: &[Ask], plan: &Plan, sec: u64, ids: [u64; 2]) -> Vec<Take> {
         .collect()
 }
 
-/// Applies corrections to the seconds still in the window (the others no longer count).
-fn apply(counters: &mut Counters, corrections: &[Correction]) {
+/// Applies corrections to the seconds still in the window at `now_s` (the others no longer
+/// count). A second the key does not hold gets what is added to it: an attempt admitted while the
+/// bucket did not answer, or tokens beyond an estimate.
+fn apply(counters: &mut Counters, corrections: &[Correction], now_s: u64) {
     for &(sec, requests, tokens) in corrections {
+        if sec.saturating_add(SPAN_S) < now_s {
+            continue;
+        }
         if let Some(c) = counters.iter_mut().find(|c| c.0 == sec) {
             c.1 = c.1.saturating_add_signed(requests);
             c.2 = c.2.saturating_add_signed(tokens);
+        } else if requests > 0 || tokens > 0 {
+            record(
+                counters,
+                sec,
+                requests.max(0).unsigned_abs(),
+                tokens.max(0).unsigned_abs(),
+            );
         }
     }
+}
+
+/// After a write that failed: it may have been applied all the same (its answer lost with a dying
+/// node, or timed out while the stream elected a leader). Giving back twice would free room no
+/// lease gave back, so what it gave back is dropped, which errs low for at most a minute; what it
+/// added (attempts admitted alone, tokens beyond an estimate) stays, as counting it twice errs low
+/// too.
+fn unsure(folded: &mut Vec<Correction>) {
+    for c in folded.iter_mut() {
+        *c = (c.0, c.1.max(0), c.2.max(0));
+    }
+    folded.retain(|c| c.1 > 0 || c.2 > 0);
+}
+
+/// Sleeps `pause` (doubled for next time, up to `LAST_PAUSE`) if asking again after it is still
+/// within `deadline`; `false` if not.
+async fn again(pause: &mut Duration, deadline: Option<Instant>) -> bool {
+    let jitter = Duration::from_millis(rand::rng().random_range(0..=pause.as_millis() as u64 / 2));
+    let wait = pause.saturating_add(jitter);
+    let fits = deadline
+        .and_then(|d| Instant::now().checked_add(wait).map(|at| at < d))
+        .unwrap_or(false);
+    if fits {
+        tokio::time::sleep(wait).await;
+        *pause = pause.saturating_mul(2).min(LAST_PAUSE);
+    }
+    fits
 }
 
 /// Adds a reservation to its second, keeping the seconds in order (another instance's clock may

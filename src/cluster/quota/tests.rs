@@ -16,9 +16,14 @@ fn corrections_apply_to_seconds_still_counted() {
             (101, -1, 50),
             (99, -5, -1000),
             (101, 0, -1000),
+            // Added to a second the key does not hold (an attempt admitted alone).
+            (102, 1, 40),
+            // Gone from the window at 160 s.
+            (98, 1, 40),
         ],
+        160,
     );
-    assert_eq!(counters, vec![(100, 2, 300), (101, 0, 0)]);
+    assert_eq!(counters, vec![(100, 2, 300), (101, 0, 0), (102, 1, 40)]);
 }
 
 #[test]
@@ -244,7 +249,7 @@ impl Model {
         }
         let mut counters = self.counters.clone();
         counters.retain(|&(s, _, _)| s + SPAN_S >= wall / 1000);
-        apply(&mut counters, &m.pending);
+        apply(&mut counters, &m.pending, wall / 1000);
         let wanted = m.book.last.wanted(now);
         let p = plan(
             &counters,
@@ -278,7 +283,7 @@ impl Model {
     }
 
     fn tick(&mut self, m: &mut Member, t: u64) {
-        let (_, now) = self.now(t);
+        let (wall, now) = self.now(t);
         if let Some(l) = m.book.lease.take_if(|l| l.until <= now) {
             let (back, spent) = l.close(now);
             m.book.last = spent;
@@ -290,7 +295,7 @@ impl Model {
         if m.flush_at.is_some_and(|at| at <= t) {
             m.flush_at = None;
             if !m.pending.is_empty() {
-                apply(&mut self.counters, &m.pending);
+                apply(&mut self.counters, &m.pending, wall / 1000);
                 m.pending.clear();
                 self.writes += 1;
             }
@@ -378,4 +383,31 @@ fn a_steady_stream_far_below_the_limits_costs_about_a_write_a_second() {
     let counted: u64 = model.counters.iter().map(|c| c.1).sum();
     assert_eq!(counted, 5000);
     assert!(m.pending.is_empty());
+}
+
+#[test]
+fn an_instance_alone_keeps_to_the_part_of_the_limit_it_was_using() {
+    let rpm = (Some(60), None);
+    let t0 = 1_700_000_000_000;
+    // It served 10 of the cluster's 30 (and saw the 30th's demand as its own): a third of 60.
+    let mut s = share::Share::default();
+    for i in 0..9 {
+        s.admitted(100, t0 + i * 100);
+    }
+    s.saw((30, 0), (1, 100), t0 + 1000);
+    s.admitted(100, t0 + 1000);
+    let admitted = (0..30)
+        .filter(|i| s.judge(rpm, 100, t0 + 2000 + i * 100).is_ok())
+        .count();
+    assert_eq!(admitted, 10, "20 of 60 in all");
+    let refused = s
+        .judge(rpm, 100, t0 + 6000)
+        .expect_err("its share is spent");
+    assert_eq!(refused.0, "rpm");
+    // Its first second leaves the window at t0 + 61 s.
+    assert_eq!(refused.1, Duration::from_millis(55_000));
+    // Having seen nothing of the cluster, a third of the limit.
+    let mut s = share::Share::default();
+    let alone = (0..30).filter(|i| s.judge(rpm, 0, t0 + i).is_ok()).count();
+    assert_eq!(alone, 20);
 }
