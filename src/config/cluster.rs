@@ -18,8 +18,10 @@ pub struct RawCluster {
     pub enabled: bool,
     #[serde(default = "default_bucket")]
     pub bucket: String,
-    /// The longest a request waits on the bucket for its `rpm`/`tpm` slot; past it the attempt
-    /// is judged by this instance's own windows.
+    /// The longest a request waits on the bucket for its `rpm`/`tpm` slot (retrying with
+    /// backoff); past it the attempt is judged by this instance alone, within its fair share of
+    /// the limit (`cluster::quota::share`). Longer than a JetStream leader election (4–10 s)
+    /// keeps the limits exact when a NATS node dies.
     #[serde(default = "default_sync_timeout", with = "humantime_serde")]
     pub sync_timeout: Duration,
     /// A batch whose owner has not renewed its lease for this long is taken over.
