@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{ServeProcess, circuit, eventually, gather_status, wait_shared};
 use common::harness::{HELLO, Running, ask, config, openai_deployment};
+use common::jobs::header;
 use common::{FakeProvider, Fault, NatsServer};
 use switchyard::config::Config;
 use switchyard::protocol::RequestOptions;
@@ -445,11 +446,7 @@ async fn a_killed_instance_costs_only_its_requests_in_flight() {
                         .await;
                         match r {
                             Ok(Ok(msg)) => {
-                                let ok = msg
-                                    .headers
-                                    .as_ref()
-                                    .and_then(|h| h.get("Llm-Deployment"))
-                                    .is_some();
+                                let ok = header(&msg, "Llm-Deployment").is_some();
                                 assert!(ok, "an error reply: {:?}", msg.payload);
                                 answered.fetch_add(1, Relaxed);
                                 break;

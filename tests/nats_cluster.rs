@@ -172,11 +172,7 @@ async fn ask_until_answered(client: &Client) -> bool {
         .await;
         match r {
             Ok(Ok(msg)) => {
-                let served = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Llm-Deployment"))
-                    .is_some();
+                let served = header(&msg, "Llm-Deployment").is_some();
                 assert!(served, "an error reply: {:?}", msg.payload);
                 return again;
             }

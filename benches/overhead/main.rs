@@ -373,45 +373,40 @@ async fn instructions(
         }
         eprintln!("{target}: counting instructions under callgrind");
         let out = dir.join(format!("callgrind.{target}.out"));
-        let result = if *target == "floor" {
-            let args = ["--floor".to_string(), nats.into(), upstream.into()];
-            let ready = async |p: &mut Proc| assert_eq!(p.read_line(), "ready");
-            callgrind::per_request(
-                client,
-                &me,
-                &args,
-                &[],
-                &out,
-                subject,
-                &body,
-                200,
-                plan.counted,
-                ready,
-            )
-            .await
+        let floor = *target == "floor";
+        let (program, args, env) = if floor {
+            let args = vec!["--floor".to_string(), nats.into(), upstream.into()];
+            (me.clone(), args, vec![])
         } else {
             let config = dir.join(format!("{target}.toml"));
-            let args = [
+            let args = vec![
                 "serve".to_string(),
                 "--config".into(),
                 config.display().to_string(),
             ];
-            let prefix = target.replace('-', "_");
-            let ready = async |_: &mut Proc| wait_ready(client, &prefix).await;
-            callgrind::per_request(
-                client,
-                &engine_bin(),
-                &args,
-                &[("SWITCHYARD_INSTANCE", target)],
-                &out,
-                subject,
-                &body,
-                200,
-                plan.counted,
-                ready,
-            )
-            .await
+            (engine_bin(), args, vec![("SWITCHYARD_INSTANCE", *target)])
         };
+        let prefix = target.replace('-', "_");
+        let ready = async |p: &mut Proc| {
+            if floor {
+                assert_eq!(p.read_line(), "ready");
+            } else {
+                wait_ready(client, &prefix).await;
+            }
+        };
+        let result = callgrind::per_request(
+            client,
+            &program,
+            &args,
+            &env,
+            &out,
+            subject,
+            &body,
+            200,
+            plan.counted,
+            ready,
+        )
+        .await;
         match result {
             Ok(n) => {
                 eprintln!("{target}: {:.1} k instructions per request", n / 1000.0);
