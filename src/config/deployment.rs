@@ -84,6 +84,37 @@ pub struct SimulatedSpec {
     pub answers: Vec<String>,
 }
 
+/// What an embedding deployment (`mode = "embedding"`) returns, and how its calls are cut.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingSpec {
+    /// The vector size it returns when a request names none.
+    pub dimensions: u32,
+    /// The vector space (default `<model>@<dimensions>`): vectors of two spaces never mix.
+    pub space: String,
+    /// The most inputs in one provider call.
+    pub max_inputs: usize,
+}
+
+/// Vector sizes of well-known embedding models, for deployments that do not give `dimensions`.
+const KNOWN_DIMENSIONS: &[(&str, u32)] = &[
+    ("text-embedding-3-small", 1536),
+    ("text-embedding-3-large", 3072),
+    ("text-embedding-ada-002", 1536),
+    ("text-embedding-004", 768),
+    ("text-embedding-005", 768),
+    ("gemini-embedding-001", 3072),
+    ("embedding-001", 768),
+];
+
+/// The most inputs one call of each provider's embeddings API takes (OpenAI documents 2,048;
+/// Gemini's `batchEmbedContents` 100).
+fn max_inputs_allowed(provider: ProviderKind) -> usize {
+    match provider {
+        ProviderKind::Gemini => 100,
+        _ => 2048,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DeploymentConfig {
     pub name: String,
@@ -108,6 +139,23 @@ pub struct DeploymentConfig {
     pub max_reply_body: usize,
     /// `[limits] max_stream_duration`: the longest a streamed reply may run in all.
     pub max_stream_duration: Duration,
+    /// `Some` for `mode = "embedding"`: this deployment serves `llm.embed.*`, not chat.
+    pub embedding: Option<EmbeddingSpec>,
+}
+
+impl DeploymentConfig {
+    pub fn is_embedding(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    /// `"chat"` or `"embedding"`, as the config writes it.
+    pub fn mode(&self) -> &'static str {
+        if self.is_embedding() {
+            "embedding"
+        } else {
+            "chat"
+        }
+    }
 }
 
 pub(super) fn validate(
@@ -276,6 +324,94 @@ pub(super) fn validate(
         None
     };
 
+    let embedding = match d.mode.as_deref().unwrap_or("chat") {
+        "chat" => {
+            for (field, given) in [
+                ("dimensions", d.dimensions.is_some()),
+                ("space", d.space.is_some()),
+                ("max_inputs", d.max_inputs.is_some()),
+            ] {
+                if given {
+                    v.problem(key(field), "only for mode = \"embedding\"");
+                }
+            }
+            None
+        }
+        "embedding" => {
+            if provider == ProviderKind::Anthropic {
+                v.problem(
+                    key("mode"),
+                    "Anthropic has no embeddings API: use an openai, gemini or simulated deployment",
+                );
+            }
+            let known = KNOWN_DIMENSIONS
+                .iter()
+                .find(|(m, _)| d.model.rsplit('/').next() == Some(*m))
+                .map(|&(_, n)| n);
+            let dimensions = match d.dimensions.or(known) {
+                Some(0) => {
+                    v.problem(key("dimensions"), "must be > 0");
+                    1
+                }
+                Some(n) => n,
+                None => {
+                    v.problem(
+                        key("dimensions"),
+                        format!(
+                            "an embedding deployment says the vector size `{}` returns",
+                            d.model
+                        ),
+                    );
+                    1
+                }
+            };
+            let default_max = if provider == ProviderKind::Gemini {
+                100
+            } else {
+                256
+            };
+            let max_inputs = match d.max_inputs {
+                None => default_max,
+                Some(0) => {
+                    v.problem(key("max_inputs"), "must be > 0");
+                    1
+                }
+                Some(n) if n as usize > max_inputs_allowed(provider) => {
+                    v.problem(
+                        key("max_inputs"),
+                        format!(
+                            "{} takes at most {} inputs per call",
+                            provider.as_str(),
+                            max_inputs_allowed(provider)
+                        ),
+                    );
+                    1
+                }
+                Some(n) => n as usize,
+            };
+            let space = match d.space {
+                Some(s) if s.trim().is_empty() => {
+                    v.problem(key("space"), "must not be empty");
+                    s
+                }
+                Some(s) => s,
+                None => format!("{}@{dimensions}", d.model),
+            };
+            Some(EmbeddingSpec {
+                dimensions,
+                space,
+                max_inputs,
+            })
+        }
+        other => {
+            v.problem(
+                key("mode"),
+                format!("unknown mode `{other}` (chat | embedding)"),
+            );
+            None
+        }
+    };
+
     DeploymentConfig {
         name: d.name,
         group: d.group,
@@ -296,5 +432,6 @@ pub(super) fn validate(
         // Set from `[limits]` once the whole file is read.
         max_reply_body: super::LimitsConfig::default().max_provider_body,
         max_stream_duration: super::LimitsConfig::default().max_stream_duration,
+        embedding,
     }
 }

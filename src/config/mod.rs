@@ -124,11 +124,18 @@ pub struct RoutingConfig {
     pub fallback_on_auth: bool,
     /// Unknown task tokens go through the classifier.
     pub classify: bool,
+    /// Where `llm.embed.<task>` goes for an unknown task: the first group of embedding
+    /// deployments unless set; `None` when no deployment embeds.
+    pub default_embedding_group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
     pub strategy: Strategy,
+    /// Its deployments are `mode = "embedding"` (a group holds one mode).
+    pub embedding: bool,
+    /// Embedding groups: a request may be served from another vector space than its first.
+    pub cross_space: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -329,10 +336,26 @@ fn validate(
         .strategy
         .as_deref()
         .map_or_else(Strategy::default, |s| v.strategy("routing.strategy", s));
-    let mut groups: BTreeMap<String, GroupConfig> = deployments
-        .iter()
-        .map(|d| (d.group.clone(), GroupConfig { strategy }))
-        .collect();
+    let mut groups: BTreeMap<String, GroupConfig> = BTreeMap::new();
+    let mut first_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, d) in deployments.iter().enumerate() {
+        let first = *first_of.entry(d.group.as_str()).or_insert(i);
+        if deployments[first].is_embedding() != d.is_embedding() {
+            v.problem(
+                format!("deployments[{i}].mode"),
+                format!(
+                    "group `{}` holds {} deployments (deployments[{first}]): a group holds one mode",
+                    d.group,
+                    deployments[first].mode()
+                ),
+            );
+        }
+        groups.entry(d.group.clone()).or_insert(GroupConfig {
+            strategy,
+            embedding: d.is_embedding(),
+            cross_space: false,
+        });
+    }
     for (name, g) in &raw.groups {
         let key = format!("groups.{name}");
         let Some(group) = groups.get_mut(name) else {
@@ -342,28 +365,77 @@ fn validate(
         if let Some(s) = &g.strategy {
             group.strategy = v.strategy(&format!("{key}.strategy"), s);
         }
+        if g.cross_space && !group.embedding {
+            v.problem(
+                format!("{key}.cross_space"),
+                "only for groups of embedding deployments",
+            );
+        }
+        group.cross_space = g.cross_space;
     }
     let known = |v: &mut Validator, key: &str, group: &str| {
         if !groups.contains_key(group) && !deployments.is_empty() {
             v.problem(key, format!("`{group}` is not the group of any deployment"));
         }
     };
+    let embeds = |group: &str| groups.get(group).map(|g| g.embedding);
+    // Routing never crosses modes: a chat group's chain holds chat groups, and so on.
+    let same_mode = |v: &mut Validator, key: &str, from: &str, to: &str| {
+        if let (Some(a), Some(b)) = (embeds(from), embeds(to))
+            && a != b
+        {
+            let mode = |e: bool| if e { "embedding" } else { "chat" };
+            v.problem(
+                key,
+                format!(
+                    "`{to}` is a group of {} deployments, `{from}` of {}",
+                    mode(b),
+                    mode(a)
+                ),
+            );
+        }
+    };
 
     let default_group = match raw.routing.default_group {
         Some(g) => {
             known(v, "routing.default_group", &g);
+            if embeds(&g) == Some(true) {
+                v.problem(
+                    "routing.default_group",
+                    format!("`{g}` is a group of embedding deployments: set it as routing.default_embedding_group"),
+                );
+            }
             g
         }
         None => deployments
-            .first()
+            .iter()
+            .find(|d| !d.is_embedding())
+            .or(deployments.first())
             .map(|d| d.group.clone())
             .unwrap_or_default(),
+    };
+    let default_embedding_group = match raw.routing.default_embedding_group {
+        Some(g) => {
+            known(v, "routing.default_embedding_group", &g);
+            if embeds(&g) == Some(false) {
+                v.problem(
+                    "routing.default_embedding_group",
+                    format!("`{g}` is a group of chat deployments"),
+                );
+            }
+            Some(g)
+        }
+        None => deployments
+            .iter()
+            .find(|d| d.is_embedding())
+            .map(|d| d.group.clone()),
     };
     for (group, chain) in &raw.routing.fallbacks {
         known(v, &format!("routing.fallbacks.{group}"), group);
         for (i, fb) in chain.iter().enumerate() {
             let key = format!("routing.fallbacks.{group}[{i}]");
             known(v, &key, fb);
+            same_mode(v, &key, group, fb);
             if fb == group {
                 v.problem(key, "a group cannot fall back to itself");
             }
@@ -588,6 +660,7 @@ fn validate(
             fallbacks: raw.routing.fallbacks,
             fallback_on_auth: raw.routing.fallback_on_auth,
             classify: raw.routing.classify,
+            default_embedding_group,
         },
         classify_rules,
         budgets,

@@ -168,12 +168,18 @@ pub struct RawRouting {
     /// Send unknown task tokens through `[[classify.rules]]` instead of `default_group`.
     #[serde(default)]
     pub classify: bool,
+    /// Where `llm.embed.<task>` goes for a task that `[tasks]` does not name.
+    pub default_embedding_group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
     pub strategy: Option<String>,
+    /// Embedding groups: a request may be served from another vector space than its first
+    /// candidate's.
+    #[serde(default)]
+    pub cross_space: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +267,14 @@ pub struct RawDeployment {
     pub max_tokens: Option<u32>,
     pub price: Option<RawPrice>,
     pub extra_body: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `chat` (default) or `embedding`.
+    pub mode: Option<String>,
+    /// Embedding deployments: the vector size they return.
+    pub dimensions: Option<u32>,
+    /// Embedding deployments: the vector space (default `<model>@<dimensions>`).
+    pub space: Option<String>,
+    /// Embedding deployments: the most inputs in one provider call.
+    pub max_inputs: Option<u32>,
     // `simulated` only.
     #[serde(default, with = "humantime_serde")]
     pub latency: Option<Duration>,
@@ -284,6 +298,8 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct RawPrice {
     pub input_per_mtok: f64,
+    /// Not needed for embedding deployments, which have no output tokens.
+    #[serde(default)]
     pub output_per_mtok: f64,
 }
 

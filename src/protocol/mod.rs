@@ -2,6 +2,7 @@
 //! kinds and subject names. No routing logic lives here.
 
 pub mod circuit;
+pub mod embed;
 pub mod error;
 pub mod headers;
 pub mod reply;
@@ -10,6 +11,7 @@ pub mod response;
 pub mod subjects;
 
 pub use circuit::CircuitState;
+pub use embed::{EmbedInput, EmbedRequest, Encoding};
 pub use error::{AttemptRecord, ErrorBody, ErrorDetail, ErrorKind};
 pub use headers::RequestOptions;
 pub use reply::Reply;
