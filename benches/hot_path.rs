@@ -96,6 +96,7 @@ fn bench(c: &mut Criterion) {
                     attempts: 1,
                     fallback: false,
                     route_reason: Arc::from("task table"),
+                    space: None,
                 }),
                 streamed: false,
             };

@@ -25,10 +25,11 @@ use crate::observe::spend::{Ledger, LedgerError, Spend};
 use crate::observe::status::{DeploymentStatus, LatencyMs, StatusSnapshot};
 use crate::observe::trace::{self, int};
 use crate::protocol::reply::{Reply, ServedBy};
-use crate::protocol::{ChatRequest, InvalidRequest};
+use crate::protocol::{ChatRequest, EmbedRequest, InvalidRequest};
 use crate::protocol::{ErrorDetail, ErrorKind, RequestOptions, headers};
 use crate::providers::{Adapter, http};
 use crate::routing::Router;
+use crate::routing::embed::EmbedAsk;
 use crate::routing::fallback::{Ask, Failed, Served};
 use crate::routing::policy::Policy;
 use crate::routing::strategy::Strategy;
@@ -217,7 +218,7 @@ impl Engine {
             Some(id) => id.as_str().into(),
             None => headers::new_request_id().into(),
         };
-        let span = request_span(&request_id, task);
+        let span = request_span(&request_id, task, "chat");
         // A request that streams says so in its body; the reply then closes the stream.
         let (result, streamed) = match span.in_scope(|| self.read(&options, body, sink)) {
             Ok((req, strategy)) => {
@@ -244,10 +245,50 @@ impl Engine {
         }
     }
 
+    /// Serves one embeddings request (`llm.embed.<task>`, docs/contract.md §10): `body` is an
+    /// OpenAI embeddings body; the reply an OpenAI `list`, in one message.
+    pub async fn embed(&self, task: &str, options: RequestOptions, body: &[u8]) -> ChatOutcome {
+        let started = Instant::now();
+        let request_id: Arc<str> = match &options.request_id {
+            Some(id) => id.as_str().into(),
+            None => headers::new_request_id().into(),
+        };
+        let span = request_span(&request_id, task, "embeddings");
+        let read = span.in_scope(|| {
+            let strategy = self.checked(&options, body)?;
+            let req = EmbedRequest::parse(body)
+                .map_err(|InvalidRequest(m)| Failed::new(ErrorKind::InvalidRequest, m))?;
+            if let Some(model) = &req.model {
+                tracing::Span::current().record("gen_ai.request.model", model.as_str());
+            }
+            Ok::<_, Failed>((req, strategy))
+        });
+        let result = match read {
+            Ok((req, strategy)) => {
+                let ask = EmbedAsk {
+                    req: Arc::new(req),
+                    task,
+                    opts: &options,
+                    strategy,
+                    request_id: &request_id,
+                };
+                self.router.embed(ask).instrument(span.clone()).await
+            }
+            Err(failed) => Err(failed),
+        };
+        self.record(&span, result.as_ref(), options.batch);
+        ChatOutcome {
+            request_id,
+            latency: started.elapsed(),
+            result,
+            streamed: false,
+        }
+    }
+
     /// A request whose options could not be read (`why`): answered `invalid_request` without
     /// routing, and counted and traced like any other failed request.
     pub fn refuse(&self, task: &str, request_id: Arc<str>, why: String) -> ChatOutcome {
-        let span = request_span(&request_id, task);
+        let span = request_span(&request_id, task, "chat");
         let failed = Failed::new(ErrorKind::InvalidRequest, why);
         self.record(&span, Err(&failed), false);
         ChatOutcome::failed(request_id, failed, false)
@@ -295,20 +336,7 @@ impl Engine {
         sink: Option<&mpsc::Sender<Bytes>>,
     ) -> Result<(ChatRequest, Option<Strategy>), Failed> {
         let invalid = |m: String| Failed::new(ErrorKind::InvalidRequest, m);
-        if body.len() > self.limits.max_body {
-            return Err(invalid(format!(
-                "the body is {} bytes, over limits.max_body ({} bytes)",
-                body.len(),
-                self.limits.max_body
-            )));
-        }
-        let strategy = match &options.strategy {
-            Some(s) => Some(
-                s.parse::<Strategy>()
-                    .map_err(|e| invalid(format!("{}: {e}", headers::STRATEGY)))?,
-            ),
-            None => None,
-        };
+        let strategy = self.checked(options, body)?;
         let req = ChatRequest::parse(body).map_err(|InvalidRequest(m)| invalid(m))?;
         if let Some(model) = &req.model {
             tracing::Span::current().record("gen_ai.request.model", model.as_str());
@@ -319,6 +347,26 @@ impl Engine {
             ));
         }
         Ok((req, strategy))
+    }
+
+    /// What every request is checked for before its body is read: its size against
+    /// `limits.max_body`, and `Llm-Strategy`, which it returns.
+    fn checked(&self, options: &RequestOptions, body: &[u8]) -> Result<Option<Strategy>, Failed> {
+        let invalid = |m: String| Failed::new(ErrorKind::InvalidRequest, m);
+        if body.len() > self.limits.max_body {
+            return Err(invalid(format!(
+                "the body is {} bytes, over limits.max_body ({} bytes)",
+                body.len(),
+                self.limits.max_body
+            )));
+        }
+        match &options.strategy {
+            Some(s) => s
+                .parse::<Strategy>()
+                .map(Some)
+                .map_err(|e| invalid(format!("{}: {e}", headers::STRATEGY))),
+            None => Ok(None),
+        }
     }
 
     /// This instance's status snapshot; an actor that does not answer within a second is shown
@@ -477,12 +525,12 @@ async fn watch_alerts(
 
 /// One span per request (OpenTelemetry GenAI attribute names), parent of one span per attempt;
 /// exported over OTLP when built with the `otlp` feature.
-fn request_span(request_id: &str, task: &str) -> tracing::Span {
+fn request_span(request_id: &str, task: &str, operation: &'static str) -> tracing::Span {
     tracing::info_span!(
-        "chat",
-        otel.name = "chat",
+        "request",
+        otel.name = operation,
         otel.kind = "server",
-        gen_ai.operation.name = "chat",
+        gen_ai.operation.name = operation,
         llm.request_id = %request_id,
         llm.task = task,
         gen_ai.request.model = tracing::field::Empty,
@@ -590,6 +638,7 @@ impl ChatOutcome {
                     fallback: s.fallback,
                     route_reason: &s.route_reason,
                     cost_usd: s.reply.cost_usd,
+                    space: s.space.as_deref(),
                 };
                 Reply::success(
                     &self.request_id,

@@ -154,7 +154,20 @@ pub struct Counts {
 }
 
 /// The output file's line for one item (docs/contract.md §5), with nulls where a value is absent.
-pub fn output_line(row: &ItemRow) -> Value {
+/// An embed job's line carries the vector as `embedding` instead of `output` and `raw`.
+pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Value {
+    if kind == super::job::Kind::Embed {
+        return serde_json::json!({
+            "id": row.item_id,
+            "status": row.status.as_str(),
+            "embedding": row.output,
+            "deployment": row.deployment,
+            "attempts": row.attempts,
+            "tokens": row.tokens,
+            "cost_usd": row.cost_usd,
+            "error": row.error,
+        });
+    }
     serde_json::json!({
         "id": row.item_id,
         "status": row.status.as_str(),
@@ -736,7 +749,7 @@ mod tests {
 
     #[test]
     fn output_lines_have_every_field() {
-        let ok = output_line(&item(1));
+        let ok = output_line(&item(1), crate::batch::job::Kind::Chat);
         assert_eq!(
             ok,
             json!({
@@ -745,7 +758,7 @@ mod tests {
                 "cost_usd": 0.001, "error": null,
             })
         );
-        let failed = output_line(&item(35));
+        let failed = output_line(&item(35), crate::batch::job::Kind::Chat);
         assert_eq!(failed["status"], "failed");
         assert_eq!(failed["output"], Value::Null);
         assert_eq!(failed["raw"], Value::Null);

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::checkpoint::{BatchState, Checkpoint, Counts, ItemResult, Status, output_line};
 use super::input::Input;
-use super::job::Job;
+use super::job::{Job, Kind};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::protocol::{ChatRequest, ErrorKind, RequestOptions};
@@ -72,7 +72,8 @@ struct Progress {
 /// names it.
 #[derive(Default)]
 pub struct Hooks {
-    pub items: Option<tokio::sync::mpsc::Sender<ItemResult>>,
+    /// Each item's output line (docs/contract.md §5), as it is checkpointed.
+    pub items: Option<tokio::sync::mpsc::Sender<Value>>,
     pub cancel: tokio_util::sync::CancellationToken,
     /// (done, total, failed), sent every second.
     pub progress: Option<tokio::sync::mpsc::Sender<(u64, u64, u64)>>,
@@ -211,6 +212,22 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
     };
 
     let limit = Arc::new(Semaphore::new(job.concurrency));
+    // An embed job's items per call: what the route's deployments take in one call.
+    let embed_chunk = engine.router().embed_max_inputs(&job.task).max(1);
+    // An embed job's vectors all come from one space, or the output could not be searched: the
+    // first call that is served fixes it (a resumed run takes the one its finished items have).
+    let space: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+    if job.kind == Kind::Embed && resumed > 0 {
+        let (checkpoint, batch_id) = (checkpoint.clone(), batch_id.clone());
+        let counts = blocking(move || Ok(checkpoint.counts(&batch_id)?)).await?;
+        let known = counts.by_deployment.keys().find_map(|name| {
+            let slot = engine.slots().iter().find(|s| *s.name == **name)?;
+            crate::routing::embed::space_of(slot.config(), None)
+        });
+        if let Some(known) = known {
+            let _ = space.set(known);
+        }
+    }
     let mut workers = tokio::task::JoinSet::new();
     let mut cancelled = false;
     let mut read_error = None;
@@ -249,6 +266,44 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         );
         let items = hooks.items.clone();
         let cancel = hooks.cancel.clone();
+        if job.kind == Kind::Embed {
+            // Up to a provider call's worth of items that are already read: one call embeds them.
+            let mut chunk = vec![record];
+            while chunk.len() < embed_chunk {
+                match records.try_recv() {
+                    Ok(Ok(r)) => chunk.push(r),
+                    Ok(Err(e)) => {
+                        read_error = Some(e);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let space_fixed = space.get().is_some();
+            let space = space.clone();
+            workers.spawn(async move {
+                let Some(results) = embed_items(&job, &engine, chunk, &space, &cancel).await else {
+                    drop(permit);
+                    return Ok(Ok(()));
+                };
+                let saved = keep(results, &job, &progress, items.as_ref(), writer).await;
+                drop(permit);
+                saved
+            });
+            if read_error.is_some() {
+                break;
+            }
+            if !space_fixed {
+                // Until a call fixes the space, calls go one at a time.
+                while let Some(done) = workers.join_next().await {
+                    done???;
+                }
+            }
+            while let Some(done) = workers.try_join_next() {
+                done???;
+            }
+            continue;
+        }
         workers.spawn(async move {
             let (result, fell_back) = match &record.fields {
                 Ok(fields) => {
@@ -264,22 +319,14 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
                 }
                 Err(why) => (failed(record.line, &record.id, why.clone()), false),
             };
-            progress.done.fetch_add(1, Relaxed);
-            progress.fallbacks.fetch_add(u64::from(fell_back), Relaxed);
-            if result.status != Status::Ok {
-                progress.failed.fetch_add(1, Relaxed);
-            }
-            progress
-                .cost
-                .fetch_add((result.cost_usd * 1e10) as u64, Relaxed);
-            // Bounded: a slow publisher slows the batch (the worker holds its concurrency
-            // permit meanwhile) instead of queueing results in memory.
-            if let Some(tx) = &items {
-                let _ = tx.send(result.clone()).await;
-            }
-            // The checkpoint is the item's end: it is written before the next one is taken.
-            let w = writer.clone();
-            let saved = tokio::task::spawn_blocking(move || w.record(result)).await;
+            let saved = keep(
+                vec![(result, fell_back)],
+                &job,
+                &progress,
+                items.as_ref(),
+                writer,
+            )
+            .await;
             drop(permit);
             saved
         });
@@ -304,8 +351,9 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
 
     let (counts, failures, output) = {
         let batch_id = batch_id.clone();
+        let kind = job.kind;
         blocking(move || {
-            let (counts, failures) = finish(&checkpoint, &batch_id, &output, cancelled)?;
+            let (counts, failures) = finish(&checkpoint, &batch_id, &output, cancelled, kind)?;
             Ok((counts, failures, output))
         })
         .await?
@@ -334,11 +382,12 @@ fn finish(
     batch_id: &str,
     output: &Path,
     cancelled: bool,
+    kind: Kind,
 ) -> anyhow::Result<(Counts, Vec<(String, String)>)> {
     if cancelled {
         checkpoint.set_state(batch_id, BatchState::Cancelled)?;
     } else {
-        write_output(checkpoint, batch_id, output)?;
+        write_output(checkpoint, batch_id, output, kind)?;
         checkpoint.set_state(batch_id, BatchState::Done)?;
     }
     let counts = checkpoint.counts(batch_id)?;
@@ -355,6 +404,39 @@ fn finish(
         }
     }
     Ok((counts, failures))
+}
+
+/// The end of finished items: counted, their lines sent to `items`, and checkpointed (in one
+/// blocking call) before the worker gives back its place.
+async fn keep(
+    results: Vec<(ItemResult, bool)>,
+    job: &Job,
+    progress: &Progress,
+    items: Option<&tokio::sync::mpsc::Sender<Value>>,
+    writer: Arc<super::checkpoint::Writer>,
+) -> Result<Result<(), super::checkpoint::CheckpointError>, tokio::task::JoinError> {
+    for (result, fell_back) in &results {
+        progress.done.fetch_add(1, Relaxed);
+        progress.fallbacks.fetch_add(u64::from(*fell_back), Relaxed);
+        if result.status != Status::Ok {
+            progress.failed.fetch_add(1, Relaxed);
+        }
+        progress
+            .cost
+            .fetch_add((result.cost_usd * 1e10) as u64, Relaxed);
+        // Bounded: a slow publisher slows the batch (the worker holds its concurrency
+        // permit meanwhile) instead of queueing results in memory.
+        if let Some(tx) = items {
+            let _ = tx.send(output_line(result, job.kind)).await;
+        }
+    }
+    // The checkpoint is the items' end: written before the worker's place is taken again.
+    tokio::task::spawn_blocking(move || {
+        results
+            .into_iter()
+            .try_for_each(|(result, _)| writer.record(result))
+    })
+    .await
 }
 
 /// One item: a call, its output checked against the job's rule; an output that fails is retried
@@ -429,12 +511,7 @@ async fn run_item(
                     }
                     // Every deployment is at the batch share of its limits (or cooling down):
                     // wait for room without spending an attempt, as no call was made.
-                    ErrorKind::RateLimited if made == 0 => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            _ = cancel.cancelled() => return None,
-                        }
-                    }
+                    ErrorKind::RateLimited if made == 0 => room(cancel).await?,
                     _ => {
                         calls += made.max(1);
                         tokio::time::sleep(Duration::from_millis(200 * u64::from(calls))).await;
@@ -456,6 +533,193 @@ async fn run_item(
         error: Some(last_error),
     };
     Some((item, fell_back))
+}
+
+/// The items of one embed call: each record's rendered `input` embedded together, each item
+/// `ok` with its vector or `failed` with why. A call refused as a whole (one input the provider
+/// will not take) is made again one item at a time, so that only the bad item fails. `None`:
+/// cancelled while waiting for room; nothing is recorded and a resumed run does these items.
+async fn embed_items(
+    job: &Job,
+    engine: &Engine,
+    records: Vec<super::input::Record>,
+    space: &OnceLock<String>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Vec<(ItemResult, bool)>> {
+    let mut results = Vec::with_capacity(records.len());
+    let mut texts = Vec::with_capacity(records.len());
+    let mut sent = Vec::with_capacity(records.len());
+    for record in &records {
+        let text = match &record.fields {
+            Ok(fields) => job.embed_input(fields).map_err(|e| e.to_string()),
+            Err(why) => Err(why.clone()),
+        };
+        match text {
+            Ok(t) if t.is_empty() => {
+                let why = "the rendered input is empty".to_string();
+                results.push((failed(record.line, &record.id, why), false));
+            }
+            Ok(t) => {
+                texts.push(t);
+                sent.push(record);
+            }
+            Err(why) => results.push((failed(record.line, &record.id, why), false)),
+        }
+    }
+    if sent.is_empty() {
+        return Some(results);
+    }
+    let first = sent[0].line;
+    let outcome = embed_call(job, engine, first, &texts, space, cancel).await?;
+    match outcome {
+        Ok(served) => results.extend(served.items(&sent, &texts)),
+        Err((why, false)) | Err((why, true)) if sent.len() == 1 => {
+            results.push((failed(sent[0].line, &sent[0].id, why), false));
+        }
+        Err((_, true)) => {
+            // One at a time: the calls cost what the one call would have.
+            for (record, text) in sent.iter().zip(&texts) {
+                let one = std::slice::from_ref(text);
+                match embed_call(job, engine, record.line, one, space, cancel).await? {
+                    Ok(served) => results.extend(served.items(&[*record], one)),
+                    Err((why, _)) => results.push((failed(record.line, &record.id, why), false)),
+                }
+            }
+        }
+        Err((why, false)) => results.extend(
+            sent.iter()
+                .map(|r| (failed(r.line, &r.id, why.clone()), false)),
+        ),
+    }
+    Some(results)
+}
+
+/// What one embed call of a batch served: the vectors and what the call cost, shared out.
+struct EmbedServed {
+    vectors: Vec<Value>,
+    deployment: String,
+    attempts: u32,
+    tokens: u64,
+    cost_usd: f64,
+    fell_back: bool,
+}
+
+impl EmbedServed {
+    /// One `ok` item per record, each with its share of the call's tokens and cost (by its
+    /// estimated size).
+    fn items(self, records: &[&super::input::Record], texts: &[String]) -> Vec<(ItemResult, bool)> {
+        let sizes: Vec<u64> = texts
+            .iter()
+            .map(|t| crate::protocol::request::estimate_text_tokens(t).max(1))
+            .collect();
+        let total = sizes.iter().sum::<u64>().max(1) as f64;
+        records
+            .iter()
+            .zip(self.vectors)
+            .zip(sizes)
+            .map(|((r, vector), size)| {
+                let share = size as f64 / total;
+                let item = ItemResult {
+                    line: r.line,
+                    item_id: r.id.clone(),
+                    status: Status::Ok,
+                    output: Some(vector),
+                    raw: None,
+                    deployment: Some(self.deployment.clone()),
+                    attempts: self.attempts,
+                    tokens: (self.tokens as f64 * share).round() as u64,
+                    cost_usd: self.cost_usd * share,
+                    error: None,
+                };
+                (item, self.fell_back)
+            })
+            .collect()
+    }
+}
+
+/// One embed call for a batch, retried like a chat item (up to `max_attempts` calls; waiting
+/// for room without spending one while every candidate is at its batch share). `Err` is why it
+/// failed, and whether the request itself was refused (so that its items may go one by one).
+async fn embed_call(
+    job: &Job,
+    engine: &Engine,
+    line: u64,
+    texts: &[String],
+    space: &OnceLock<String>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Result<EmbedServed, (String, bool)>> {
+    let body = serde_json::json!({ "input": texts }).to_string();
+    let mut options = RequestOptions {
+        request_id: Some(format!("{}-{line}", job.name)),
+        batch: true,
+        ..RequestOptions::default()
+    };
+    let mut calls = 0u32;
+    loop {
+        options.embedding_space = space.get().cloned();
+        let outcome = engine
+            .embed(&job.task, options.clone(), body.as_bytes())
+            .await;
+        let f = match outcome.result {
+            Ok(served) => {
+                // One space (a group with cross_space = true may serve from several: then the
+                // job takes what comes, as that group says).
+                if let Some(s) = served.space.as_deref().filter(|s| !s.contains(',')) {
+                    let _ = space.set(s.to_string());
+                }
+                let vectors = embeddings_of(&served.reply.body, texts.len());
+                let Some(vectors) = vectors else {
+                    return Some(Err(("the engine's reply held no vectors".into(), false)));
+                };
+                return Some(Ok(EmbedServed {
+                    vectors,
+                    deployment: served.deployment.to_string(),
+                    attempts: calls + served.attempts,
+                    tokens: served.reply.usage.total_tokens,
+                    cost_usd: served.reply.cost_usd,
+                    fell_back: served.fallback || calls > 0,
+                }));
+            }
+            Err(f) => f,
+        };
+        let made = f.attempts.iter().filter(|a| a.latency_ms > 0).count() as u32;
+        let why = format!("{}: {}", f.kind.as_str(), f.message);
+        match f.kind {
+            ErrorKind::InvalidRequest => return Some(Err((why, true))),
+            ErrorKind::Auth | ErrorKind::BudgetExceeded => return Some(Err((why, false))),
+            ErrorKind::RateLimited if made == 0 => room(cancel).await?,
+            _ => {
+                calls += made.max(1);
+                if calls >= job.max_attempts {
+                    return Some(Err((why, false)));
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(calls))).await;
+            }
+        }
+    }
+}
+
+/// The `embedding` values of a `list` reply in index order, if it holds `n` of them.
+fn embeddings_of(body: &[u8], n: usize) -> Option<Vec<Value>> {
+    let mut list: Value = serde_json::from_slice(body).ok()?;
+    let Value::Array(data) = list.get_mut("data")?.take() else {
+        return None;
+    };
+    let mut out = vec![Value::Null; n];
+    for mut item in data {
+        let i = usize::try_from(item.get("index")?.as_u64()?).ok()?;
+        *out.get_mut(i)? = item.get_mut("embedding")?.take();
+    }
+    out.iter().all(Value::is_array).then_some(out)
+}
+
+/// A pause while every candidate is at its batch share (or cooling down): no call was made, so
+/// no attempt is spent. `None` when the run is cancelled meanwhile.
+async fn room(cancel: &tokio_util::sync::CancellationToken) -> Option<()> {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(500)) => Some(()),
+        _ = cancel.cancelled() => None,
+    }
 }
 
 /// Why no candidate could ever admit this item, if none could: its token estimate is above
@@ -508,13 +772,18 @@ fn default_output(input: &Path) -> PathBuf {
 }
 
 /// The output file from the checkpoints, written aside and renamed so a reader never sees half.
-fn write_output(checkpoint: &Checkpoint, batch_id: &str, path: &Path) -> anyhow::Result<()> {
+fn write_output(
+    checkpoint: &Checkpoint,
+    batch_id: &str,
+    path: &Path,
+    kind: Kind,
+) -> anyhow::Result<()> {
     let tmp = path.with_extension("jsonl.partial");
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let mut out = std::io::BufWriter::new(file);
     for row in checkpoint.items_in_order(batch_id)? {
-        serde_json::to_writer(&mut out, &output_line(&row?))?;
+        serde_json::to_writer(&mut out, &output_line(&row?, kind))?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

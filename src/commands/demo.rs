@@ -34,34 +34,51 @@ const PROMPTS: [(&str, &str); 4] = [
 const JOB: &str = include_str!("../../jobs/ticket-triage.toml");
 const TICKETS: &str = include_str!("../../jobs/tickets.jsonl");
 
-/// The demo batch, in `./switchyard-demo/`.
+const EMBED_JOB: &str = include_str!("../../jobs/docs-embed.toml");
+const DOCS: &str = include_str!("../../jobs/docs.jsonl");
+
+/// The demo batches, in `./switchyard-demo/`: the ticket triage (chat), then the help-centre
+/// articles embedded for search (`kind = "embed"`).
 pub async fn batch(config: &Config) -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from("switchyard-demo");
     std::fs::create_dir_all(&dir)?;
-    let (job, input) = (dir.join("ticket-triage.toml"), dir.join("tickets.jsonl"));
-    std::fs::write(&job, JOB)?;
-    std::fs::write(&input, TICKETS)?;
-    println!(
-        "switchyard demo: job {} over {} on {}\n",
-        job.display(),
-        input.display(),
-        config.source
-    );
-    let summary = crate::batch::runner::run(
-        config,
-        crate::batch::runner::RunArgs {
-            job,
-            input,
-            output: None,
-            db: dir.join("batch.db"),
-            restart: false,
-        },
-    )
-    .await?;
-    summary.print();
-    println!("\nfirst lines of {}:", summary.output.display());
-    for line in std::fs::read_to_string(&summary.output)?.lines().take(3) {
-        println!("  {line}");
+    let jobs = [
+        ("ticket-triage.toml", JOB, "tickets.jsonl", TICKETS),
+        ("docs-embed.toml", EMBED_JOB, "docs.jsonl", DOCS),
+    ];
+    for (n, (job_name, job_text, input_name, input_text)) in jobs.into_iter().enumerate() {
+        let (job, input) = (dir.join(job_name), dir.join(input_name));
+        std::fs::write(&job, job_text)?;
+        std::fs::write(&input, input_text)?;
+        if n > 0 {
+            println!();
+        }
+        println!(
+            "switchyard demo: job {} over {} on {}\n",
+            job.display(),
+            input.display(),
+            config.source
+        );
+        let summary = crate::batch::runner::run(
+            config,
+            crate::batch::runner::RunArgs {
+                job,
+                input,
+                output: None,
+                db: dir.join("batch.db"),
+                restart: false,
+            },
+        )
+        .await?;
+        summary.print();
+        println!("\nfirst lines of {}:", summary.output.display());
+        for line in std::fs::read_to_string(&summary.output)?.lines().take(3) {
+            // A vector is long: the line is shown up to its first numbers.
+            match line.char_indices().nth(160) {
+                Some((cut, _)) => println!("  {}…", &line[..cut]),
+                None => println!("  {line}"),
+            }
+        }
     }
     Ok(())
 }

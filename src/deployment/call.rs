@@ -30,16 +30,14 @@ pub struct CallArgs {
     pub batch: bool,
 }
 
-/// How one attempt at this deployment went, streamed or not: what the walk goes on from.
-pub enum Attempt {
+/// How one attempt at this deployment went, streamed or not: what the walk goes on from. `R` is
+/// what an answer carries: a chat reply, or an embedding call's vectors.
+pub enum Attempt<R = ProviderReply> {
     /// The actor did not call its provider.
     Skipped(Skip),
     /// The provider answered. For a stream the chunks already went to the sink: the reply's
     /// body is empty, its usage and cost are the stream's.
-    Answered {
-        reply: ProviderReply,
-        latency: Duration,
-    },
+    Answered { reply: R, latency: Duration },
     /// Failed before anything reached the caller: the walk may fall back.
     Failed {
         failure: Failure,
@@ -59,13 +57,15 @@ pub enum Attempt {
 /// Admits the call at the deployment's published gate (asking the actor only when a limit
 /// looks spent), takes the cluster's slot or probe claim if there is one, and arms the report
 /// that will tell the actor how the call went.
-async fn admit<'a>(
+/// `estimate` is the tokens the call may use (reserved against `tpm`), `batch` whether it is
+/// batch work.
+pub(super) async fn admit<'a>(
     actor: &'a ActorRef<Msg>,
     args: &Args,
-    call: &CallArgs,
+    estimate: u64,
+    batch: bool,
 ) -> Result<(Option<simulated::Fate>, Report<'a>), Skip> {
-    let estimate = call.req.estimated_total_tokens();
-    let share = if call.batch { args.batch_share } else { 1.0 };
+    let share = if batch { args.batch_share } else { 1.0 };
     let published = &args.published;
     let admitted = match published.admit(Instant::now(), estimate, share) {
         Ok(a) => a,
@@ -152,7 +152,11 @@ async fn admit<'a>(
 
 /// How long a call may take: the deployment's `limit`, or less if the caller's deadline comes
 /// first (then running out is the caller's `timeout`, not the deployment's failure).
-fn bound(limit: Duration, deadline: Option<Instant>, from: Instant) -> (Duration, Failure) {
+pub(super) fn bound(
+    limit: Duration,
+    deadline: Option<Instant>,
+    from: Instant,
+) -> (Duration, Failure) {
     match deadline {
         Some(d) if d.saturating_duration_since(from) < limit => {
             (d.saturating_duration_since(from), Failure::DeadlineSpent)
@@ -229,7 +233,12 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
 }
 
 /// What an attempt's span learns when it ends.
-fn close_span(span: &tracing::Span, model: &str, usage: Option<&Usage>, failure: Option<&Failure>) {
+pub(super) fn close_span(
+    span: &tracing::Span,
+    model: &str,
+    usage: Option<&Usage>,
+    failure: Option<&Failure>,
+) {
     match failure {
         None => {
             span.record("gen_ai.response.model", model);
@@ -255,7 +264,8 @@ async fn call_inner(
     call: CallArgs,
     span: &tracing::Span,
 ) -> Attempt {
-    let (fate, mut report) = match admit(actor, args, &call).await {
+    let estimate = call.req.estimated_total_tokens();
+    let (fate, mut report) = match admit(actor, args, estimate, call.batch).await {
         Ok(p) => p,
         Err(skip) => return Attempt::Skipped(skip),
     };
@@ -329,7 +339,8 @@ async fn call_stream_inner(
 ) -> Attempt {
     use futures::StreamExt;
 
-    let (fate, mut report) = match admit(actor, args, &call).await {
+    let estimate = call.req.estimated_total_tokens();
+    let (fate, mut report) = match admit(actor, args, estimate, call.batch).await {
         Ok(p) => p,
         Err(skip) => return Attempt::Skipped(skip),
     };
@@ -482,7 +493,28 @@ async fn deliver(
     }
 }
 
-fn log_success(args: &Args, call: &CallArgs, latency: Duration, tokens: u64) {
+/// Who a call's log line is about: its request and its number within it.
+pub(super) struct Said<'a> {
+    pub request_id: &'a str,
+    pub attempt: u32,
+}
+
+impl<'a> From<&'a CallArgs> for Said<'a> {
+    fn from(c: &'a CallArgs) -> Self {
+        Self {
+            request_id: &c.request_id,
+            attempt: c.attempt,
+        }
+    }
+}
+
+pub(super) fn log_success<'a>(
+    args: &Args,
+    call: impl Into<Said<'a>>,
+    latency: Duration,
+    tokens: u64,
+) {
+    let call = call.into();
     let c = &args.adapter.config;
     info!(
         request_id = %call.request_id,
@@ -497,7 +529,14 @@ fn log_success(args: &Args, call: &CallArgs, latency: Duration, tokens: u64) {
     );
 }
 
-fn log_failure(args: &Args, call: &CallArgs, latency: Duration, f: &Failure, d: &Decision) {
+pub(super) fn log_failure<'a>(
+    args: &Args,
+    call: impl Into<Said<'a>>,
+    latency: Duration,
+    f: &Failure,
+    d: &Decision,
+) {
+    let call = call.into();
     let c = &args.adapter.config;
     warn!(
         request_id = %call.request_id,
@@ -514,7 +553,7 @@ fn log_failure(args: &Args, call: &CallArgs, latency: Duration, f: &Failure, d: 
 }
 
 /// Reports the outcome of an admitted call exactly once, also when the caller's task is dropped.
-struct Report<'a> {
+pub(super) struct Report<'a> {
     actor: &'a ActorRef<Msg>,
     published: Arc<Published>,
     admitted: Admitted,
@@ -527,7 +566,7 @@ struct Report<'a> {
     /// This call is the cluster's half-open probe of this deployment: its claim is released at
     /// the end.
     probe_claim: Option<(Arc<async_nats::jetstream::kv::Store>, Arc<str>)>,
-    started: Instant,
+    pub(super) started: Instant,
     sent: bool,
 }
 
@@ -546,7 +585,12 @@ impl Report<'_> {
 
     /// A failed call: reported, and waited for when it may move the breaker or start a
     /// cool-down (or was the probe), so that the caller's next request sees it.
-    async fn failed(&mut self, latency: Duration, failure: &Failure, decision: Decision) {
+    pub(super) async fn failed(
+        &mut self,
+        latency: Duration,
+        failure: &Failure,
+        decision: Decision,
+    ) {
         let wait = decision.count || decision.cool_down.is_some() || self.admitted.probe;
         let ack = self.send(latency, Outcome::Failed(failure.clone(), decision), wait);
         if let Some(ack) = ack {
@@ -556,7 +600,7 @@ impl Report<'_> {
 
     /// A call that answered: reported without waiting, unless it was the probe (whose success
     /// may close the circuit for the caller's next request).
-    async fn answered(&mut self, latency: Duration, outcome: Outcome) {
+    pub(super) async fn answered(&mut self, latency: Duration, outcome: Outcome) {
         if let Some(ack) = self.send(latency, outcome, self.admitted.probe) {
             let _ = ack.await;
         }

@@ -26,6 +26,7 @@
 pub mod breaker;
 mod call;
 mod decision;
+pub mod embed;
 pub mod gate;
 pub mod limiter;
 mod published;

@@ -1,4 +1,4 @@
-//! `llm.chat.<task>`: each request runs in its own task (tracked, so shutdown can wait for it),
+//! `llm.chat.<task>` and `llm.embed.<task>` (the two doors of `Door`): each request runs in its own task (tracked, so shutdown can wait for it),
 //! holds one of the instance's `limits.max_in_flight` places, and always gets exactly one reply:
 //! success, error, `overloaded`, `internal` if its task panicked, or `unavailable` when shutdown
 //! ran out of time.
@@ -22,12 +22,25 @@ use crate::protocol::headers::{self, new_request_id};
 use crate::protocol::{ErrorKind, RequestOptions, Subjects};
 use crate::routing::fallback::Failed;
 
+/// Which synchronous surface a subscription serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// `llm.chat.<task>`: chat completions, streamed or not.
+    Chat,
+    /// `llm.embed.<task>`: embeddings, in one reply.
+    Embed,
+}
+
 pub async fn subscribe(
     client: &Client,
     subjects: &Subjects,
     queue_group: &str,
+    door: Door,
 ) -> Result<Subscriber, IngressError> {
-    let subject = subjects.chat_wildcard();
+    let subject = match door {
+        Door::Chat => subjects.chat_wildcard(),
+        Door::Embed => subjects.embed_wildcard(),
+    };
     client
         .queue_subscribe(subject.clone(), queue_group.to_string())
         .await
@@ -40,7 +53,7 @@ pub async fn subscribe(
 /// answered `overloaded` at once, here, without a task. `abort` (shutdown past its deadline)
 /// answers every request still running with `unavailable`.
 pub async fn serve(
-    mut sub: Subscriber,
+    (mut sub, door): (Subscriber, Door),
     client: Client,
     engine: Arc<Engine>,
     subjects: Subjects,
@@ -59,7 +72,7 @@ pub async fn serve(
             _ = stop.cancelled(), if !draining => {
                 draining = true;
                 if let Err(e) = sub.drain().await {
-                    warn!(error = %e, "could not drain the chat subscription");
+                    warn!(error = %e, ?door, "could not drain the subscription");
                     break;
                 }
                 continue;
@@ -68,14 +81,14 @@ pub async fn serve(
         let Some(msg) = msg else { break };
         let started = Instant::now();
         let Some(place) = engine.hold() else {
-            let error = refuse(msg, &client, &engine).await;
+            let error = refuse(msg, &client, &engine, door).await;
             counters.record(started, error);
             continue;
         };
         let (client, engine, subjects) = (client.clone(), engine.clone(), subjects.clone());
         let (counters, abort) = (counters.clone(), abort.clone());
         tracker.spawn(async move {
-            let error = handle(msg, &client, &engine, &subjects, &abort).await;
+            let error = handle(msg, &client, &engine, &subjects, &abort, door).await;
             drop(place);
             counters.record(started, error);
         });
@@ -83,7 +96,12 @@ pub async fn serve(
 }
 
 /// Answers `overloaded`: this instance holds `limits.max_in_flight` requests already.
-async fn refuse(msg: Message, client: &Client, engine: &Engine) -> Option<&'static str> {
+async fn refuse(
+    msg: Message,
+    client: &Client,
+    engine: &Engine,
+    door: Door,
+) -> Option<&'static str> {
     let reply_to = msg.reply?;
     let request_id = requested_id(&msg.headers).unwrap_or_else(new_request_id);
     let failed = Failed::new(
@@ -93,7 +111,8 @@ async fn refuse(msg: Message, client: &Client, engine: &Engine) -> Option<&'stat
             engine.limits().max_in_flight
         ),
     );
-    let outcome = ChatOutcome::failed(request_id.into(), failed, may_stream(&msg.payload));
+    let streaming = door == Door::Chat && may_stream(&msg.payload);
+    let outcome = ChatOutcome::failed(request_id.into(), failed, streaming);
     engine.count_failure(ErrorKind::Overloaded);
     publish(client, reply_to, outcome, None).await;
     Some(ErrorKind::Overloaded.as_str())
@@ -108,21 +127,30 @@ async fn handle(
     engine: &Engine,
     subjects: &Subjects,
     abort: &CancellationToken,
+    door: Door,
 ) -> Option<&'static str> {
     let Some(reply_to) = msg.reply.clone() else {
-        warn!(subject = %msg.subject, "chat request without a reply subject: nowhere to answer");
+        warn!(subject = %msg.subject, "request without a reply subject: nowhere to answer");
         return Some("no_reply_subject");
     };
-    let task = subjects.task_of(&msg.subject).unwrap_or_default();
+    let task = match door {
+        Door::Chat => subjects.task_of(&msg.subject),
+        Door::Embed => subjects.embed_task_of(&msg.subject),
+    };
+    let task = task.unwrap_or_default();
     let mut options = RequestOptions::from_lookup(
         |name| header(msg.headers.as_ref(), name),
         engine.limits().max_deadline,
     );
     // The id is fixed here, so that a reply made outside the engine names it too.
     let request_id = headers::settle_request_id(&mut options);
-    let streaming = may_stream(&msg.payload);
+    let streaming = door == Door::Chat && may_stream(&msg.payload);
     let served = async {
         match options {
+            Ok(options) if door == Door::Embed => {
+                // As for chat: the future on the heap once, not copied by every wrapper.
+                Box::pin(engine.embed(task, options, &msg.payload)).await
+            }
             Ok(options) => {
                 serve_one(
                     &msg,

@@ -170,7 +170,9 @@ pub async fn run(
         // Status has no queue group: every instance answers.
         service::Endpoints::new(&config.nats.prefix, &config.nats.queue_group, ""),
     ));
-    let chat = chat::subscribe(&client, &subjects, &config.nats.queue_group).await?;
+    let queue = &config.nats.queue_group;
+    let chat = chat::subscribe(&client, &subjects, queue, chat::Door::Chat).await?;
+    let embed = chat::subscribe(&client, &subjects, queue, chat::Door::Embed).await?;
     let status = status::subscribe(&client, &subjects).await?;
     let srv = service::subscribe(&client, &service).await?;
     let srv_loop = tokio::spawn(service::serve(
@@ -185,17 +187,26 @@ pub async fn run(
         subjects.status_events(),
         stop.clone(),
     ));
+    let tasks = || Tasks {
+        tracker: tracker.clone(),
+        stop: stop.clone(),
+        abort: abort.clone(),
+    };
     let chat_loop = tokio::spawn(chat::serve(
-        chat,
+        (chat, chat::Door::Chat),
         client.clone(),
         engine.clone(),
         subjects.clone(),
         service.endpoints.chat.clone(),
-        Tasks {
-            tracker: tracker.clone(),
-            stop: stop.clone(),
-            abort: abort.clone(),
-        },
+        tasks(),
+    ));
+    let embed_loop = tokio::spawn(chat::serve(
+        (embed, chat::Door::Embed),
+        client.clone(),
+        engine.clone(),
+        subjects.clone(),
+        service.endpoints.embed.clone(),
+        tasks(),
     ));
     let status_loop = tokio::spawn(status::serve(
         status,
@@ -248,6 +259,7 @@ pub async fn run(
     let drained = tokio::time::timeout(grace, async {
         stop.cancel();
         let _ = chat_loop.await;
+        let _ = embed_loop.await;
         // The batch service cancels its batches once `stop` is cancelled; their tasks are tracked.
         let _ = batch_loop.await;
         // The jobs loop lets its last pull end; the jobs it brought are tracked.

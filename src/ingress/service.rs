@@ -97,9 +97,10 @@ impl Counters {
     }
 }
 
-/// The three endpoints of this instance.
+/// The endpoints of this instance.
 pub struct Endpoints {
     pub chat: Arc<Counters>,
+    pub embed: Arc<Counters>,
     pub status: Arc<Counters>,
     pub batch_submit: Arc<Counters>,
 }
@@ -110,13 +111,14 @@ impl Endpoints {
         let subjects = crate::protocol::Subjects::new(prefix);
         Self {
             chat: Counters::new("chat", subjects.chat_wildcard(), queue_group),
+            embed: Counters::new("embed", subjects.embed_wildcard(), queue_group),
             status: Counters::new("status", subjects.status(), status_queue),
             batch_submit: Counters::new("batch-submit", subjects.batch_submit(), queue_group),
         }
     }
 
-    fn all(&self) -> [&Arc<Counters>; 3] {
-        [&self.chat, &self.status, &self.batch_submit]
+    fn all(&self) -> [&Arc<Counters>; 4] {
+        [&self.chat, &self.embed, &self.status, &self.batch_submit]
     }
 }
 

@@ -14,6 +14,9 @@ pub const ATTEMPTS: &str = "Llm-Attempts";
 pub const FALLBACK: &str = "Llm-Fallback";
 pub const LATENCY_MS: &str = "Llm-Latency-Ms";
 pub const COST_USD: &str = "Llm-Cost-Usd";
+/// Embeddings: the vector space the vectors come from (docs/contract.md §10); on a request, the
+/// only space that may answer it.
+pub const EMBEDDING_SPACE: &str = "Llm-Embedding-Space";
 /// Why the route went where it did: `task table`, `classified: <rule>`, `default group`, ...
 pub const ROUTE_REASON: &str = "Llm-Route-Reason";
 pub const ERROR: &str = "Llm-Error";
@@ -32,6 +35,9 @@ pub struct RequestOptions {
     pub affinity: Option<String>,
     pub strategy: Option<String>,
     pub max_cost_usd: Option<f64>,
+    /// `Llm-Embedding-Space` on an embeddings request: only deployments of this vector space
+    /// may serve it (an index built in one space is searched with vectors of that space).
+    pub embedding_space: Option<String>,
     /// Deployments not to use for this request (not a header: the batch runner retries an
     /// output that failed its rule on another candidate).
     pub exclude: Vec<String>,
@@ -106,6 +112,10 @@ impl RequestOptions {
             affinity: get(AFFINITY).map(str::to_string),
             strategy: get(STRATEGY).map(|s| s.trim().to_string()),
             max_cost_usd,
+            embedding_space: get(EMBEDDING_SPACE)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
             exclude: Vec::new(),
             batch: false,
         })

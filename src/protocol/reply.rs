@@ -24,6 +24,8 @@ pub struct ServedBy<'a> {
     pub fallback: bool,
     pub route_reason: &'a str,
     pub cost_usd: f64,
+    /// Embeddings: the vector space(s) that answered.
+    pub space: Option<&'a str>,
 }
 
 impl Reply {
@@ -43,6 +45,9 @@ impl Reply {
         h.push((headers::ROUTE_REASON, by.route_reason.to_string()));
         h.push((headers::LATENCY_MS, latency.as_millis().to_string()));
         h.push((headers::COST_USD, format_usd(by.cost_usd)));
+        if let Some(space) = by.space {
+            h.push((headers::EMBEDDING_SPACE, space.to_string()));
+        }
         Self { headers: h, body }
     }
 

@@ -7,6 +7,7 @@ pub const AUTO_TASK: &str = "auto";
 pub struct Subjects {
     prefix: String,
     chat: String,
+    embed: String,
 }
 
 impl Subjects {
@@ -14,6 +15,7 @@ impl Subjects {
         Self {
             prefix: prefix.to_string(),
             chat: format!("{prefix}.chat."),
+            embed: format!("{prefix}.embed."),
         }
     }
 
@@ -30,6 +32,21 @@ impl Subjects {
     /// after the task token is ignored (`llm.chat.title.v2` is task `title`).
     pub fn task_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.chat)?;
+        Some(rest.split('.').next().unwrap_or(rest))
+    }
+
+    /// `llm.embed.>`: every embeddings request (docs/contract.md §10).
+    pub fn embed_wildcard(&self) -> String {
+        format!("{}>", self.embed)
+    }
+
+    pub fn embed(&self, task: &str) -> String {
+        format!("{}{task}", self.embed)
+    }
+
+    /// The `<task>` token of an embed subject, like `task_of` for chat subjects.
+    pub fn embed_task_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(&self.embed)?;
         Some(rest.split('.').next().unwrap_or(rest))
     }
 

@@ -18,6 +18,7 @@
 //! Adding a provider is one `WireFormat` file and one arm in `Adapter::new`.
 
 pub mod anthropic;
+pub mod embed;
 mod failure;
 pub mod gemini;
 pub mod http;

@@ -18,6 +18,10 @@ pub use crate::protocol::subjects::AUTO_TASK as AUTO;
 #[derive(Debug)]
 pub struct GroupRoute {
     pub name: String,
+    /// Its deployments serve embeddings (`mode = "embedding"`).
+    pub embedding: bool,
+    /// Embeddings may come from another vector space than the first candidate's.
+    pub cross_space: bool,
     pub members: Vec<usize>,
     pub chain: Vec<usize>,
 }
@@ -30,10 +34,12 @@ pub struct RouteTable {
     deployment_by_name: HashMap<String, usize>,
     tasks: HashMap<String, usize>,
     default_group: usize,
+    /// `routing.default_embedding_group`, if any deployment embeds.
+    default_embedding_group: Option<usize>,
     classify_unknown: bool,
     rules: Vec<(ClassifyRule, usize, Arc<str>)>,
     /// The fixed reasons, allocated once.
-    because: [Arc<str>; 5],
+    because: [Arc<str>; 6],
 }
 
 const MODEL_GROUP: usize = 0;
@@ -41,6 +47,7 @@ const MODEL_DEPLOYMENT: usize = 1;
 const TASK_TABLE: usize = 2;
 const DEFAULT_GROUP: usize = 3;
 const NO_RULE: usize = 4;
+const DEFAULT_EMBEDDING_GROUP: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -67,9 +74,11 @@ impl RouteTable {
             .collect();
         let groups = config
             .groups
-            .keys()
-            .map(|g| GroupRoute {
+            .iter()
+            .map(|(g, c)| GroupRoute {
                 name: g.clone(),
+                embedding: c.embedding,
+                cross_space: c.cross_space,
                 members: config
                     .deployments
                     .iter()
@@ -104,6 +113,11 @@ impl RouteTable {
                 .get(&config.routing.default_group)
                 .copied()
                 .unwrap_or(0),
+            default_embedding_group: config
+                .routing
+                .default_embedding_group
+                .as_ref()
+                .and_then(|g| group_by_name.get(g).copied()),
             classify_unknown: config.routing.classify,
             rules: config
                 .classify_rules
@@ -119,6 +133,7 @@ impl RouteTable {
                 "task table".into(),
                 "default group".into(),
                 "classified: no rule matched, default group".into(),
+                "default embedding group".into(),
             ],
             group_by_name,
         }
@@ -129,16 +144,8 @@ impl RouteTable {
             target,
             reason: reason.clone(),
         };
-        if let Some(m) = req.model.as_deref() {
-            if let Some(&g) = self.group_by_name.get(m) {
-                return route(Target::Group(g), &self.because[MODEL_GROUP]);
-            }
-            if let Some(&d) = self.deployment_by_name.get(m) {
-                return route(Target::Deployment(d), &self.because[MODEL_DEPLOYMENT]);
-            }
-        }
-        if let Some(&g) = self.tasks.get(task) {
-            return route(Target::Group(g), &self.because[TASK_TABLE]);
+        if let Some(r) = self.pinned(task, req.model.as_deref()) {
+            return r;
         }
         if task == AUTO || self.classify_unknown {
             let features = Features::of(req);
@@ -151,6 +158,38 @@ impl RouteTable {
             Target::Group(self.default_group),
             &self.because[DEFAULT_GROUP],
         )
+    }
+
+    /// The route of an embeddings request: `model` naming a group or a deployment, else the task
+    /// table, else `routing.default_embedding_group`; `None` when no deployment embeds.
+    pub fn resolve_embed(&self, task: &str, model: Option<&str>) -> Option<Route> {
+        self.pinned(task, model).or_else(|| {
+            Some(Route {
+                target: Target::Group(self.default_embedding_group?),
+                reason: self.because[DEFAULT_EMBEDDING_GROUP].clone(),
+            })
+        })
+    }
+
+    /// The route that `model` (naming a group or a deployment) or else the task table pins.
+    fn pinned(&self, task: &str, model: Option<&str>) -> Option<Route> {
+        let route = |target, reason: &Arc<str>| Route {
+            target,
+            reason: reason.clone(),
+        };
+        if let Some(m) = model {
+            if let Some(&g) = self.group_by_name.get(m) {
+                return Some(route(Target::Group(g), &self.because[MODEL_GROUP]));
+            }
+            if let Some(&d) = self.deployment_by_name.get(m) {
+                return Some(route(
+                    Target::Deployment(d),
+                    &self.because[MODEL_DEPLOYMENT],
+                ));
+            }
+        }
+        let g = *self.tasks.get(task)?;
+        Some(route(Target::Group(g), &self.because[TASK_TABLE]))
     }
 
     pub fn group_index(&self, name: &str) -> Option<usize> {

@@ -46,6 +46,8 @@ pub struct Served {
     pub fallback: bool,
     /// Why the route went where it did (`Llm-Route-Reason`).
     pub route_reason: Arc<str>,
+    /// Embeddings: the vector space(s) that answered (`Llm-Embedding-Space`).
+    pub space: Option<Arc<str>>,
 }
 
 /// A request that was not.
@@ -79,15 +81,16 @@ impl Failed {
 
 /// One walk over the candidates: what every attempt of the request shares, and what the walk has
 /// seen, to name the error when candidates run out.
-struct Walk {
+pub(super) struct Walk {
     started: Instant,
-    deadline: Option<Instant>,
+    pub(super) deadline: Option<Instant>,
     /// Prompt estimate plus `max_tokens`: what a context window must hold.
     needed_context: u64,
     /// Why the route went where it did (`Llm-Route-Reason`).
     reason: Arc<str>,
     records: Vec<AttemptRecord>,
-    calls: u32,
+    /// Provider calls made (skips are not calls).
+    pub(super) calls: u32,
     failed_calls: u32,
     last_status: Option<u16>,
     /// Every candidate was at its limit, cooling down, or answered 429.
@@ -99,7 +102,64 @@ struct Walk {
 }
 
 impl Walk {
-    fn skip(&mut self, deployment: &str, why: String, rate_limited: bool, over_cost: bool) {
+    pub(super) fn new(started: Instant, opts: &RequestOptions, reason: Arc<str>) -> Self {
+        Self {
+            started,
+            // Deadlines are clamped to `limits.max_deadline` at the edge; the sum is checked anyway.
+            deadline: opts.deadline.and_then(|d| started.checked_add(d)),
+            needed_context: 0,
+            reason,
+            records: Vec::new(),
+            calls: 0,
+            failed_calls: 0,
+            last_status: None,
+            only_rate_limited: true,
+            only_not_found: true,
+            only_over_cost: true,
+            first_provider: None,
+        }
+    }
+
+    /// The actor of a candidate the caller allows, within `Llm-Max-Cost-Usd` at `estimate`, with
+    /// its circuit not open; else `None` with the skip recorded.
+    pub(super) fn reachable(
+        &mut self,
+        slot: &super::Slot,
+        opts: &RequestOptions,
+        estimate: f64,
+    ) -> Option<Arc<ractor::ActorRef<deployment::Msg>>> {
+        let c = slot.config();
+        let name = c.name.as_str();
+        if opts.exclude.contains(&c.name) {
+            self.skip(name, "skipped: excluded by the caller".into(), false, false);
+            return None;
+        }
+        if let Some(max) = opts.max_cost_usd
+            && estimate > max
+        {
+            let why =
+                format!("skipped: estimated cost ${estimate:.6} over Llm-Max-Cost-Usd ${max}");
+            self.skip(name, why, false, true);
+            return None;
+        }
+        if slot.published.circuit() == CircuitState::Open {
+            self.skip(name, Skip::CircuitOpen.describe(), false, false);
+            return None;
+        }
+        let Some(actor) = slot.actor.load_full() else {
+            self.skip(name, Skip::Unreachable.describe(), false, false);
+            return None;
+        };
+        Some(actor)
+    }
+
+    pub(super) fn skip(
+        &mut self,
+        deployment: &str,
+        why: String,
+        rate_limited: bool,
+        over_cost: bool,
+    ) {
         self.only_rate_limited &= rate_limited;
         self.only_not_found = false;
         self.only_over_cost &= over_cost;
@@ -111,7 +171,40 @@ impl Walk {
         });
     }
 
-    fn record_failure(&mut self, deployment: &str, failure: &Failure, latency: Duration) {
+    /// A call that failed: counted, recorded, and the error that ends the walk when the failure
+    /// says not to fall back.
+    pub(super) fn failed_call(
+        &mut self,
+        name: &str,
+        failure: &Failure,
+        decision: &crate::deployment::Decision,
+        latency: Duration,
+    ) -> Option<Failed> {
+        self.calls += 1;
+        self.failed_calls += 1;
+        self.only_rate_limited &= decision.kind == ErrorKind::RateLimited;
+        self.only_not_found &= decision.kind == ErrorKind::NotFound;
+        self.only_over_cost = false;
+        self.record_failure(name, failure, latency);
+        (!decision.fall_back).then(|| {
+            let message = format!("{name}: {}", failure.describe());
+            self.fail(decision.kind, message)
+        })
+    }
+
+    /// A call that answered, in the walk's `group_number`-th group: whether the request fell
+    /// back to get it.
+    pub(super) fn answered(&mut self, group_number: usize) -> bool {
+        self.calls += 1;
+        self.failed_calls > 0 || group_number > 0
+    }
+
+    pub(super) fn record_failure(
+        &mut self,
+        deployment: &str,
+        failure: &Failure,
+        latency: Duration,
+    ) {
         self.last_status = failure.status().or(self.last_status);
         self.records.push(AttemptRecord {
             deployment: deployment.to_string(),
@@ -121,11 +214,11 @@ impl Walk {
         });
     }
 
-    fn deadline_spent(&self, now: Instant) -> bool {
+    pub(super) fn deadline_spent(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| now >= d)
     }
 
-    fn fail(&mut self, kind: ErrorKind, message: String) -> Failed {
+    pub(super) fn fail(&mut self, kind: ErrorKind, message: String) -> Failed {
         // The failed call that ended the walk does not count as a fallback by itself.
         let fell_back = self.failed_calls > 1 || (self.failed_calls == 1 && self.records.len() > 1);
         Failed {
@@ -139,7 +232,42 @@ impl Walk {
         }
     }
 
-    fn timeout(&mut self) -> Failed {
+    /// The error once every candidate was tried or skipped, named by what they had in common.
+    pub(super) fn exhausted(&mut self) -> Failed {
+        if self.deadline_spent(Instant::now()) {
+            return self.timeout();
+        }
+        let n = self.records.len();
+        let (kind, message) = if n == 0 {
+            (
+                ErrorKind::Unavailable,
+                "no deployment to route to".to_string(),
+            )
+        } else if self.only_over_cost {
+            (
+                ErrorKind::BudgetExceeded,
+                format!("all {n} candidates cost more than Llm-Max-Cost-Usd"),
+            )
+        } else if self.only_rate_limited {
+            (
+                ErrorKind::RateLimited,
+                format!("all {n} candidates are at their limit or cooling down"),
+            )
+        } else if self.only_not_found {
+            (
+                ErrorKind::NotFound,
+                format!("the model was not found at any of the {n} candidates"),
+            )
+        } else {
+            (
+                ErrorKind::Unavailable,
+                format!("all {n} candidates failed or were skipped"),
+            )
+        };
+        self.fail(kind, message)
+    }
+
+    pub(super) fn timeout(&mut self) -> Failed {
         let spent = self.started.elapsed().as_millis();
         let calls = self.calls;
         self.fail(
@@ -154,7 +282,40 @@ impl Router {
     pub async fn route(&self, ask: Ask<'_>) -> Result<Served, Failed> {
         self.requests.fetch_add(1, Relaxed);
         let task = self.spend.task_key(ask.task);
-        let mut route = self.table.resolve(ask.task, &ask.req);
+        let route = self.table.resolve(ask.task, &ask.req);
+        let route = self.admissible_route(task, route, false)?;
+        let reason = route.reason.clone();
+        let result = self.walk(ask, route).await.map_err(|mut f| {
+            f.route_reason = Some(reason);
+            f
+        });
+        if let Ok(s) = &result {
+            self.spend
+                .record(task, s.index, s.reply.cost_usd, s.reply.usage.total_tokens);
+        }
+        self.count_fallback(result)
+    }
+
+    /// `result`, counted in `fallbacks` if it fell back.
+    pub(super) fn count_fallback(&self, result: Result<Served, Failed>) -> Result<Served, Failed> {
+        let fell_back = match &result {
+            Ok(s) => s.fallback,
+            Err(f) => f.fell_back,
+        };
+        if fell_back {
+            self.fallbacks.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    /// `route` as the daily caps leave it (the same, a downgrade, or refused), checked to lead to
+    /// deployments of the request's mode (`embedding` or chat).
+    pub(super) fn admissible_route(
+        &self,
+        task: usize,
+        mut route: Route,
+        embedding: bool,
+    ) -> Result<Route, Failed> {
         if !self.budgets.is_empty() {
             // A downgrade is checked once more: the cheaper group may have a cap of its own.
             for _ in 0..2 {
@@ -174,44 +335,36 @@ impl Router {
                 }
             }
         }
-        let reason = route.reason.clone();
-        let result = self.walk(ask, route).await.map_err(|mut f| {
-            f.route_reason = Some(reason);
-            f
-        });
-        if let Ok(s) = &result {
-            self.spend
-                .record(task, s.index, s.reply.cost_usd, s.reply.usage.total_tokens);
-        }
-        let fell_back = match &result {
-            Ok(s) => s.fallback,
-            Err(f) => f.fell_back,
+        let (what, serves_embeddings) = match route.target {
+            Target::Group(g) => (
+                format!("group `{}`", self.table.groups[g].name),
+                self.table.groups[g].embedding,
+            ),
+            Target::Deployment(d) => {
+                let c = self.slots[d].config();
+                (format!("deployment `{}`", c.name), c.is_embedding())
+            }
         };
-        if fell_back {
-            self.fallbacks.fetch_add(1, Relaxed);
+        if serves_embeddings != embedding {
+            let message = if embedding {
+                format!("{what} serves chat, not embeddings: send chat requests to llm.chat.<task>")
+            } else {
+                format!(
+                    "{what} serves embeddings, not chat: send embeddings requests to llm.embed.<task>"
+                )
+            };
+            let mut f = Failed::new(ErrorKind::InvalidRequest, message);
+            f.route_reason = Some(route.reason);
+            return Err(f);
         }
-        result
+        Ok(route)
     }
 
     async fn walk(&self, ask: Ask<'_>, route: Route) -> Result<Served, Failed> {
         let Route { target, reason } = route;
         let (req, opts) = (&ask.req, ask.opts);
-        let started = Instant::now();
-        let mut w = Walk {
-            started,
-            // Deadlines are clamped to `limits.max_deadline` at the edge; the sum is checked anyway.
-            deadline: opts.deadline.and_then(|d| started.checked_add(d)),
-            needed_context: req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0)),
-            reason,
-            records: Vec::new(),
-            calls: 0,
-            failed_calls: 0,
-            last_status: None,
-            only_rate_limited: true,
-            only_not_found: true,
-            only_over_cost: true,
-            first_provider: None,
-        };
+        let mut w = Walk::new(Instant::now(), opts, reason);
+        w.needed_context = req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0));
         let groups: Vec<Option<usize>> = match target {
             Target::Group(g) => self.table.chain(g).map(Some).collect(),
             Target::Deployment(_) => vec![None],
@@ -224,7 +377,9 @@ impl Router {
 
         for (group_number, group) in groups.into_iter().enumerate() {
             let order = match (group, target) {
-                (Some(g), _) => self.order(g, req, opts, ask.strategy, probing),
+                (Some(g), _) => {
+                    self.order(g, &|s| estimated_cost(s, req), opts, ask.strategy, probing)
+                }
                 (None, Target::Deployment(d)) => vec![d],
                 (None, Target::Group(_)) => Vec::new(),
             };
@@ -244,37 +399,7 @@ impl Router {
                 return done;
             }
         }
-        if w.deadline_spent(Instant::now()) {
-            return Err(w.timeout());
-        }
-        let n = w.records.len();
-        let (kind, message) = if n == 0 {
-            (
-                ErrorKind::Unavailable,
-                "no deployment to route to".to_string(),
-            )
-        } else if w.only_over_cost {
-            (
-                ErrorKind::BudgetExceeded,
-                format!("all {n} candidates cost more than Llm-Max-Cost-Usd"),
-            )
-        } else if w.only_rate_limited {
-            (
-                ErrorKind::RateLimited,
-                format!("all {n} candidates are at their limit or cooling down"),
-            )
-        } else if w.only_not_found {
-            (
-                ErrorKind::NotFound,
-                format!("the model was not found at any of the {n} candidates"),
-            )
-        } else {
-            (
-                ErrorKind::Unavailable,
-                format!("all {n} candidates failed or were skipped"),
-            )
-        };
-        Err(w.fail(kind, message))
+        Err(w.exhausted())
     }
 
     /// Tries one candidate: `None` to go on with the next, `Some` when the walk is over.
@@ -293,15 +418,6 @@ impl Router {
         if w.deadline_spent(now) {
             return Some(Err(w.timeout()));
         }
-        if opts.exclude.contains(&c.name) {
-            w.skip(
-                c.name.as_str(),
-                "skipped: excluded by the caller".into(),
-                false,
-                false,
-            );
-            return None;
-        }
         if let Some(window) = c.context_window.filter(|w| needed_context > w.get()) {
             w.skip(
                 c.name.as_str(),
@@ -313,26 +429,7 @@ impl Router {
             );
             return None;
         }
-        if let Some(max) = opts.max_cost_usd {
-            let estimate = estimated_cost(slot, req);
-            if estimate > max {
-                w.skip(
-                    c.name.as_str(),
-                    format!("skipped: estimated cost ${estimate:.6} over Llm-Max-Cost-Usd ${max}"),
-                    false,
-                    true,
-                );
-                return None;
-            }
-        }
-        if slot.published.circuit() == CircuitState::Open {
-            w.skip(c.name.as_str(), Skip::CircuitOpen.describe(), false, false);
-            return None;
-        }
-        let Some(actor) = slot.actor.load_full() else {
-            w.skip(c.name.as_str(), Skip::Unreachable.describe(), false, false);
-            return None;
-        };
+        let actor = w.reachable(slot, opts, estimated_cost(slot, req))?;
         let include_request_extra = *w.first_provider.get_or_insert(c.provider) == c.provider;
         if !include_request_extra && req.extra_body().is_some() {
             tracing::debug!(
@@ -361,15 +458,16 @@ impl Router {
                 w.skip(c.name.as_str(), skip.describe(), limited, false);
             }
             Attempt::Answered { reply, .. } => {
-                w.calls += 1;
+                let fallback = w.answered(group_number);
                 return Some(Ok(Served {
                     reply,
                     index,
                     deployment: slot.name.clone(),
                     provider: c.provider.as_str(),
                     attempts: w.calls,
-                    fallback: w.failed_calls > 0 || group_number > 0,
+                    fallback,
                     route_reason: w.reason.clone(),
+                    space: None,
                 }));
             }
             Attempt::Failed {
@@ -377,15 +475,8 @@ impl Router {
                 decision,
                 latency,
             } => {
-                w.calls += 1;
-                w.failed_calls += 1;
-                w.only_rate_limited &= decision.kind == ErrorKind::RateLimited;
-                w.only_not_found &= decision.kind == ErrorKind::NotFound;
-                w.only_over_cost = false;
-                w.record_failure(&c.name, &failure, latency);
-                if !decision.fall_back {
-                    let message = format!("{}: {}", c.name, failure.describe());
-                    return Some(Err(w.fail(decision.kind, message)));
+                if let Some(stop) = w.failed_call(&c.name, &failure, &decision, latency) {
+                    return Some(Err(stop));
                 }
             }
             Attempt::Broken {
@@ -412,10 +503,10 @@ impl Router {
     }
 
     /// The group's deployments, best first.
-    fn order(
+    pub(super) fn order(
         &self,
         group: usize,
-        req: &ChatRequest,
+        cost: &dyn Fn(&super::Slot) -> f64,
         opts: &RequestOptions,
         strategy: Option<Strategy>,
         probing: bool,
@@ -441,7 +532,7 @@ impl Router {
                             .min(headroom(s.published.tpm_used(), c.tpm.map(|n| n.get())))
                     },
                     ewma_ms: s.published.recent_ewma_ms(now, LATENCY_FRESH),
-                    estimated_cost: estimated_cost(s, req),
+                    estimated_cost: cost(s),
                 }
             })
             .collect();

@@ -5,6 +5,7 @@
 
 pub mod budget;
 pub mod classify;
+pub mod embed;
 pub mod fallback;
 pub mod policy;
 pub mod strategy;
@@ -63,6 +64,34 @@ impl Router {
 }
 
 impl Router {
+    /// Every deployment a route may reach: the group's and its fallbacks', or the one pinned.
+    fn members(&self, target: classify::Target) -> Vec<usize> {
+        match target {
+            classify::Target::Group(g) => self
+                .table
+                .chain(g)
+                .filter_map(|g| self.table.groups.get(g))
+                .flat_map(|g| g.members.iter().copied())
+                .collect(),
+            classify::Target::Deployment(d) => vec![d],
+        }
+    }
+
+    /// The most inputs one provider call takes along `task`'s embeddings route: a batch sends
+    /// that many items per request. 1 when the task has no embedding route (its requests fail
+    /// with the engine's reason).
+    pub fn embed_max_inputs(&self, task: &str) -> usize {
+        let Some(route) = self.table.resolve_embed(task, None) else {
+            return 1;
+        };
+        self.members(route.target)
+            .iter()
+            .filter_map(|&i| self.slots[i].config().embedding.as_ref())
+            .map(|e| e.max_inputs)
+            .min()
+            .unwrap_or(1)
+    }
+
     /// The largest `tpm` reservation batch work may make on any candidate `req` could be routed
     /// to for `task`: each candidate's `tpm × (1 - batch.live_reserve)`, the best of them.
     /// `None` when some candidate has no `tpm` limit (or there is no candidate: the walk reports
@@ -73,15 +102,7 @@ impl Router {
         req: &crate::protocol::ChatRequest,
     ) -> Option<u64> {
         let route = self.table.resolve(task, req);
-        let candidates: Vec<usize> = match route.target {
-            classify::Target::Group(g) => self
-                .table
-                .chain(g)
-                .filter_map(|g| self.table.groups.get(g))
-                .flat_map(|g| g.members.iter().copied())
-                .collect(),
-            classify::Target::Deployment(d) => vec![d],
-        };
+        let candidates = self.members(route.target);
         let mut best: Option<u64> = None;
         for slot in candidates.iter().filter_map(|&i| self.slots.get(i)) {
             let tpm = slot.config().tpm?.get();

@@ -31,15 +31,27 @@ const DEFAULT_MAX_ATTEMPTS: i64 = 3;
 /// Each attempt is a paid provider call: past this a job is more likely wrong than unlucky.
 const MAX_ATTEMPTS: i64 = 20;
 
+/// What a job's items are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A chat request per item, its answer checked against the output rule.
+    Chat,
+    /// `kind = "embed"`: the rendered `input` of each item embedded (`llm.embed.<task>`), up to a
+    /// deployment's `max_inputs` items per provider call; the vector is the output.
+    Embed,
+}
+
 /// A validated job.
 #[derive(Debug, Clone)]
 pub struct Job {
     /// The file it came from, for messages.
     pub source: String,
     pub name: String,
-    /// The route, as the `<task>` token of `llm.chat.<task>`.
+    /// The route, as the `<task>` token of `llm.chat.<task>` (or `llm.embed.<task>`).
     pub task: String,
+    pub kind: Kind,
     pub system: Option<String>,
+    /// The prompt of a chat job, the `input` of an embed job.
     pub prompt: Template,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
@@ -58,6 +70,8 @@ pub enum OutputRule {
     Labels(Labels),
     /// Extraction: JSON that this schema accepts, after coercion.
     JsonSchema(JsonSchemaRule),
+    /// An embed job: the vector is the output; there is no answer to check.
+    Vectors,
 }
 
 /// Why a job file, a template or an input record was refused.
@@ -101,13 +115,17 @@ impl Problems {
 struct RawJob {
     name: String,
     task: String,
+    /// `chat` (default) or `embed`.
+    kind: Option<String>,
     system: Option<String>,
-    prompt: String,
+    prompt: Option<String>,
+    /// An embed job's text per item.
+    input: Option<String>,
     max_tokens: Option<i64>,
     temperature: Option<f64>,
     concurrency: Option<i64>,
     max_attempts: Option<i64>,
-    output: RawOutput,
+    output: Option<RawOutput>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,7 +221,13 @@ impl Job {
         match &self.output {
             OutputRule::Labels(labels) => labels.check(text).map(|l| Value::String(l.to_string())),
             OutputRule::JsonSchema(rule) => rule.check(text),
+            OutputRule::Vectors => Err("an embed job has no answer to check".into()),
         }
+    }
+
+    /// An embed job's text for one record (its rendered `input`).
+    pub fn embed_input(&self, record: &Map<String, Value>) -> Result<String, MissingField> {
+        self.prompt.render(record)
     }
 }
 
@@ -270,17 +294,55 @@ fn validate(raw: RawJob, file: &str, hash: String, problems: &mut Problems) -> O
     if raw.system.as_deref().is_some_and(|s| s.trim().is_empty()) {
         problems.add("system", "must not be empty (leave it out instead)");
     }
-    let prompt = match Template::parse(&raw.prompt) {
-        Ok(t) if t.fields().next().is_none() => {
-            problems.add(
-                "prompt",
-                "uses no {{field}}, so every item would send the same prompt",
-            );
+    let kind = match raw.kind.as_deref() {
+        None | Some("chat") => Kind::Chat,
+        Some("embed") => Kind::Embed,
+        Some(other) => {
+            problems.add("kind", format!("`{other}` is not chat | embed"));
+            Kind::Chat
+        }
+    };
+    let (text, key) = match kind {
+        Kind::Chat => {
+            if raw.input.is_some() {
+                problems.add(
+                    "input",
+                    "only for kind = \"embed\" (a chat job has a `prompt`)",
+                );
+            }
+            (raw.prompt.as_deref(), "prompt")
+        }
+        Kind::Embed => {
+            for (field, given) in [
+                ("prompt", raw.prompt.is_some()),
+                ("system", raw.system.is_some()),
+                ("max_tokens", raw.max_tokens.is_some()),
+                ("temperature", raw.temperature.is_some()),
+                ("output", raw.output.is_some()),
+            ] {
+                if given {
+                    problems.add(
+                        field,
+                        "not for kind = \"embed\" (its `input` is embedded; the vector is the output)",
+                    );
+                }
+            }
+            (raw.input.as_deref(), "input")
+        }
+    };
+    let prompt = match text.map(Template::parse) {
+        None => {
+            problems.add(key, "is required");
             None
         }
-        Ok(t) => Some(t),
-        Err(e) => {
-            problems.add("prompt", e.to_string());
+        Some(Ok(t)) if t.fields().next().is_none() => {
+            let why = format!("uses no {{{{field}}}}, so every item would send the same {key}");
+            problems.add(key, why);
+            None
+        }
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            problems.add(key, e.to_string());
             None
         }
     };
@@ -308,11 +370,22 @@ fn validate(raw: RawJob, file: &str, hash: String, problems: &mut Problems) -> O
         raw.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
         MAX_ATTEMPTS,
     );
-    let output = validate_output(raw.output, &name, problems);
+    let output = match (kind, raw.output) {
+        (Kind::Embed, _) => Some(OutputRule::Vectors),
+        (Kind::Chat, Some(output)) => validate_output(output, &name, problems),
+        (Kind::Chat, None) => {
+            problems.add(
+                "output",
+                "needs `labels = [...]` (classification) or `json_schema = {...}` (extraction)",
+            );
+            None
+        }
+    };
     Some(Job {
         source: file.to_string(),
         name,
         task: raw.task,
+        kind,
         system: raw.system,
         prompt: prompt?,
         max_tokens,

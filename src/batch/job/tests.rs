@@ -201,7 +201,7 @@ fn unknown_keys_and_missing_keys_are_refused_by_the_parser() {
     let err = problems(&with_output("output = { labels = [\"a\"], strict = true }"));
     assert!(err.contains("unknown field `strict`"), "{err}");
     let err = problems("name = \"j\"\ntask = \"t\"\nprompt = \"{{x}}\"\n");
-    assert!(err.contains("missing field `output`"), "{err}");
+    assert!(err.contains("output: needs `labels"), "{err}");
     let err = problems(&with_output(
         "concurrency = \"eight\"\noutput = { labels = [\"a\"] }",
     ));
@@ -456,4 +456,30 @@ fn a_toml_error_gives_its_message_and_position_but_never_the_source_text() {
     assert!(err.contains("concurrency"), "{err}");
     assert!(err.contains("line "), "{err}");
     assert!(!err.contains("sk-secret-value"), "{err}");
+}
+
+#[test]
+fn an_embed_job_has_an_input_and_nothing_of_a_chat_job() {
+    let job = parse(
+        "name = \"e\"\ntask = \"embed\"\nkind = \"embed\"\ninput = \"{{title}}: {{body}}\"\n",
+    )
+    .unwrap();
+    assert_eq!(job.kind, Kind::Embed);
+    assert!(matches!(job.output, OutputRule::Vectors));
+    let r = record(json!({"title": "Refunds", "body": "Five days."}));
+    assert_eq!(job.embed_input(&r).unwrap(), "Refunds: Five days.");
+    assert!(job.check_record(3, &record(json!({"title": "x"}))).is_err());
+
+    let err = problems(
+        "name = \"e\"\ntask = \"t\"\nkind = \"embed\"\nprompt = \"{{x}}\"\noutput = { labels = [\"a\"] }",
+    );
+    assert!(err.contains("prompt: not for kind = \"embed\""), "{err}");
+    assert!(err.contains("output: not for kind = \"embed\""), "{err}");
+    assert!(err.contains("input: is required"), "{err}");
+    let err = problems("name = \"e\"\ntask = \"t\"\nkind = \"vectors\"\ninput = \"{{x}}\"\n");
+    assert!(err.contains("kind: `vectors` is not chat | embed"), "{err}");
+    let err = problems(&with_output(
+        "input = \"{{x}}\"\noutput = { labels = [\"a\"] }",
+    ));
+    assert!(err.contains("input: only for kind = \"embed\""), "{err}");
 }

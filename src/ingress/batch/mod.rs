@@ -32,7 +32,7 @@ mod submission;
 
 use super::IngressError;
 use super::service::Counters;
-use crate::batch::checkpoint::{Checkpoint, output_line};
+use crate::batch::checkpoint::Checkpoint;
 use crate::batch::runner::{self, Hooks, RunArgs};
 use crate::cluster::lease::{self, Acquired, RenewError};
 use crate::config::Config;
@@ -522,7 +522,7 @@ impl BatchService {
             let outcome = loop {
                 tokio::select! {
                     Some(item) = items_rx.recv() => {
-                        let body = serde_json::to_vec(&output_line(&item)).unwrap_or_default();
+                        let body = serde_json::to_vec(&item).unwrap_or_default();
                         let _ = this.client.publish(results.clone(), body.into()).await;
                     }
                     Some((done, total, failed)) = progress_rx.recv() => {
@@ -540,7 +540,7 @@ impl BatchService {
             }
             // Items that finished at the very end.
             while let Ok(item) = items_rx.try_recv() {
-                let body = serde_json::to_vec(&output_line(&item)).unwrap_or_default();
+                let body = serde_json::to_vec(&item).unwrap_or_default();
                 let _ = this.client.publish(results.clone(), body.into()).await;
             }
             let lease = this.leases.lock().ok().and_then(|mut l| l.remove(&id));
