@@ -122,8 +122,12 @@ pub struct RequestArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Stream the reply (with a prompt: sets `"stream": true`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "embed")]
     pub stream: bool,
+    /// An embeddings request on `llm.embed.<TASK>` (the prompt is the `input`); the reply's
+    /// vectors are shown by their first numbers.
+    #[arg(long)]
+    pub embed: bool,
     #[arg(long, env = "SWITCHYARD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
     pub config: PathBuf,
 }

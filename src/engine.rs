@@ -553,6 +553,7 @@ fn unknown_status(slot: &Slot) -> DeploymentStatus {
         group: c.group.clone(),
         provider: c.provider.as_str().into(),
         model: c.model.clone(),
+        mode: c.mode().into(),
         circuit: "unknown".into(),
         in_flight: slot.published.in_flight(),
         rpm_used: slot.published.rpm_used(),

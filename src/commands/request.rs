@@ -1,5 +1,6 @@
-//! `switchyard request TASK`: sends one chat request on `llm.chat.<TASK>` and prints the reply's
-//! `Llm-*` headers and JSON body — what any NATS client (`nats req`, a Python or Go program) does.
+//! `switchyard request TASK`: sends one chat request on `llm.chat.<TASK>` (with `--embed`, an
+//! embeddings request on `llm.embed.<TASK>`) and prints the reply's `Llm-*` headers and JSON body
+//! — what any NATS client (`nats req`, a Python or Go program) does.
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ pub async fn run(config: &Config, r: Request) -> anyhow::Result<bool> {
     let body = match (&r.file, &r.prompt) {
         (Some(path), _) => std::fs::read(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        (None, Some(prompt)) if r.embed => {
+            serde_json::to_vec(&serde_json::json!({ "input": prompt }))?
+        }
         (None, Some(prompt)) => serde_json::to_vec(&serde_json::json!({
             "messages": [{"role": "user", "content": prompt}],
             "stream": r.stream,
@@ -27,7 +31,12 @@ pub async fn run(config: &Config, r: Request) -> anyhow::Result<bool> {
     for (k, v) in &r.headers {
         headers.insert(k.as_str(), v.as_str());
     }
-    let subject = Subjects::new(&config.nats.prefix).chat(&r.task);
+    let subjects = Subjects::new(&config.nats.prefix);
+    let subject = if r.embed {
+        subjects.embed(&r.task)
+    } else {
+        subjects.chat(&r.task)
+    };
     if r.stream {
         return stream(&client, subject, headers, body, r.timeout).await;
     }
@@ -41,8 +50,26 @@ pub async fn run(config: &Config, r: Request) -> anyhow::Result<bool> {
         anyhow::anyhow!("request on {subject} failed: {e} (is `switchyard serve` running?)")
     })?;
     print_headers(reply.headers.as_ref());
-    print_body(&reply.payload)?;
+    if r.embed && is_success(reply.headers.as_ref()) {
+        print_vectors(&reply.payload)?;
+    } else {
+        print_body(&reply.payload)?;
+    }
     Ok(is_success(reply.headers.as_ref()))
+}
+
+/// An embeddings reply with each vector cut to its first numbers and its size.
+fn print_vectors(payload: &[u8]) -> anyhow::Result<()> {
+    let mut v: serde_json::Value = serde_json::from_slice(payload)?;
+    let vectors = crate::protocol::embed::read_list(payload).map_err(anyhow::Error::msg)?;
+    if let Some(data) = v.get_mut("data").and_then(|d| d.as_array_mut()) {
+        for (item, vector) in data.iter_mut().zip(&vectors) {
+            let head: Vec<String> = vector.iter().take(4).map(|x| format!("{x:.4}")).collect();
+            item["embedding"] = format!("[{}, … {} numbers]", head.join(", "), vector.len()).into();
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 /// A streamed request: the reply subject gets one message per chunk, then a last message with

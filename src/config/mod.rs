@@ -783,6 +783,85 @@ mod tests {
         assert!(err.contains("timeout"), "{err}");
     }
 
+    fn embedding(name: &str, group: &str, provider: &str, model: &str, extra: &str) -> String {
+        format!(
+            "[[deployments]]\nname = \"{name}\"\ngroup = \"{group}\"\nprovider = \"{provider}\"\nmode = \"embedding\"\nmodel = \"{model}\"\napi_base = \"http://127.0.0.1:1/v1\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn embedding_deployments_get_their_space_and_split_size() {
+        let text = format!(
+            "{MINIMAL}{}{}{}",
+            embedding("e1", "embed", "openai", "text-embedding-3-small", ""),
+            embedding(
+                "e2",
+                "embed",
+                "openai",
+                "my-model",
+                "dimensions = 384\nspace = \"docs\""
+            ),
+            embedding("e3", "g", "gemini", "text-embedding-004", ""),
+        );
+        let c = parse(&text).unwrap();
+        let spec = |i: usize| c.deployments[i].embedding.clone().unwrap();
+        assert!(
+            c.deployments[0].embedding.is_none(),
+            "chat is the default mode"
+        );
+        assert_eq!(spec(1).dimensions, 1536, "known for the model");
+        assert_eq!(spec(1).space, "text-embedding-3-small@1536");
+        assert_eq!(spec(1).max_inputs, 256);
+        assert_eq!((spec(2).dimensions, spec(2).space.as_str()), (384, "docs"));
+        assert_eq!((spec(3).dimensions, spec(3).max_inputs), (768, 100));
+        assert_eq!(c.routing.default_group, "chat");
+        assert_eq!(c.routing.default_embedding_group.as_deref(), Some("embed"));
+        assert!(c.groups["embed"].embedding && !c.groups["chat"].embedding);
+    }
+
+    #[test]
+    fn modes_do_not_mix_and_anthropic_cannot_embed() {
+        let text = format!(
+            "{MINIMAL}{}{}{}{}\n[routing]\ndefault_embedding_group = \"chat\"\nfallbacks = {{ chat = [\"embed\"] }}\n[groups.chat]\ncross_space = true\n",
+            embedding("e1", "chat", "openai", "text-embedding-3-small", ""),
+            embedding("e2", "embed", "anthropic", "claude-embed", "dimensions = 8"),
+            embedding("e3", "embed", "openai", "unknown-model", "max_inputs = 0"),
+            embedding(
+                "e4",
+                "embed",
+                "gemini",
+                "text-embedding-004",
+                "max_inputs = 250"
+            ),
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        for expected in [
+            "deployments[1].mode: group `chat` holds chat deployments (deployments[0]): a group holds one mode",
+            "deployments[2].mode: Anthropic has no embeddings API",
+            "deployments[3].dimensions: an embedding deployment says the vector size `unknown-model` returns",
+            "deployments[3].max_inputs: must be > 0",
+            "deployments[4].max_inputs: gemini takes at most 100 inputs per call",
+            "routing.default_embedding_group: `chat` is a group of chat deployments",
+            "routing.fallbacks.chat[0]: `embed` is a group of embedding deployments, `chat` of chat",
+            "groups.chat.cross_space: only for groups of embedding deployments",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+        let chat_only = format!("{MINIMAL}\ndimensions = 8\nmode = \"vectors\"\n");
+        let err = parse(&chat_only).unwrap_err().to_string();
+        assert!(
+            err.contains("deployments[0].mode: unknown mode `vectors` (chat | embedding)"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}\ndimensions = 8\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("deployments[0].dimensions: only for mode = \"embedding\""),
+            "{err}"
+        );
+    }
+
     #[test]
     fn duplicate_names_and_self_fallbacks_are_refused() {
         let text = format!("{MINIMAL}{MINIMAL}\n[routing.fallbacks]\nchat = [\"chat\"]\n");

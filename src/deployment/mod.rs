@@ -539,6 +539,7 @@ impl State {
             group: c.group.clone(),
             provider: c.provider.as_str().into(),
             model: c.model.clone(),
+            mode: c.mode().into(),
             circuit: self.breaker.state().as_str().into(),
             in_flight: self.args.published.in_flight(),
             rpm_used: self.args.published.rpm_used(),

@@ -125,10 +125,11 @@ pub fn render(s: &StatusSnapshot) -> String {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for d in &s.deployments {
             let l = format!(
-                "deployment=\"{}\",group=\"{}\",provider=\"{}\"",
+                "deployment=\"{}\",group=\"{}\",provider=\"{}\",mode=\"{}\"",
                 escape(&d.name),
                 escape(&d.group),
-                escape(&d.provider)
+                escape(&d.provider),
+                escape(&d.mode)
             );
             let mut line = |labels: &str, v: f64| {
                 let _ = writeln!(text, "{name}{{{labels}}} {v}");

@@ -21,6 +21,9 @@ pub struct DeploymentStatus {
     pub group: String,
     pub provider: String,
     pub model: String,
+    /// `chat` or `embedding`.
+    #[serde(default = "chat_mode")]
+    pub mode: String,
     /// `closed` | `open` | `half_open`; `unknown` when the actor did not answer in time.
     pub circuit: String,
     pub in_flight: u32,
@@ -94,4 +97,8 @@ pub struct ClusterStatus {
     /// Since when (RFC 3339).
     pub since: String,
     pub detail: String,
+}
+
+fn chat_mode() -> String {
+    "chat".into()
 }
