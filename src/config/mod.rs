@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use alerts::{AlertsConfig, Shift};
 pub use cluster::ClusterConfig;
-pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
+pub use deployment::{DeploymentConfig, EmbeddingSpec, Outage, Price, ProviderKind, SimulatedSpec};
 pub use jobs::JobsConfig;
 pub use limits::LimitsConfig;
 pub use secret::Secret;

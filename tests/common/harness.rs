@@ -142,6 +142,11 @@ impl Running {
         ask(&self.client, task, body, headers).await
     }
 
+    /// Sends an embeddings request on `llm.embed.<task>`.
+    pub async fn embed(&self, task: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        request(&self.client, &format!("llm.embed.{task}"), body, headers).await
+    }
+
     pub async fn status(&self) -> Value {
         let msg = self
             .client
@@ -193,13 +198,23 @@ impl Reply {
 }
 
 pub async fn ask(client: &Client, task: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    request(client, &format!("llm.chat.{task}"), body, headers).await
+}
+
+/// A request on any subject, with its reply's headers and JSON body.
+pub async fn request(
+    client: &Client,
+    subject: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         h.insert(*k, *v);
     }
     let msg = tokio::time::timeout(
         Duration::from_secs(30),
-        client.request_with_headers(format!("llm.chat.{task}"), h, body.to_string().into()),
+        client.request_with_headers(subject.to_string(), h, body.to_string().into()),
     )
     .await
     .expect("a reply within 30 s")
