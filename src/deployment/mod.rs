@@ -28,6 +28,7 @@ mod call;
 mod decision;
 pub mod gate;
 pub mod limiter;
+pub mod opened;
 mod published;
 mod slot;
 pub mod stats;
