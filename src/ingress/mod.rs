@@ -317,7 +317,10 @@ pub async fn run_with(
             warn!(left = tracker.len(), "tasks still running at exit");
         }
     }
-    if let Some(h) = http_loop {
+    // Not yet awaited if draining ran out of time.
+    if let Some(h) = http_loop
+        && !h.is_finished()
+    {
         let _ = tokio::time::timeout(ABORT_GRACE, h).await;
     }
     let _ = status_loop.await;

@@ -19,15 +19,15 @@ pub struct HttpError {
     /// OpenAI's `type`.
     pub kind_type: &'static str,
     /// Our `kind` (the NATS `Llm-Error`).
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     /// `kind`, or a finer reason of the HTTP door (`model_not_found`, `invalid_api_key`, ...).
     pub code: &'static str,
     pub message: String,
     pub param: Option<&'static str>,
     pub request_id: Option<Arc<str>>,
-    pub attempts: Vec<AttemptRecord>,
+    pub attempts: Box<[AttemptRecord]>,
     /// Seconds, for `Retry-After`.
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -71,12 +71,12 @@ impl HttpError {
         Self {
             status,
             kind_type,
-            kind: kind.as_str(),
+            kind,
             code: kind.as_str(),
             message: message.into(),
             param: None,
             request_id: None,
-            attempts: Vec::new(),
+            attempts: Box::default(),
             retry_after: (kind == ErrorKind::Overloaded).then_some(1),
         }
     }
@@ -85,7 +85,7 @@ impl HttpError {
     pub fn failed(f: &Failed, request_id: &Arc<str>) -> Self {
         let mut e = Self::of(f.kind, f.message.clone());
         e.request_id = Some(request_id.clone());
-        e.attempts = f.attempts.clone();
+        e.attempts = f.attempts.clone().into_boxed_slice();
         e
     }
 
@@ -153,7 +153,7 @@ impl HttpError {
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds.max(1));
+        self.retry_after = Some(u32::try_from(seconds).unwrap_or(u32::MAX).max(1));
         self
     }
 
@@ -165,7 +165,7 @@ impl HttpError {
                 kind_type: self.kind_type,
                 param: self.param,
                 code: self.code,
-                kind: self.kind,
+                kind: self.kind.as_str(),
                 request_id: self.request_id.as_deref(),
                 attempts: &self.attempts,
             },

@@ -214,7 +214,7 @@ mod tests {
         // rpm 2: a burst of two, then 429 with a wait.
         assert!(keys.admit(1).is_ok() && keys.admit(1).is_ok());
         let e = keys.admit(1).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.kind), (429, "rate_limited"));
+        assert_eq!((e.status.as_u16(), e.kind.as_str()), (429, "rate_limited"));
         assert!(
             e.retry_after.is_some_and(|s| (1..=30).contains(&s)),
             "{:?}",
@@ -237,7 +237,7 @@ mod tests {
         assert!(keys.admit(0).is_ok());
         keys.record(0, 0.5);
         let e = keys.admit(0).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.kind), (429, "budget_exceeded"));
+        assert_eq!((e.status.as_u16(), e.kind.as_str()), (429, "budget_exceeded"));
         assert!(e.retry_after.is_some_and(|s| s <= 86_400));
     }
 }
