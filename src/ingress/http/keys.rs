@@ -237,7 +237,10 @@ mod tests {
         assert!(keys.admit(0).is_ok());
         keys.record(0, 0.5);
         let e = keys.admit(0).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.kind.as_str()), (429, "budget_exceeded"));
+        assert_eq!(
+            (e.status.as_u16(), e.kind.as_str()),
+            (429, "budget_exceeded")
+        );
         assert!(e.retry_after.is_some_and(|s| s <= 86_400));
     }
 }
