@@ -666,6 +666,14 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_http_config_is_valid() {
+        let text = include_str!("../../docker/http.toml");
+        let c = Config::parse(text, "docker/http.toml", &|_| Some("key".into()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.http.keys.len(), 1);
+    }
+
+    #[test]
     fn the_embedded_demo_config_is_valid() {
         let c = Config::demo();
         assert!(c.deployments.len() >= 3);
