@@ -85,13 +85,45 @@ impl Running {
             switchyard::ingress::connect(&config.nats, &format!("switchyard-{instance}"))
                 .await
                 .expect("connect as serve does");
-        Self::start_with(client, serve_client, &url, config, instance).await
+        Self::start_with(client, serve_client, &url, config, instance, None).await
     }
 
     async fn start_instance(nats_url: &str, config: Config, instance: &str) -> Running {
         let client = async_nats::connect(nats_url).await.expect("connect");
         let serve_client = async_nats::connect(nats_url).await.expect("connect");
-        Self::start_with(client, serve_client, nats_url, config, instance).await
+        Self::start_with(client, serve_client, nats_url, config, instance, None).await
+    }
+
+    /// An instance whose HTTP door listens on a free loopback port; returns it with the door's
+    /// base URL (`http://127.0.0.1:PORT`).
+    pub async fn start_http(
+        nats: &NatsServer,
+        config: Config,
+        instance: &str,
+    ) -> (Running, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let serve_client = async_nats::connect(nats.url()).await.expect("connect");
+        let running = Self::start_with(
+            client,
+            serve_client,
+            &nats.url(),
+            config,
+            instance,
+            Some(listener),
+        )
+        .await;
+        (running, base)
+    }
+
+    /// Asks for shutdown without waiting for it (`finish` waits).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     async fn start_with(
@@ -100,13 +132,14 @@ impl Running {
         nats_url: &str,
         config: Config,
         instance: &str,
+        http: Option<tokio::net::TcpListener>,
     ) -> Running {
         let engine = Arc::new(Engine::start(&config, instance).await.expect("engine"));
         let kept = config.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let (e, serving) = (engine.clone(), serve_client.clone());
         let task = tokio::spawn(async move {
-            switchyard::ingress::run(serving, e, &config, async {
+            switchyard::ingress::run_with(serving, e, &config, http, async {
                 let _ = stopped.await;
             })
             .await

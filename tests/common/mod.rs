@@ -12,6 +12,7 @@
 pub mod fake;
 pub mod harness;
 pub mod nats;
+pub mod python;
 
 pub use fake::{Dialect, FakeProvider, Fault, Recorded};
 pub use nats::{NatsCluster, NatsServer};
