@@ -18,9 +18,10 @@ async fn the_openai_python_sdk_works_unchanged_but_for_base_url_and_key() {
         .await
         .expect("the virtualenv");
     let nats = NatsServer::start();
-    let (a, b) = (
+    let (a, b, e) = (
         FakeProvider::start_named("a").await,
         FakeProvider::start_named("b").await,
+        FakeProvider::start_named("e").await,
     );
     let slow: String = switchyard::config::key_digest("sk-slow")
         .iter()
@@ -28,13 +29,14 @@ async fn the_openai_python_sdk_works_unchanged_but_for_base_url_and_key() {
         .collect();
     let rest = format!(
         "[routing]\nfallbacks = {{ chat = [\"spare\"] }}\n[limits]\nmax_body = 4096\n\
-         [[http.keys]]\nname = \"sdk\"\nkey_env = \"TEST_KEY_ENV\"\nmodels = [\"chat\"]\n\
+         [[http.keys]]\nname = \"sdk\"\nkey_env = \"TEST_KEY_ENV\"\nmodels = [\"chat\", \"embed\"]\n\
          [[http.keys]]\nname = \"slow\"\nkey_sha256 = \"{slow}\"\nrpm = 1\n"
     );
     let deployments = format!(
-        "{}{}",
+        "{}{}[[deployments]]\nname = \"emb\"\ngroup = \"embed\"\nprovider = \"openai\"\nmode = \"embedding\"\nmodel = \"text-embedding-3-small\"\ndimensions = 16\napi_base = \"{}\"\napi_key_env = \"TEST_KEY_ENV\"\n",
         openai_deployment("primary", "chat", &a.base_url(), ""),
-        openai_deployment("backup", "spare", &b.base_url(), "")
+        openai_deployment("backup", "spare", &b.base_url(), ""),
+        e.base_url()
     );
     let (running, base) =
         Running::start_http(&nats, config(&nats.url(), &rest, &deployments), "sdk").await;
@@ -85,7 +87,29 @@ async fn the_openai_python_sdk_works_unchanged_but_for_base_url_and_key() {
     assert_eq!(seen["fallback"]["llm_fallback"], "true");
     assert_eq!(seen["fallback"]["deployment"], "backup");
     assert_eq!(seen["fallback"]["text"], "fake reply from b");
-    assert_eq!(seen["models"], serde_json::json!(["chat", "primary"]));
+    assert_eq!(
+        seen["models"],
+        serde_json::json!(["chat", "emb", "embed", "primary"])
+    );
+    // Embeddings: the SDK's base64 default and plain floats give the fake's exact vectors.
+    let emb = &seen["embed"];
+    // Compared as the float32s they are, however the SDK decoded them.
+    let f32s = |v: &Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not a vector: {v}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let exact = |text: &str| common::fake::embed::vector(text, 16);
+    assert_eq!(emb["n"], 2);
+    assert_eq!(emb["dims"], 16);
+    assert_eq!(f32s(&emb["alpha"]), exact("alpha"), "{emb}");
+    assert_eq!(f32s(&emb["beta"]), exact("beta"));
+    assert_eq!(f32s(&emb["float_alpha"]), exact("alpha"));
+    assert_eq!(emb["model"], "text-embedding-3-small");
+    assert_eq!(emb["space"], "text-embedding-3-small@16");
+    assert!(emb["tokens"].as_u64() > Some(0));
     let e = &seen["errors"];
     for (status, class, code) in [
         ("401", "AuthenticationError", "invalid_api_key"),

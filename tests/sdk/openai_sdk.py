@@ -69,4 +69,18 @@ first = next(iter(stream))
 out["left_after"] = first.object
 stream.close()
 
+# Embeddings as the SDK asks for them (base64 by default, decoded by the SDK into floats).
+e = client.embeddings.create(model="embed", input=["alpha", "beta"])
+raw = client.embeddings.with_raw_response.create(model="embed", input="alpha", encoding_format="float")
+out["embed"] = {
+    "n": len(e.data),
+    "dims": len(e.data[0].embedding),
+    "alpha": e.data[0].embedding,
+    "beta": e.data[1].embedding,
+    "model": e.model,
+    "tokens": e.usage.prompt_tokens,
+    "float_alpha": raw.parse().data[0].embedding,
+    "space": raw.headers.get("llm-embedding-space"),
+}
+
 print(json.dumps(out))

@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: the body of docs/contract.md §1 and its `Llm-*` request headers,
+//! `POST /v1/chat/completions` and `POST /v1/embeddings` (the two kinds of `Work`): the body of
+//! docs/contract.md §1 (or §10) and its `Llm-*` request headers,
 //! served by `Engine::chat` exactly as `ingress::chat` serves NATS (headers read by
 //! `RequestOptions::from_lookup`, one of `limits.max_in_flight` places, the panic guard, the
 //! shutdown answer). Not streamed: the `chat.completion` or the error with its status. Streamed:
@@ -37,7 +38,21 @@ struct Peek {
     stream: Option<bool>,
 }
 
-pub(super) async fn handle(door: &Door, req: Request<Incoming>, busy: Busy) -> Response<Body> {
+/// What a POST asks the engine for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Work {
+    /// `/v1/chat/completions`: `Engine::chat`, streamed or not.
+    Chat,
+    /// `/v1/embeddings`: `Engine::embed`, never streamed.
+    Embed,
+}
+
+pub(super) async fn handle(
+    door: &Door,
+    req: Request<Incoming>,
+    busy: Busy,
+    work: Work,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let key = match door.keys.authenticate(&parts.headers) {
         Ok(k) => k,
@@ -54,14 +69,15 @@ pub(super) async fn handle(door: &Door, req: Request<Incoming>, busy: Busy) -> R
             Vec::new(),
         );
     };
+    let asked = match work {
+        Work::Chat => door.models.asked(&pick),
+        Work::Embed => door.models.asked_embed(&pick),
+    };
     if let Some(i) = key {
         if let Some(k) = door.keys.key(i)
-            && !k.allows(door.models.asked(&pick))
+            && !k.allows(asked)
         {
-            return failure(
-                &HttpError::forbidden(&k.name, door.models.asked(&pick)),
-                Vec::new(),
-            );
+            return failure(&HttpError::forbidden(&k.name, asked), Vec::new());
         }
         if let Err(e) = door.keys.admit(i) {
             return failure(&e, Vec::new());
@@ -90,7 +106,7 @@ pub(super) async fn handle(door: &Door, req: Request<Incoming>, busy: Busy) -> R
         Pick::Named(_) | Pick::Default => String::new(),
     };
     let options = match options {
-        Ok(o) if peek.stream == Some(true) => {
+        Ok(o) if work == Work::Chat && peek.stream == Some(true) => {
             let first_group = door.models.first_group(&pick).map(str::to_string);
             let ask = Streamed {
                 task,
@@ -104,14 +120,15 @@ pub(super) async fn handle(door: &Door, req: Request<Incoming>, busy: Busy) -> R
         }
         other => other,
     };
-    let work = async {
+    let served = async {
         match options {
+            Ok(o) if work == Work::Embed => Box::pin(engine.embed(&task, o, &body)).await,
             Ok(o) => Box::pin(engine.chat(&task, o, &body, None)).await,
             Err(why) => engine.refuse(&task, request_id.clone(), why),
         }
     };
     let outcome = tokio::select! {
-        o = guarded(work, engine, &request_id, false) => o,
+        o = guarded(served, engine, &request_id, false) => o,
         () = door.abort.cancelled() => shut_down(engine, &request_id, false),
     };
     drop(place);

@@ -211,7 +211,12 @@ impl Drop for Busy {
 impl Door {
     async fn handle(&self, req: Request<Incoming>, busy: Busy) -> Response<Body> {
         match (req.method(), req.uri().path()) {
-            (&Method::POST, "/v1/chat/completions") => chat::handle(self, req, busy).await,
+            (&Method::POST, "/v1/chat/completions") => {
+                chat::handle(self, req, busy, chat::Work::Chat).await
+            }
+            (&Method::POST, "/v1/embeddings") => {
+                chat::handle(self, req, busy, chat::Work::Embed).await
+            }
             (&Method::GET, "/v1/models") => match self.keys.authenticate(req.headers()) {
                 Ok(key) => {
                     let key = key.and_then(|i| self.keys.key(i));

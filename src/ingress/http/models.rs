@@ -28,6 +28,8 @@ pub struct Models {
     groups: Vec<String>,
     tasks: BTreeMap<String, String>,
     default_group: String,
+    /// `routing.default_embedding_group`: where `/v1/embeddings` without `model` goes.
+    default_embedding_group: String,
     classify: bool,
     /// `GET /v1/models` entries, in order: groups, tasks, deployments; each name once.
     listed: Vec<(String, String)>,
@@ -82,6 +84,11 @@ impl Models {
             groups,
             tasks: config.tasks.clone(),
             default_group: config.routing.default_group.clone(),
+            default_embedding_group: config
+                .routing
+                .default_embedding_group
+                .clone()
+                .unwrap_or_default(),
             classify: config.routing.classify,
             listed,
             created: crate::cluster::wall_ms() / 1000,
@@ -107,6 +114,14 @@ impl Models {
         match pick {
             Pick::Named(n) | Pick::Task(n) => n,
             Pick::Default => &self.default_group,
+        }
+    }
+
+    /// `asked` for an embeddings request, whose default is the default embedding group.
+    pub fn asked_embed<'a>(&'a self, pick: &'a Pick) -> &'a str {
+        match pick {
+            Pick::Default => &self.default_embedding_group,
+            other => self.asked(other),
         }
     }
 
