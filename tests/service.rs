@@ -69,7 +69,12 @@ async fn srv_ping_info_and_stats_answer_with_the_endpoints_and_their_counts() {
     subjects.sort_unstable();
     assert_eq!(
         subjects,
-        ["llm.batch.submit", "llm.chat.>", "llm.embed.>", "llm.status"]
+        [
+            "llm.batch.submit",
+            "llm.chat.>",
+            "llm.embed.>",
+            "llm.status"
+        ]
     );
 
     let by_id = sy

@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode as Code;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use prost::Message;
 
-use common::harness::{ask, ask_stream, openai_deployment};
+use common::harness::{ask, ask_stream, openai_deployment, request};
 use common::{FakeProvider, Fault, NatsServer};
 
 const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello there"}],"max_tokens":32,"temperature":0.5}"#;
@@ -161,6 +161,7 @@ const ATTEMPT_KEYS: &[&str] = &[
     "server.port",
     "llm.deployment",
     "llm.attempt",
+    "llm.inputs",
     "http.response.status_code",
     "error.type",
 ];
@@ -275,7 +276,9 @@ fn trace<'a>(spans: &'a [&'a Span], id: &str) -> Trace<'a> {
         .collect();
     assert_eq!(roots.len(), 1, "one request span for {id}");
     let request = *roots[0];
-    assert_eq!(request.name, "chat");
+    // `chat`, or `embeddings` for llm.embed.* requests: the operation names the span.
+    let operation = string(request, "gen_ai.operation.name");
+    assert_eq!(request.name, operation);
     assert_eq!(request.kind, SpanKind::Server as i32);
     check_keys(request, REQUEST_KEYS);
     let mut attempts: Vec<&Span> = spans
@@ -294,8 +297,9 @@ fn trace<'a>(spans: &'a [&'a Span], id: &str) -> Trace<'a> {
         check_keys(a, ATTEMPT_KEYS);
         assert_eq!(
             a.name,
-            format!("chat {}", string(a, "gen_ai.request.model"))
+            format!("{operation} {}", string(a, "gen_ai.request.model"))
         );
+        assert_eq!(string(a, "gen_ai.operation.name"), operation);
     }
     Trace { request, attempts }
 }
@@ -353,10 +357,17 @@ async fn a_collector_gets_typed_genai_spans_with_error_status_and_nothing_else()
     // `primary` alone in `main`, which falls back to `backup` holding `secondary`: attempts come
     // in a fixed order. A breaker that stays closed through the two failures scripted below.
     let text = format!(
-        "[nats]\nurl = \"{}\"\n[storage]\npath = \":memory:\"\n[routing]\ndefault_group = \"main\"\nfallbacks = {{ main = [\"backup\"] }}\n[tasks]\nchat = \"main\"\n[breaker]\nfailure_threshold = 10\n{}{}",
+        "[nats]\nurl = \"{}\"\n[storage]\npath = \":memory:\"\n[routing]\ndefault_group = \"main\"\nfallbacks = {{ main = [\"backup\"] }}\n[tasks]\nchat = \"main\"\nembed = \"embed\"\n[breaker]\nfailure_threshold = 10\n{}{}{}",
         nats.url(),
         openai_deployment("primary", "main", &primary.base_url(), ""),
         openai_deployment("secondary", "backup", &secondary.base_url(), ""),
+        // The embeddings endpoint of the same fake, for an `embeddings` trace.
+        openai_deployment(
+            "embedder",
+            "embed",
+            &secondary.base_url(),
+            "mode = \"embedding\"\ndimensions = 16\n"
+        ),
     )
     .replace("TEST_KEY_ENV", "TRACES_TEST_KEY");
     let dir = tempfile::tempdir().unwrap();
@@ -411,6 +422,14 @@ async fn a_collector_gets_typed_genai_spans_with_error_status_and_nothing_else()
     .await;
     assert!(!s.chunks.is_empty(), "no chunk streamed");
     assert_eq!(s.last.header("Llm-Stream"), Some("end"), "{}", s.last.body);
+    let e = request(
+        &client,
+        "llm.embed.embed",
+        r#"{"input":["one text","another"]}"#,
+        &[("Llm-Request-Id", "embedded")],
+    )
+    .await;
+    assert_eq!(e.served_by(), "embedder", "{}", e.body);
 
     // SIGTERM: the exporter's guard flushes the batched spans before the process exits.
     let ok = Command::new("kill")
@@ -431,18 +450,20 @@ async fn a_collector_gets_typed_genai_spans_with_error_status_and_nothing_else()
         assert_eq!(service, "\"switchyard\"");
         assert_eq!(scope, "switchyard");
         assert!(
-            span.name == "chat" || span.name.starts_with("chat "),
+            ["chat", "embeddings"]
+                .iter()
+                .any(|op| span.name == *op || span.name.starts_with(&format!("{op} "))),
             "only our spans are exported, got {:?} {:?}",
             span.name,
             attrs(span)
         );
     }
     let spans: Vec<&Span> = received.spans.iter().map(|(_, _, s)| s).collect();
-    // One request span each, with one attempt (plain, streamed) and two (fallback, down):
-    // nothing else.
+    // One request span each, with one attempt (plain, streamed, embedded) and two (fallback,
+    // down): nothing else.
     assert_eq!(
         spans.len(),
-        4 + 1 + 2 + 2 + 1,
+        5 + 1 + 2 + 2 + 1 + 1,
         "{:#?}",
         spans.iter().map(|s| &s.name).collect::<Vec<_>>()
     );
@@ -535,4 +556,25 @@ async fn a_collector_gets_typed_genai_spans_with_error_status_and_nothing_else()
     };
     check_attempt(attempt, "primary", 1, &primary);
     check_answered(attempt);
+
+    // Embeddings: the same two spans, named by their operation; no output tokens.
+    let embedded = trace(&spans, "embedded");
+    println!("\nembeddings request:");
+    embedded.print();
+    let req = embedded.request;
+    assert_eq!(string(req, "llm.task"), "embed");
+    assert_eq!(string(req, "llm.deployment"), "embedder");
+    assert_eq!(string(req, "gen_ai.response.model"), "embedder-model");
+    assert!(int(req, "gen_ai.usage.input_tokens") > 0);
+    assert_eq!(int(req, "gen_ai.usage.output_tokens"), 0);
+    assert_ne!(status(req).0, Code::Error);
+    let [attempt] = embedded.attempts[..] else {
+        panic!("one attempt: {:?}", embedded.attempts);
+    };
+    assert_eq!(string(attempt, "llm.deployment"), "embedder");
+    assert_eq!(int(attempt, "llm.inputs"), 2);
+    assert_eq!(int(attempt, "http.response.status_code"), 200);
+    assert_eq!(string(attempt, "server.address"), "127.0.0.1");
+    assert!(int(attempt, "gen_ai.usage.input_tokens") > 0);
+    assert!(!attrs(attempt).contains_key("error.type"));
 }

@@ -216,13 +216,7 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
-    // The host alone: `api_base` may carry credentials (`https://user:key@host`) or a `?key=`.
-    if let Some((host, port)) = args.adapter.server() {
-        span.record("server.address", host);
-        if let Some(port) = port {
-            span.record("server.port", int(port));
-        }
-    }
+    record_server(&span, args);
     if let Some(n) = call.req.max_tokens {
         span.record("gen_ai.request.max_tokens", int(n));
     }
@@ -230,6 +224,17 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
         span.record("gen_ai.request.temperature", t);
     }
     span
+}
+
+/// Where the call goes, on its span: the host alone — `api_base` may carry credentials
+/// (`https://user:key@host`) or a `?key=`.
+pub(super) fn record_server(span: &tracing::Span, args: &Args) {
+    if let Some((host, port)) = args.adapter.server() {
+        span.record("server.address", host);
+        if let Some(port) = port {
+            span.record("server.port", int(port));
+        }
+    }
 }
 
 /// What an attempt's span learns when it ends.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use ractor::ActorRef;
 use tracing::Instrument;
 
-use super::call::{Said, admit, bound, close_span, log_failure, log_success};
+use super::call::{Said, admit, bound, close_span, log_failure, log_success, record_server};
 use super::{Args, Attempt, Msg, Outcome};
 use crate::observe::trace::int;
 use crate::protocol::{EmbedRequest, Usage};
@@ -54,9 +54,12 @@ pub async fn embed(actor: &ActorRef<Msg>, args: &Args, call: EmbedArgs) -> Attem
         llm.deployment = %args.name,
         llm.attempt = int(call.attempt),
         llm.inputs = int(call.range.len()),
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
+    record_server(&span, args);
     embed_inner(actor, args, call, &span)
         .instrument(span.clone())
         .await
