@@ -12,12 +12,15 @@
 //! - `openai.rs`, `anthropic/`, `gemini/` — one `WireFormat` each.
 //! - `send.rs` — `HttpBackend`: any wire format sent over HTTP, the only I/O for providers.
 //! - `simulated.rs` — the in-process simulator, a backend of its own.
+//! - `batch/` — provider batch APIs (OpenAI Batch, Anthropic Message Batches): a capability a
+//!   format opts into, given to deployments with `batch_api = true`.
 //! - this file — `Adapter`: picks the backend (and for HTTP the format) from the config, the only
 //!   place that matches on `ProviderKind`, and completes and prices what comes back.
 //!
 //! Adding a provider is one `WireFormat` file and one arm in `Adapter::new`.
 
 pub mod anthropic;
+pub mod batch;
 pub mod embed;
 mod failure;
 pub mod gemini;
@@ -70,20 +73,43 @@ enum Backend {
 pub struct Adapter {
     pub config: DeploymentConfig,
     backend: Backend,
+    /// The provider's batch API, for a deployment with `batch_api = true`.
+    batch: Option<batch::BatchClient>,
 }
 
 impl Adapter {
     pub fn new(config: DeploymentConfig, client: reqwest::Client) -> Self {
-        let http =
-            |format: Box<dyn WireFormat>| Backend::Http(HttpBackend::new(format, &config, client));
-        // The one place that knows the provider kinds.
-        let backend = match config.provider {
-            ProviderKind::OpenAi => http(Box::new(openai::OpenAi)),
-            ProviderKind::Anthropic => http(Box::new(anthropic::Anthropic)),
-            ProviderKind::Gemini => http(Box::new(gemini::Gemini)),
-            ProviderKind::Simulated => Backend::Simulated,
+        let http = |format: Box<dyn WireFormat>| {
+            Backend::Http(HttpBackend::new(format, &config, client.clone()))
         };
-        Self { config, backend }
+        let batch = |format: Box<dyn batch::BatchFormat>, wire: Box<dyn WireFormat>| {
+            let client = batch::BatchClient::new(format, wire, &config, client.clone());
+            config.batch_api.then_some(client)
+        };
+        // The one place that knows the provider kinds.
+        let (backend, batch) = match config.provider {
+            ProviderKind::OpenAi => (
+                http(Box::new(openai::OpenAi)),
+                batch(
+                    Box::new(batch::openai::OpenAiBatch),
+                    Box::new(openai::OpenAi),
+                ),
+            ),
+            ProviderKind::Anthropic => (
+                http(Box::new(anthropic::Anthropic)),
+                batch(
+                    Box::new(batch::anthropic::AnthropicBatch),
+                    Box::new(anthropic::Anthropic),
+                ),
+            ),
+            ProviderKind::Gemini => (http(Box::new(gemini::Gemini)), None),
+            ProviderKind::Simulated => (Backend::Simulated, None),
+        };
+        Self {
+            config,
+            backend,
+            batch,
+        }
     }
 
     pub async fn call(
@@ -127,8 +153,19 @@ impl Adapter {
             .cost(usage.prompt_tokens, usage.completion_tokens)
     }
 
-    /// Fills in what a provider may leave out (`usage`, `model`, `id`), and prices the call.
+    /// The provider's batch API, when the deployment says `batch_api = true`.
+    pub fn batch(&self) -> Option<&batch::BatchClient> {
+        self.batch.as_ref()
+    }
+
     fn finish(&self, req: &ChatRequest, answer: Answer) -> ProviderReply {
+        self.complete(req.estimated_prompt_tokens, answer)
+    }
+
+    /// Fills in what a provider may leave out (`usage`, `model`, `id`), and prices the call at
+    /// the sync price (`estimated_prompt_tokens` stands in for a prompt count the provider left
+    /// out). Batch answers are completed here too, so they read exactly as sync replies.
+    pub fn complete(&self, estimated_prompt_tokens: u64, answer: Answer) -> ProviderReply {
         let price = |u: &Usage| self.config.price.cost(u.prompt_tokens, u.completion_tokens);
         let mut completion = match answer {
             Answer::Wire { body, usage } => {
@@ -147,7 +184,7 @@ impl Adapter {
                     completion.text().map_or(0, str::len),
                 );
                 sane_usage(Usage {
-                    prompt_tokens: req.estimated_prompt_tokens,
+                    prompt_tokens: estimated_prompt_tokens,
                     completion_tokens,
                     total_tokens: 0,
                 })
