@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fake_batch::{Api, FakeBatch};
+use common::fake_batch::{Api, FakeBatch, Script};
 use common::harness::deployment;
 use common::{FakeProvider, Fault};
 use serde_json::Value;
@@ -68,6 +68,26 @@ fn write(dir: &Path, s: &Setup) {
         s.deployments
     );
     std::fs::write(dir.join("config.toml"), config).unwrap();
+}
+
+/// A fake of `api` scripted by `script`, and a folder with a job of `items` items (`job_extra`
+/// added to the job file) on one deployment with `batch_api = true` there.
+async fn started(
+    api: Api,
+    items: usize,
+    job_extra: &str,
+    script: impl FnOnce(&mut Script),
+) -> (tempfile::TempDir, FakeBatch) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeBatch::start(api).await;
+    fake.script(script);
+    let setup = Setup {
+        items,
+        job: job(job_extra),
+        deployments: batch_deployment(api, &fake),
+    };
+    write(dir.path(), &setup);
+    (dir, fake)
 }
 
 fn command(dir: &Path) -> Command {
@@ -248,4 +268,283 @@ async fn openai_end_to_end_at_half_price_with_errored_and_wrong_answers_served_s
     assert!((summary_value(&out, "cost $") - expected).abs() < 1e-6);
     let sync_equivalent = expected + (batch_ok + wrong as f64) * SYNC_COST / 2.0;
     assert!((summary_value(&out, "sync-equivalent cost $") - sync_equivalent).abs() < 1e-6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_end_to_end_with_expired_items_served_sync() {
+    let items = 30;
+    let (dir, fake) = started(
+        Api::Anthropic,
+        items,
+        "deadline = \"24h\"\nmax_batch_items = 10",
+        |s| {
+            s.expire_every = Some(4);
+            s.error_every = Some(9);
+        },
+    )
+    .await;
+    let out = run(dir.path()).await;
+    let lines = output(dir.path());
+    let via = check_output(&lines, items);
+    submitted_once(&fake, items);
+    assert_eq!(fake.state().batches.len(), 3);
+    assert!(
+        fake.state().refused.is_empty(),
+        "{:?}",
+        fake.state().refused
+    );
+    // In each part of 10: 4 and 8 expired, 9 errored.
+    let sync = 3 * 3;
+    assert_eq!(via["sync"], sync);
+    assert_eq!(fake.state().sync_prompts.len(), sync);
+    // Every batch request carried max_tokens and the rendered prompt.
+    for b in &fake.state().batches {
+        for e in &b.entries {
+            assert_eq!(e.body["max_tokens"], 8);
+            let text = e.body["messages"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap();
+            assert!(text.starts_with("Ticket t"), "{}", e.body);
+        }
+    }
+    for l in lines.iter().filter(|l| l["via"] == "batch") {
+        assert!(
+            close(l["cost_usd"].as_f64().unwrap(), SYNC_COST / 2.0),
+            "{l}"
+        );
+    }
+    let cost: f64 = lines.iter().map(|l| l["cost_usd"].as_f64().unwrap()).sum();
+    let expected = (items - sync) as f64 * SYNC_COST / 2.0 + sync as f64 * SYNC_COST;
+    assert!(close(cost, expected));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("msgbatch_"),
+        "the summary lists the remote batches:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_the_remote_batch_runs_resumes_it_without_submitting_again() {
+    for api in [Api::OpenAi, Api::Anthropic] {
+        let items = 40;
+        let (dir, fake) = started(
+            api,
+            items,
+            "deadline = \"24h\"\nmax_batch_items = 15",
+            |s| s.hold = true,
+        )
+        .await;
+        let child = spawn(dir.path());
+        // Every part created, its remote id stored, and polled at least once.
+        wait_db(
+            dir.path(),
+            "three parts submitted",
+            "SELECT COUNT(*) FROM remote_parts WHERE remote_id IS NOT NULL",
+            3,
+        )
+        .await;
+        fake.wait("polls", 30, |s| {
+            s.calls.get("get").copied().unwrap_or(0) >= 3
+        })
+        .await;
+        kill(child);
+        assert_eq!(db_count(dir.path(), "SELECT COUNT(*) FROM items"), 0);
+        // Run again: it re-attaches, and once the provider finishes, every item is done.
+        let child = spawn(dir.path());
+        let polls = fake.calls("get");
+        fake.wait("polls after the restart", 30, |s| {
+            s.calls["get"] >= polls + 3
+        })
+        .await;
+        fake.script(|s| s.hold = false);
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{api:?}");
+        let via = check_output(&output(dir.path()), items);
+        assert_eq!(via["batch"], items, "{api:?}");
+        submitted_once(&fake, items);
+        assert_eq!(fake.state().batches.len(), 3, "{api:?}");
+        assert!(fake.state().sync_prompts.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_creating_before_storing_the_id_openai_finds_its_batch_by_metadata() {
+    let items = 12;
+    let (dir, fake) = started(Api::OpenAi, items, "deadline = \"24h\"", |s| {
+        s.hold_create = true
+    })
+    .await;
+    let child = spawn(dir.path());
+    // The batch exists remotely; its create call has not answered.
+    fake.wait("the batch created", 30, |s| s.batches.len() == 1)
+        .await;
+    kill(child);
+    assert_eq!(
+        db_count(
+            dir.path(),
+            "SELECT COUNT(*) FROM remote_parts WHERE remote_id IS NULL"
+        ),
+        1
+    );
+    fake.script(|s| s.hold_create = false);
+    run(dir.path()).await;
+    check_output(&output(dir.path()), items);
+    submitted_once(&fake, items);
+    assert_eq!(
+        fake.calls("create"),
+        1,
+        "found by its metadata, not created again"
+    );
+    assert!(fake.calls("list") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_results_are_read_reads_them_again_and_applies_them_once() {
+    for api in [Api::OpenAi, Api::Anthropic] {
+        let items = 20;
+        let (dir, fake) = started(api, items, "deadline = \"24h\"", |s| {
+            s.hold_downloads = true;
+            s.error_every = Some(5);
+        })
+        .await;
+        let child = spawn(dir.path());
+        fake.wait("a results download", 30, |s| s.downloads >= 1)
+            .await;
+        kill(child);
+        assert_eq!(db_count(dir.path(), "SELECT COUNT(*) FROM items"), 0);
+        fake.script(|s| s.hold_downloads = false);
+        run(dir.path()).await;
+        let via = check_output(&output(dir.path()), items);
+        assert_eq!(via["sync"], 4, "{api:?}");
+        assert_eq!(
+            fake.state().sync_prompts.len(),
+            4,
+            "{api:?}: errored items served sync once"
+        );
+        submitted_once(&fake, items);
+        assert!(fake.state().downloads >= 2, "the cut download was redone");
+        assert_eq!(
+            db_count(
+                dir.path(),
+                "SELECT COUNT(*) FROM remote_parts WHERE state = 'applied'"
+            ),
+            1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_deadline_cutoff_remote_batches_are_cancelled_answers_kept_and_the_rest_done_sync() {
+    for api in [Api::OpenAi, Api::Anthropic] {
+        let items = 20;
+        let (dir, fake) = started(
+            api,
+            items,
+            "deadline = \"3s\"\nsync_reserve = \"2s\"",
+            |s| {
+                s.hold = true;
+                s.answered_while_held = 6;
+            },
+        )
+        .await;
+        let started = Instant::now();
+        let out = run(dir.path()).await;
+        let wall = started.elapsed();
+        assert!(
+            wall < Duration::from_secs(3),
+            "{api:?}: finished by the deadline ({wall:?})"
+        );
+        assert!(
+            wall >= Duration::from_secs(1),
+            "{api:?}: waited for the cutoff ({wall:?})"
+        );
+        let via = check_output(&output(dir.path()), items);
+        assert_eq!(via["batch"], 6, "{api:?}: answers before the cancel kept");
+        assert_eq!(via["sync"], 14, "{api:?}");
+        assert_eq!(fake.state().sync_prompts.len(), 14);
+        assert_eq!(fake.calls("cancel"), 1);
+        submitted_once(&fake, items);
+        let told = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            told.contains("deadline cutoff: cancelling remote batch"),
+            "{told}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_inside_the_reserve_runs_sync_at_once_and_no_batch_route_is_refused() {
+    let (dir, fake) = started(Api::OpenAi, 5, "deadline = \"30m\"", |_| {}).await;
+    let out = run(dir.path()).await;
+    let via = check_output(&output(dir.path()), 5);
+    assert_eq!(via["sync"], 5);
+    assert!(fake.submitted().is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sync_reserve"));
+
+    // No deployment on the route has batch_api = true: refused before any call.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeBatch::start(Api::OpenAi).await;
+    write(
+        dir.path(),
+        &Setup {
+            items: 5,
+            job: job("deadline = \"24h\""),
+            deployments: deployment("openai", "p", "main", &fake.base_url(), ""),
+        },
+    );
+    let out = command(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("batch_api = true") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert!(fake.state().calls.is_empty() && fake.state().sync_prompts.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_rate_limits_on_batch_calls_are_retried() {
+    // The upload, then the create (after a 500 it looks for the batch first), then polls.
+    let items = 10;
+    let (dir, fake) = started(Api::OpenAi, items, "deadline = \"24h\"", |s| {
+        s.failures = [503, 500, 429, 429].into()
+    })
+    .await;
+    run(dir.path()).await;
+    let via = check_output(&output(dir.path()), items);
+    assert_eq!(via["batch"], items);
+    submitted_once(&fake, items);
+    assert_eq!(fake.state().batches.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_items_split_by_the_providers_limit() {
+    let items = 100_000;
+    let (dir, fake) = started(
+        Api::OpenAi,
+        items,
+        "deadline = \"24h\"\nconcurrency = 64",
+        |_| {},
+    )
+    .await;
+    let started = Instant::now();
+    let out = run(dir.path()).await;
+    let wall = started.elapsed();
+    let via = check_output(&output(dir.path()), items);
+    assert_eq!(via["batch"], items);
+    // OpenAI takes 50,000 requests per file.
+    let sizes: Vec<usize> = fake
+        .state()
+        .batches
+        .iter()
+        .map(|b| b.entries.len())
+        .collect();
+    assert_eq!(sizes, [50_000, 50_000]);
+    submitted_once(&fake, items);
+    let cost = summary_value(&out, "cost $");
+    let sync_equivalent = summary_value(&out, "sync-equivalent cost $");
+    eprintln!("{items} items, 2 remote batches, {wall:?}, cost ${cost} vs ${sync_equivalent} sync");
+    assert!((sync_equivalent - 2.0 * cost).abs() < 1e-6);
 }

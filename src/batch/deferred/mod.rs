@@ -92,10 +92,11 @@ async fn with_store<T: Send + 'static>(
     blocking(move || f(&mut Store::open(&db, &batch_id)?)).await
 }
 
+/// Milliseconds since the epoch: a deadline of seconds must not lose one to rounding.
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The deferred phase of a run; see the module's doc.
@@ -108,7 +109,7 @@ pub async fn run(a: Args<'_>) -> anyhow::Result<Handover> {
         Ok((s.started_at(now)?, s.parts()?, s.planned_lines()?))
     })
     .await?;
-    let started = UNIX_EPOCH + Duration::from_secs(started.max(0) as u64);
+    let started = UNIX_EPOCH + Duration::from_millis(started.max(0) as u64);
     let deadline = started + a.settings.deadline;
     let cutoff = deadline
         .checked_sub(a.settings.sync_reserve)

@@ -2,14 +2,17 @@
 //! provider's request count (or the job's `max_batch_items`, if lower) and byte size. An item
 //! too large for a batch on its own is left out: the sync walk takes it.
 
-/// Parts of `entries` (each `(item, its bytes in the batch)`), and the items that fit in none.
+/// An item and its bytes in a batch.
+pub type Entry<T> = (T, Vec<u8>);
+
+/// Parts of `entries`, and the items that fit in none.
 pub fn split<T>(
-    entries: Vec<(T, Vec<u8>)>,
+    entries: Vec<Entry<T>>,
     max_items: usize,
     max_bytes: usize,
-) -> (Vec<Vec<(T, Vec<u8>)>>, Vec<T>) {
+) -> (Vec<Vec<Entry<T>>>, Vec<T>) {
     let max_items = max_items.max(1);
-    let mut parts: Vec<Vec<(T, Vec<u8>)>> = Vec::new();
+    let mut parts: Vec<Vec<Entry<T>>> = Vec::new();
     let mut too_large = Vec::new();
     let mut bytes = 0usize;
     for (item, entry) in entries {

@@ -17,7 +17,7 @@ use crate::batch::checkpoint::{self, CheckpointError, ItemResult};
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS deferred (
-        batch_id TEXT PRIMARY KEY, started_at INTEGER NOT NULL);
+        batch_id TEXT PRIMARY KEY, started_at_ms INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS remote_parts (
         batch_id TEXT, part INTEGER, deployment TEXT NOT NULL, tag TEXT NOT NULL, file_id TEXT,
         remote_id TEXT, state TEXT NOT NULL, status TEXT, done INTEGER, total INTEGER,
@@ -155,17 +155,17 @@ impl Store {
         Ok(())
     }
 
-    /// When the batch first ran (unix seconds): `now` on its first run, kept after.
+    /// When the batch first ran (unix milliseconds): `now` on its first run, kept after.
     pub fn started_at(&self, now: i64) -> Result<i64, CheckpointError> {
         self.db
             .execute(
-                "INSERT OR IGNORE INTO deferred (batch_id, started_at) VALUES (?1, ?2)",
+                "INSERT OR IGNORE INTO deferred (batch_id, started_at_ms) VALUES (?1, ?2)",
                 params![self.batch_id, now],
             )
             .map_err(|e| self.err(e))?;
         self.db
             .query_row(
-                "SELECT started_at FROM deferred WHERE batch_id = ?1",
+                "SELECT started_at_ms FROM deferred WHERE batch_id = ?1",
                 [&self.batch_id],
                 |r| r.get(0),
             )

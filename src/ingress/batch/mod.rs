@@ -622,10 +622,10 @@ impl BatchService {
                     "done": c.ok + c.failed, "tokens": c.tokens, "cost_usd": c.cost_usd,
                     "by_deployment": c.by_deployment,
                 });
-                if let (Some(d), Some(fields)) = (deferred, answer.as_object_mut()) {
-                    if let Value::Object(more) = d.to_json(c.cost_usd) {
-                        fields.extend(more);
-                    }
+                if let (Some(d), Some(fields)) = (deferred, answer.as_object_mut())
+                    && let Value::Object(more) = d.to_json(c.cost_usd)
+                {
+                    fields.extend(more);
                 }
                 answer
             }

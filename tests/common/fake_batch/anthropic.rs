@@ -30,7 +30,7 @@ fn check_params(p: &Value) -> Option<String> {
     if !p["max_tokens"].is_u64() {
         return Some("max_tokens: Field required".into());
     }
-    if !p["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+    if p["messages"].as_array().is_none_or(|m| m.is_empty()) {
         return Some("messages: at least one message is required".into());
     }
     None
