@@ -548,3 +548,101 @@ async fn a_hundred_thousand_items_split_by_the_providers_limit() {
     eprintln!("{items} items, 2 remote batches, {wall:?}, cost ${cost} vs ${sync_equivalent} sync");
     assert!((sync_equivalent - 2.0 * cost).abs() < 1e-6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fakes_refuse_what_the_real_apis_refuse() {
+    let http = switchyard::providers::http::client().unwrap();
+    let key = common::harness::TEST_KEY;
+    // Anthropic: a duplicate custom_id, a bad one, and a request without max_tokens.
+    let fake = FakeBatch::start(Api::Anthropic).await;
+    let url = format!("{}/v1/messages/batches", fake.base_url());
+    let params = serde_json::json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let mut no_max = params.clone();
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    for (requests, why) in [
+        (
+            serde_json::json!([{"custom_id": "a", "params": params}, {"custom_id": "a", "params": params}]),
+            "duplicate custom_id",
+        ),
+        (
+            serde_json::json!([{"custom_id": "a.b", "params": params}]),
+            "custom_id: must match",
+        ),
+        (
+            serde_json::json!([{"custom_id": "a", "params": no_max}]),
+            "max_tokens: Field required",
+        ),
+    ] {
+        let r = http
+            .post(&url)
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"requests": requests}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(r.text().await.unwrap().contains(why), "{why}");
+    }
+    assert!(fake.submitted().is_empty());
+
+    // OpenAI: a batch for another endpoint is refused; a file with a duplicate custom_id or a
+    // line for another url makes a batch that fails validation.
+    let fake = FakeBatch::start(Api::OpenAi).await;
+    let base = fake.base_url();
+    let line = |id: &str, url: &str| {
+        format!(
+            "{{\"custom_id\":\"{id}\",\"method\":\"POST\",\"url\":\"{url}\",\"body\":{{\"model\":\"m\"}}}}\n"
+        )
+    };
+    let boundary = "b0undary";
+    let file = line("a", "/v1/chat/completions") + &line("a", "/v1/embeddings");
+    let form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.jsonl\"\r\n\r\n{file}\r\n--{boundary}--\r\n"
+    );
+    let uploaded: Value = http
+        .post(format!("{base}/files"))
+        .bearer_auth(key)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let create = |endpoint: &str| {
+        http.post(format!("{base}/batches"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"input_file_id": uploaded["id"], "endpoint": endpoint, "completion_window": "24h"}).to_string())
+            .send()
+    };
+    assert_eq!(create("/v1/completions").await.unwrap().status(), 400);
+    let json = |text: String| serde_json::from_str::<Value>(&text).unwrap();
+    let b = json(
+        create("/v1/chat/completions")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let get = || {
+        http.get(format!("{base}/batches/{}", b["id"].as_str().unwrap()))
+            .bearer_auth(key)
+            .send()
+    };
+    let failed = json(get().await.unwrap().text().await.unwrap());
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let refused = fake.state().refused.join("\n");
+    assert!(
+        refused.contains("duplicate") && refused.contains("url"),
+        "{refused}"
+    );
+}

@@ -89,6 +89,10 @@ impl RawMode {
             }
             n
         });
+        let poll_interval = poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
+        if poll_interval > MAX_POLL_INTERVAL {
+            problems.add("poll_interval", "must be at most 5m");
+        }
         let Some(deadline) = deadline else {
             problems.add(
                 "deadline",
@@ -96,10 +100,6 @@ impl RawMode {
             );
             return Mode::Sync;
         };
-        let poll_interval = poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
-        if poll_interval > MAX_POLL_INTERVAL {
-            problems.add("poll_interval", "must be at most 5m");
-        }
         Mode::Deferred(Deferred {
             deadline,
             sync_reserve: sync_reserve.unwrap_or(DEFAULT_SYNC_RESERVE),
