@@ -370,6 +370,7 @@ fn csv(name: &str) -> Vec<(u64, Map<String, Value>)> {
 fn the_example_jobs_load_and_their_inputs_fit_them() {
     let cases = [
         ("ticket-triage.toml", jsonl("tickets.jsonl"), 20),
+        ("ticket-triage-deferred.toml", jsonl("tickets.jsonl"), 20),
         ("invoice-extract.toml", csv("invoices.csv"), 12),
         ("contacts-extract.toml", jsonl("contacts.jsonl"), 10),
     ];
