@@ -13,6 +13,10 @@
 //! its peak RSS (VmHWM from /proc, polled every 100 ms). The output must have one `ok` line per
 //! input line, in input order. Prints a table and writes `target/bench/batch.json`; the process's
 //! stdout/stderr go to `target/bench/batch-<case>.log`.
+//! - embed-fake: an embed job (`kind = "embed"`) through the fake's `/embeddings`, answering at
+//!   once with 64-number vectors: up to 256 items per provider call (the calls are counted: at
+//!   most items / 256 and a few), each vector checkpointed and written.
+//!
 //! Flags (after `--`): `--items N` to run N items instead of 100,000.
 
 #[path = "../tests/common"]
@@ -47,8 +51,20 @@ max_attempts = 3
 output = { labels = ["billing", "bug", "other"] }
 "#;
 
+/// The embed case: an embed job, vectors of this size, this many items per provider call.
+const EMBED_JOB: &str = r#"name = "bench-embed"
+task = "embed"
+kind = "embed"
+input = "{{body}}"
+concurrency = 8
+"#;
+const EMBED_DIMS: usize = 64;
+const EMBED_MAX_INPUTS: usize = 256;
+
 struct Row {
     case: &'static str,
+    /// Provider calls, where the case counts them.
+    calls: Option<usize>,
     items: usize,
     wall: Duration,
     cpu: Duration,
@@ -121,24 +137,59 @@ fn main() {
     );
     fake.shutdown();
     drop(fake);
+
+    // Case C: an embed job (`kind = "embed"`) through HTTP to the fake's `/embeddings`, which
+    // answers at once: up to `max_inputs` items per call, each vector checkpointed and written.
+    let fake = runtime.block_on(FakeProvider::start_named("bench-embed"));
+    fake.set_embed_dimensions(EMBED_DIMS);
+    std::fs::write(dir.join("embed.toml"), EMBED_JOB).expect("job file");
+    let config = format!(
+        // Still in COMMON's [tasks].
+        "{COMMON}embed = \"main\"\n\n{}",
+        deployment_of(
+            "fake-embed",
+            "openai",
+            "text-embedding-3-small",
+            &format!(
+                "mode = \"embedding\"\ndimensions = {EMBED_DIMS}\nmax_inputs = {EMBED_MAX_INPUTS}\napi_base = \"{}\"\napi_key_env = \"SWITCHYARD_BENCH_KEY\"\ntimeout = \"30s\"\n",
+                fake.base_url()
+            )
+        )
+    );
+    let mut row = run_job("embed-fake", "embed.toml", dir, &config, items, &out_dir);
+    let calls = fake.calls();
+    let floor = items.div_ceil(EMBED_MAX_INPUTS);
+    eprintln!("embed-fake: {calls} provider calls for {items} items (at least {floor})");
+    assert!(
+        calls <= floor + floor / 10 + 8,
+        "embed-fake: {calls} calls for {items} items in calls of {EMBED_MAX_INPUTS}"
+    );
+    row.calls = Some(calls);
+    rows.push(row);
+    fake.shutdown();
+    drop(fake);
     runtime.shutdown_timeout(Duration::from_secs(1));
 
     let machine = machine();
     let mut table = format!(
-        "machine: {machine}\n{:<12} {:>8} {:>8} {:>9} {:>7} {:>8}\n",
-        "case", "items", "wall s", "items/s", "cpu s", "peak MB"
+        "machine: {machine}\n{:<12} {:>8} {:>8} {:>9} {:>7} {:>8} {:>7}\n",
+        "case", "items", "wall s", "items/s", "cpu s", "peak MB", "calls"
     );
     for r in &rows {
         table.push_str(&format!(
-            "{:<12} {:>8} {:>8.2} {:>9.0} {:>7.2} {:>8.1}\n",
+            "{:<12} {:>8} {:>8.2} {:>9.0} {:>7.2} {:>8.1} {:>7}\n",
             r.case,
             r.items,
             r.wall.as_secs_f64(),
             r.items_per_s(),
             r.cpu.as_secs_f64(),
-            r.peak_rss_mb
+            r.peak_rss_mb,
+            r.calls.map_or_else(|| "-".to_string(), |n| n.to_string())
         ));
     }
+    table.push_str(&format!(
+        "embed-fake: {EMBED_DIMS}-number vectors, {EMBED_MAX_INPUTS} items per call\n"
+    ));
     println!("{table}");
     let report = json!({
         "machine": machine,
@@ -150,6 +201,7 @@ fn main() {
             "items_per_s": r.items_per_s(),
             "cpu_s": r.cpu.as_secs_f64(),
             "peak_rss_mb": r.peak_rss_mb,
+            "provider_calls": r.calls,
         })).collect::<Vec<_>>(),
     });
     let path = out_dir.join("batch.json");
@@ -166,12 +218,16 @@ classify = "main"
 "#;
 
 fn deployment(name: &str, provider: &str, extra: &str) -> String {
+    deployment_of(name, provider, "gpt-4o-mini", extra)
+}
+
+fn deployment_of(name: &str, provider: &str, model: &str, extra: &str) -> String {
     format!(
         r#"[[deployments]]
 name = "{name}"
 group = "main"
 provider = "{provider}"
-model = "gpt-4o-mini"
+model = "{model}"
 context_window = 128000
 price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
 {extra}"#
@@ -180,13 +236,24 @@ price = {{ input_per_mtok = 0.15, output_per_mtok = 0.60 }}
 
 /// One run of the real binary on a fresh checkpoint database; checks its output.
 fn run_case(case: &'static str, dir: &Path, config: &str, items: usize, logs: &Path) -> Row {
+    run_job(case, "job.toml", dir, config, items, logs)
+}
+
+fn run_job(
+    case: &'static str,
+    job: &str,
+    dir: &Path,
+    config: &str,
+    items: usize,
+    logs: &Path,
+) -> Row {
     let config_path = dir.join(format!("{case}.toml"));
     std::fs::write(&config_path, config).expect("config");
     let output = dir.join(format!("{case}.out.jsonl"));
     let log = std::fs::File::create(logs.join(format!("batch-{case}.log"))).expect("log file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
     cmd.args(["batch", "run"])
-        .arg(dir.join("job.toml"))
+        .arg(dir.join(job))
         .arg("--input")
         .arg(dir.join("input.jsonl"))
         .arg("--output")
@@ -243,6 +310,7 @@ fn run_case(case: &'static str, dir: &Path, config: &str, items: usize, logs: &P
     check_output(case, &output, items);
     let row = Row {
         case,
+        calls: None,
         items,
         wall,
         cpu,
@@ -266,11 +334,11 @@ fn check_output(case: &str, output: &Path, items: usize) {
             .unwrap_or_else(|e| panic!("{case}: output line {}: {e}", i + 1));
         assert_eq!(v["id"], format!("t{i}"), "{case}: output line {}", i + 1);
         assert_eq!(v["status"], "ok", "{case}: output line {}: {v}", i + 1);
-        assert!(
-            matches!(v["output"].as_str(), Some("billing" | "bug" | "other")),
-            "{case}: output line {}: {v}",
-            i + 1
-        );
+        let ok = match v.get("embedding") {
+            Some(e) => e.as_array().is_some_and(|e| e.len() == EMBED_DIMS),
+            None => matches!(v["output"].as_str(), Some("billing" | "bug" | "other")),
+        };
+        assert!(ok, "{case}: output line {}: {v}", i + 1);
         n += 1;
     }
     assert_eq!(n, items, "{case}: output lines");

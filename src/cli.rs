@@ -1,4 +1,4 @@
-//! The command line: `switchyard serve | demo | request | submit | batch | status`. Each verb's
+//! The command line: `switchyard serve | demo | request | submit | batch | status | import`. Each verb's
 //! arguments are one clap `Args` struct, which its command in `crate::commands` takes as it is.
 
 use std::path::PathBuf;
@@ -47,6 +47,24 @@ pub enum Command {
     },
     /// Gather every instance's `llm.status` answer and print it as a table.
     Status(StatusArgs),
+    /// Print the Switchyard TOML equivalent of another gateway's config (on stderr: every key
+    /// that could not be carried, and why).
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A LiteLLM proxy `config.yaml`.
+    Litellm(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The YAML file.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -63,6 +63,8 @@ pub struct Engine {
     limits: crate::config::LimitsConfig,
     /// One permit per synchronous request held (`limits.max_in_flight`).
     places: Arc<tokio::sync::Semaphore>,
+    /// Requests and spend per `[[http.keys]]` entry, for status.
+    keys: Arc<crate::observe::keys::KeyUsage>,
 }
 
 /// The result of one request, with what the reply needs.
@@ -164,6 +166,7 @@ impl Engine {
             batch_items_failed: AtomicU64::new(0),
             limits: config.limits.clone(),
             places: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+            keys: Arc::new(crate::observe::keys::KeyUsage::new(&config.http.keys)),
         })
     }
 
@@ -181,6 +184,11 @@ impl Engine {
     /// `[limits]`: what the edges check requests against.
     pub fn limits(&self) -> &crate::config::LimitsConfig {
         &self.limits
+    }
+
+    /// What the HTTP door counts per key (`[[http.keys]]`), shown in status.
+    pub fn keys(&self) -> &Arc<crate::observe::keys::KeyUsage> {
+        &self.keys
     }
 
     pub fn instance(&self) -> &Arc<str> {
@@ -421,6 +429,7 @@ impl Engine {
             latency_buckets_s: deployment::stats::LATENCY_BUCKETS_S.to_vec(),
             spend: self.router.spend.snapshot(),
             cluster: self.cluster.status(),
+            keys: self.keys.snapshot(),
         }
     }
 

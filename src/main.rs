@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use switchyard::batch;
-use switchyard::cli::{BatchCommand, Cli, Command, LogFormat};
-use switchyard::commands::{batch_client, demo, request, status, submit};
+use switchyard::cli::{BatchCommand, Cli, Command, ImportCommand, LogFormat};
+use switchyard::commands::{batch_client, demo, import, request, status, submit};
 use switchyard::config::Config;
 use switchyard::engine::Engine;
 use switchyard::ingress;
@@ -28,7 +28,8 @@ fn main() -> ExitCode {
         | Command::Status { .. }
         | Command::Request { .. }
         | Command::Submit { .. }
-        | Command::Batch { .. } => "error",
+        | Command::Batch { .. }
+        | Command::Import { .. } => "error",
     };
     // Log lines are written by a background thread: a request never waits on stderr. The guard
     // flushes what is left when `main` returns.
@@ -64,6 +65,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Status(args) => status::run(&Config::load(&args.config)?, &args).await,
+        Command::Import {
+            command: ImportCommand::Litellm(args),
+        } => {
+            let text = std::fs::read_to_string(&args.file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+            let imported = import::litellm(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+            for note in &imported.notes {
+                eprintln!("switchyard import: {note}");
+            }
+            print!("{}", imported.toml);
+            Ok(())
+        }
         Command::Batch {
             command: BatchCommand::Run(args),
         } => {

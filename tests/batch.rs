@@ -154,3 +154,110 @@ async fn killed_at_random_points_and_resumed_every_item_exactly_once_and_never_r
         repeats
     );
 }
+
+/// An embed job (`kind = "embed"`) killed and resumed the same way: every item exactly once with
+/// the vector of its own text, in input order, and nothing finished embedded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embed_job_killed_and_resumed_embeds_every_item_exactly_once() {
+    const N: usize = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start_named("e").await;
+    fake.set_default(Fault::delay(
+        Duration::from_millis(20),
+        Fault::Reply {
+            text: String::new(),
+            prompt_tokens: 40,
+            completion_tokens: 0,
+        },
+    ));
+    let job = "name = \"docs\"\ntask = \"embed\"\nkind = \"embed\"\ninput = \"{{id}}: {{body}}\"\nconcurrency = 4\n";
+    std::fs::write(dir.path().join("job.toml"), job).unwrap();
+    let text = |i: usize| format!("t{i}: refund policy number {i}");
+    let input: String = (0..N)
+        .map(|i| format!("{{\"id\":\"t{i}\",\"body\":\"refund policy number {i}\"}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("input.jsonl"), input).unwrap();
+    let config = format!(
+        "[storage]\npath = \":memory:\"\n[tasks]\nembed = \"main\"\n[[deployments]]\nname = \"e\"\ngroup = \"main\"\nprovider = \"openai\"\nmode = \"embedding\"\nmodel = \"text-embedding-3-small\"\ndimensions = 16\nmax_inputs = 8\napi_base = \"{}\"\napi_key_env = \"BATCH_TEST_KEY\"\n",
+        fake.base_url()
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+
+    let mut kills: Vec<(Instant, HashSet<u64>)> = Vec::new();
+    let mut seed = 0x2545_f491_u64;
+    for _ in 0..3 {
+        let mut child = command(dir.path()).spawn().unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(Duration::from_millis(200 + (seed >> 33) % 600)).await;
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills.push((Instant::now(), finished(dir.path())));
+    }
+    let out = command(dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), N);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["id"], format!("t{i}"));
+        assert_eq!(l["status"], "ok", "{l}");
+        assert!(l.get("output").is_none() && l.get("raw").is_none(), "{l}");
+        let got: Vec<f32> = l["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(got, common::fake::embed::vector(&text(i), 16), "line {i}");
+    }
+
+    // Calls carried at most max_inputs items; nothing finished before a kill was sent after it.
+    let requests = fake.requests();
+    assert!(requests.iter().all(|r| r.inputs.is_some_and(|n| n <= 8)));
+    let ids = |r: &common::Recorded| -> Vec<String> {
+        r.body["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().split(':').next().unwrap().to_string())
+            .collect()
+    };
+    let mut called: HashSet<String> = HashSet::new();
+    for r in &requests {
+        called.extend(ids(r));
+    }
+    assert_eq!(called.len(), N, "every item was embedded");
+    for (at, done) in &kills {
+        let done_ids: HashSet<String> = done.iter().map(|l| format!("t{}", l - 1)).collect();
+        let resent: Vec<String> = requests
+            .iter()
+            .filter(|r| r.at > *at)
+            .flat_map(ids)
+            .filter(|id| done_ids.contains(id))
+            .collect();
+        assert!(
+            resent.is_empty(),
+            "finished items embedded again: {resent:?}"
+        );
+    }
+    assert!(!kills.is_empty(), "the run was killed at least once");
+    eprintln!(
+        "{} kills, finished at each: {:?}; {} calls for {N} items",
+        kills.len(),
+        kills.iter().map(|(_, d)| d.len()).collect::<Vec<_>>(),
+        requests.len()
+    );
+}

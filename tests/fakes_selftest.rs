@@ -1095,3 +1095,253 @@ async fn a_connection_carries_several_streams_and_a_cut_one_ends_it() {
     let mut rest = Vec::new();
     assert_eq!(conn.read_to_end(&mut rest).await.unwrap_or(0), 0);
 }
+
+// ------------------------------------------------------------- Embeddings
+
+fn base64_vector(s: &Value) -> Vec<f32> {
+    switchyard::protocol::embed::decode_base64(s.as_str().expect("a base64 string")).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    let numbers = v.as_array().expect("an array of numbers");
+    numbers.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+#[tokio::test]
+async fn openai_embeddings_answer_as_the_api_does() {
+    use common::fake::embed::{DEFAULT_DIMENSIONS, vector};
+    let fake = FakeProvider::start_named("oa").await;
+    let url = format!("{}/embeddings", fake.base_url());
+    let r = post(
+        &url,
+        &[],
+        &json!({"model": "text-embedding-3-small", "input": ["a", "bb"]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["object"], "list");
+    assert_eq!(r.body["model"], "text-embedding-3-small");
+    assert_eq!(
+        r.body["usage"],
+        json!({"prompt_tokens": 2, "total_tokens": 2})
+    );
+    for (i, text) in ["a", "bb"].iter().enumerate() {
+        let item = &r.body["data"][i];
+        assert_eq!(
+            (&item["object"], &item["index"]),
+            (&json!("embedding"), &json!(i))
+        );
+        assert_eq!(floats(&item["embedding"]), vector(text, DEFAULT_DIMENSIONS));
+    }
+    let norm: f32 = vector("a", 64).iter().map(|x| x * x).sum();
+    assert!((norm - 1.0).abs() < 1e-5);
+
+    // base64 and `dimensions` as asked; `data` reversed when asked, each item keeping its index.
+    fake.set_embed_shuffle(true);
+    let body = json!({"model": "text-embedding-3-small", "input": ["a", "b", "c"], "dimensions": 4, "encoding_format": "base64"});
+    let r = post(&url, &[], &body.to_string()).await;
+    let data = r.body["data"].as_array().unwrap();
+    assert_eq!(
+        data.iter()
+            .map(|d| d["index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 1, 0]
+    );
+    assert_eq!(base64_vector(&data[0]["embedding"]), vector("c", 4));
+    // Token arrays, one vector per array, hashed as their JSON text; the default length as set.
+    fake.set_embed_shuffle(false);
+    fake.set_embed_dimensions(3);
+    let r = post(
+        &url,
+        &[],
+        &json!({"model": "m", "input": [[1, 2], [3]]}).to_string(),
+    )
+    .await;
+    assert_eq!(floats(&r.body["data"][1]["embedding"]), vector("[3]", 3));
+    let r = post(
+        &url,
+        &[],
+        &json!({"model": "m", "input": [1, 2]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(fake.embed_inputs(), [2, 3, 2, 1]);
+    assert_eq!(fake.requests()[1].inputs, Some(3));
+}
+
+#[tokio::test]
+async fn openai_embeddings_refuse_what_the_api_refuses() {
+    let fake = FakeProvider::start_named("oa").await;
+    let url = format!("{}/embeddings", fake.base_url());
+    fake.push(Fault::status(500));
+    let too_many: Vec<String> = (0..2049).map(|i| format!("t{i}")).collect();
+    for (body, says) in [
+        (
+            json!({"model": "m", "input": too_many}),
+            "'$.input' is invalid",
+        ),
+        (
+            json!({"model": "m", "input": ["a", ""]}),
+            "'$.input' is invalid",
+        ),
+        (json!({"model": "m", "input": []}), "'$.input' is invalid"),
+        (
+            json!({"model": "m", "input": ["a", [1]]}),
+            "'$.input' is invalid",
+        ),
+        (json!({"model": "m"}), "'input' is a required property"),
+        (json!({"input": "a"}), "you must provide a model parameter"),
+        (
+            json!({"model": "text-embedding-ada-002", "input": "a", "dimensions": 256}),
+            "This model does not support specifying dimensions.",
+        ),
+        (
+            json!({"model": "m", "input": "a", "encoding_format": "int8"}),
+            "'int8' is not one of ['float', 'base64'] - 'encoding_format'",
+        ),
+    ] {
+        let r = post(&url, &[], &body.to_string()).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.body["error"]["type"], "invalid_request_error");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    assert_eq!(fake.pending(), 1, "refusals leave the script alone");
+    assert!(fake.embed_inputs().is_empty());
+    assert_eq!(fake.requests()[0].inputs, Some(2049));
+    // 2048 is fine.
+    fake.clear_script();
+    let most: Vec<String> = (0..2048).map(|i| format!("t{i}")).collect();
+    let r = post(&url, &[], &json!({"model": "m", "input": most}).to_string()).await;
+    assert_eq!(
+        (r.status, r.body["data"].as_array().unwrap().len()),
+        (200, 2048)
+    );
+}
+
+#[tokio::test]
+async fn gemini_batch_embed_contents_answers_and_refuses_as_the_api_does() {
+    use common::fake::embed::vector;
+    let fake = FakeProvider::start_gemini("gem").await;
+    let url = gemini_url(&fake, "text-embedding-004", "batchEmbedContents");
+    let request = |text: &str| json!({"model": "models/text-embedding-004", "content": {"parts": [{"text": text}]}});
+    let mut short = request("b");
+    short["outputDimensionality"] = json!(5);
+    let body = json!({"requests": [request("a"), short]}).to_string();
+    let r = post(&url, GEMINI_HEADERS, &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.as_object().unwrap().len(),
+        1,
+        "no usage, no model: {}",
+        r.body
+    );
+    assert_eq!(floats(&r.body["embeddings"][0]["values"]), vector("a", 16));
+    assert_eq!(floats(&r.body["embeddings"][1]["values"]), vector("b", 5));
+    assert_eq!(
+        fake.requests()[0].model.as_deref(),
+        Some("text-embedding-004")
+    );
+
+    let r = post(&url, &[], &body).await;
+    assert_eq!(
+        (r.status, &r.body["error"]["status"]),
+        (403, &json!("PERMISSION_DENIED"))
+    );
+    let other =
+        json!({"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]}});
+    let many: Vec<Value> = (0..101).map(|i| request(&format!("t{i}"))).collect();
+    for (body, says) in [
+        (json!({"requests": many}), "at most 100 requests"),
+        (
+            json!({"requests": [request("a"), other]}),
+            "requests[1].model",
+        ),
+        (json!({"requests": []}), "requests is not specified"),
+        (
+            json!({"requests": [{"model": "models/text-embedding-004", "content": {"parts": []}}]}),
+            "parts must not be empty",
+        ),
+    ] {
+        let r = post(&url, GEMINI_HEADERS, &body.to_string()).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert_eq!(r.body["error"]["status"], "INVALID_ARGUMENT");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(fake.embed_inputs(), [2]);
+}
+
+#[tokio::test]
+async fn embeddings_take_the_scripted_faults() {
+    let fake = FakeProvider::start_named("oa").await;
+    let url = format!("{}/embeddings", fake.base_url());
+    let body = json!({"model": "m", "input": ["a", "b"]}).to_string();
+    fake.push(Fault::RateLimited {
+        retry_after_secs: 3,
+    });
+    fake.push(Fault::WrongDimensions(3));
+    fake.push(Fault::DropVector);
+    fake.push(Fault::NotJson);
+    fake.push(Fault::delay(Duration::from_millis(100), Fault::Ok));
+    let r = post(&url, &[], &body).await;
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("3")));
+    assert_eq!(r.body["error"]["code"], "rate_limit_exceeded");
+    let r = post(&url, &[], &body).await;
+    assert_eq!(r.body["data"][1]["embedding"].as_array().unwrap().len(), 3);
+    let r = post(&url, &[], &body).await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 1);
+    let r = post(&url, &[], &body).await;
+    assert_eq!((r.status, r.body.is_null()), (200, true));
+    let started = Instant::now();
+    let r = post(&url, &[], &body).await;
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(fake.calls(), 5);
+}
+
+/// The adapters and the fakes agree: what `Adapter::embed` sends, the fake takes, and what the
+/// fake answers (base64 for OpenAI, floats for Gemini), the adapter reads back exactly.
+#[tokio::test]
+async fn adapters_read_what_the_fakes_answer() {
+    use common::fake::embed::vector;
+    use switchyard::protocol::EmbedInput;
+    use switchyard::providers::{Adapter, embed::EmbedCall};
+    for (fake, provider, model) in [
+        (
+            FakeProvider::start_named("oa").await,
+            "openai",
+            "text-embedding-3-small",
+        ),
+        (
+            FakeProvider::start_gemini("gem").await,
+            "gemini",
+            "text-embedding-004",
+        ),
+    ] {
+        fake.set_embed_shuffle(true);
+        let config = format!(
+            "[[deployments]]\nname = \"e\"\ngroup = \"embed\"\nprovider = \"{provider}\"\nmodel = \"{model}\"\n\
+             api_base = \"{}\"\napi_key_env = \"KEY\"\nmode = \"embedding\"\ndimensions = 16\n",
+            fake.base_url()
+        );
+        let c =
+            switchyard::config::Config::parse(&config, "t.toml", &|_| Some("k".into())).unwrap();
+        let adapter = Adapter::new(c.deployments[0].clone(), client());
+        let inputs: Vec<EmbedInput> = ["x", "y", "z"].map(|t| EmbedInput::Text(t.into())).to_vec();
+        let call = EmbedCall {
+            inputs: &inputs,
+            dimensions: Some(8),
+            user: None,
+        };
+        let e = adapter.embed(&call, None).await.unwrap();
+        assert_eq!(
+            e.vectors,
+            ["x", "y", "z"].map(|t| vector(t, 8)).to_vec(),
+            "{provider}"
+        );
+        assert_eq!(e.model, model);
+        assert_eq!(fake.embed_inputs(), [3]);
+        assert!(fake.requests()[0].rejected.is_none());
+    }
+}

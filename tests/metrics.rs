@@ -74,7 +74,7 @@ async fn the_metrics_page_parses_and_counts_the_requests_sent() {
             .starts_with("text/plain")
     );
     let m = parse(&resp.text().await.unwrap());
-    let l = "deployment=\"primary\",group=\"main\",provider=\"openai\"";
+    let l = "deployment=\"primary\",group=\"main\",provider=\"openai\",mode=\"chat\"";
     assert_eq!(m["switchyard_requests_total"], 7.0);
     assert_eq!(
         m["switchyard_cluster_shared"], 1.0,

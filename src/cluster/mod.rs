@@ -10,6 +10,9 @@
 //!   that `rpm`/`tpm` hold for the cluster, not per instance (`quota/`).
 //! - `probe.<deployment>`: which instance sends the half-open probe, so that the cluster sends one.
 //! - `lease.batch.<id>`: which instance runs a batch over NATS (`lease.rs`).
+//! - `keyspend.<day>.<key>`: what an HTTP key (`[[http.keys]]`) spent that UTC day, every instance
+//!   adding its own spend with compare-and-swap, so that `max_cost_usd_per_day` holds for the
+//!   cluster (`key_spend.rs`).
 //!
 //! Actors never await NATS: a deployment actor hands what to publish to the `Link` (a bounded
 //! channel to the sync task, never waited on), and the sync task sends what others published to
@@ -19,6 +22,7 @@
 //! is retried for `rpm`/`tpm` within `sync_timeout`, then judged within the instance's fair share
 //! of each limit (`quota/share.rs`).
 
+pub mod key_spend;
 pub mod lease;
 pub mod quota;
 

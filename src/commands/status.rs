@@ -136,6 +136,16 @@ pub fn table(answers: &[StatusSnapshot]) -> String {
             a.cluster.since,
             a.cluster.detail
         );
+        for k in &a.keys {
+            let cap = k
+                .max_cost_usd_per_day
+                .map_or_else(String::new, |c| format!(" of ${c}/day"));
+            let _ = writeln!(
+                out,
+                "{:<14} KEY {}: {} requests, ${:.6} here, ${:.6} in the cluster{cap}",
+                a.instance, k.name, k.requests, k.spend_usd, k.cluster_spend_usd
+            );
+        }
         for alert in &a.alerts {
             let on = alert
                 .deployment

@@ -5,6 +5,7 @@
 mod alerts;
 mod cluster;
 mod deployment;
+mod http;
 mod jobs;
 mod limits;
 pub mod prices;
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 pub use alerts::{AlertsConfig, Shift};
 pub use cluster::ClusterConfig;
-pub use deployment::{DeploymentConfig, Outage, Price, ProviderKind, SimulatedSpec};
+pub use deployment::{DeploymentConfig, EmbeddingSpec, Outage, Price, ProviderKind, SimulatedSpec};
+pub use http::{HttpConfig, HttpKey, key_digest};
 pub use jobs::JobsConfig;
 pub use limits::LimitsConfig;
 pub use secret::Secret;
@@ -58,6 +60,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// `[limits]`: bounds on what callers and providers send, in flight, and shutdown.
     pub limits: LimitsConfig,
+    /// `[http]`: the OpenAI-compatible HTTP door of `serve`, and who may use it.
+    pub http: HttpConfig,
     /// `[batch] input_dir`, canonicalised: the only folder `llm.batch.submit` reads files from.
     /// `None`: only inline jobs and items are taken.
     pub batch_input_dir: Option<PathBuf>,
@@ -582,6 +586,7 @@ fn validate(
     alerts::validate(&raw.alerts, v);
     let alerts = raw.alerts;
     let cluster = cluster::validate(raw.cluster, v);
+    let http = http::validate(raw.http, &deployments, &raw.tasks, env, v);
 
     let b = raw.breaker;
     if b.failure_threshold == 0 {
@@ -670,6 +675,7 @@ fn validate(
         cluster,
         jobs: jobs::validate(raw.jobs, v),
         limits,
+        http,
         batch_input_dir,
         tasks: raw.tasks,
         groups,
@@ -730,6 +736,14 @@ mod tests {
         let c = Config::parse(text, "config/switchyard.toml", &|_| Some("key".into()))
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(c.alerts.enabled && c.cluster.enabled && c.jobs.enabled);
+    }
+
+    #[test]
+    fn the_docker_http_config_is_valid() {
+        let text = include_str!("../../docker/http.toml");
+        let c = Config::parse(text, "docker/http.toml", &|_| Some("key".into()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.http.keys.len(), 1);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: super::limits::RawLimits,
     #[serde(default)]
+    pub http: super::http::RawHttp,
+    #[serde(default)]
     pub deployments: Vec<RawDeployment>,
 }
 

@@ -394,6 +394,12 @@ async fn call_stream_inner(
         }
     };
 
+    super::opened::tell(|| super::opened::Opened {
+        deployment: args.name.clone(),
+        provider: c.provider.as_str(),
+        group: c.group.clone(),
+        attempt: call.attempt,
+    });
     let mut pending = first.chunks;
     usage = first.usage.or(usage);
     let broken = 'stream: loop {

@@ -29,6 +29,7 @@ mod decision;
 pub mod embed;
 pub mod gate;
 pub mod limiter;
+pub mod opened;
 mod published;
 mod slot;
 pub mod stats;

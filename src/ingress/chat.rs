@@ -168,15 +168,7 @@ async fn handle(
     };
     let outcome = tokio::select! {
         outcome = guarded(served, engine, &request_id, streaming) => outcome,
-        () = abort.cancelled() => {
-            warn!(request_id = %request_id, "shutdown deadline passed: answering unavailable");
-            engine.count_failure(ErrorKind::Unavailable);
-            let failed = Failed::new(
-                ErrorKind::Unavailable,
-                "this instance shut down before the request finished (limits.shutdown_timeout): try again",
-            );
-            ChatOutcome::failed(request_id.clone(), failed, streaming)
-        }
+        () = abort.cancelled() => shut_down(engine, &request_id, streaming),
     };
     let error = outcome.result.as_ref().err().map(|f| f.kind.as_str());
     let max_payload = client.server_info().max_payload;
@@ -276,6 +268,17 @@ pub(super) async fn guarded(
     }
 }
 
+/// The answer to a request still running when shutdown passed `limits.shutdown_timeout`.
+pub(super) fn shut_down(engine: &Engine, request_id: &Arc<str>, streamed: bool) -> ChatOutcome {
+    warn!(request_id = %request_id, "shutdown deadline passed: answering unavailable");
+    engine.count_failure(ErrorKind::Unavailable);
+    let failed = Failed::new(
+        ErrorKind::Unavailable,
+        "this instance shut down before the request finished (limits.shutdown_timeout): try again",
+    );
+    ChatOutcome::failed(request_id.clone(), failed, streamed)
+}
+
 /// What a panic said, for the log line.
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
@@ -286,7 +289,7 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// Chunks held between the provider and NATS for one streamed request.
-const STREAM_BUFFER: usize = 16;
+pub(super) const STREAM_BUFFER: usize = 16;
 
 /// Could this body ask for streaming? Exact when it says no, which spares plain requests the
 /// stream machinery; the engine reads the real value.

@@ -215,6 +215,20 @@ pub fn render(s: &StatusSnapshot) -> String {
             escape(task)
         );
     }
+    if !s.keys.is_empty() {
+        let _ = writeln!(
+            text,
+            "# HELP switchyard_http_key_requests_total Requests taken today (UTC) by HTTP key (its name).\n# TYPE switchyard_http_key_requests_total counter\n# HELP switchyard_http_key_spend_usd Cost today (UTC) by HTTP key, this instance.\n# TYPE switchyard_http_key_spend_usd gauge"
+        );
+    }
+    for k in &s.keys {
+        let key = escape(&k.name);
+        let _ = writeln!(
+            text,
+            "switchyard_http_key_requests_total{{key=\"{key}\"}} {}\nswitchyard_http_key_spend_usd{{key=\"{key}\"}} {}",
+            k.requests, k.spend_usd
+        );
+    }
     text
 }
 

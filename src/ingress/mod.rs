@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod chat;
 pub mod cluster;
+pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod service;
@@ -41,6 +42,11 @@ pub enum IngressError {
     },
     #[error("cannot listen for metrics on {addr}: {source}")]
     Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http.listen: cannot listen on {addr}: {source}")]
+    Http {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -138,11 +144,32 @@ pub struct Tasks {
 /// How long answering what is left after the shutdown timeout may take.
 const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves until `shutdown` resolves, then drains for at most `limits.shutdown_timeout`.
+/// Serves until `shutdown` resolves, then drains for at most `limits.shutdown_timeout`; with
+/// `[http] listen`, serves HTTP there too.
 pub async fn run(
     client: async_nats::Client,
     engine: Arc<Engine>,
     config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), IngressError> {
+    let listener = match config.http.listen {
+        Some(addr) => Some(
+            http::bind(addr)
+                .await
+                .map_err(|source| IngressError::Http { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with(client, engine, config, listener, shutdown).await
+}
+
+/// `run`, with the HTTP door on `http` (a listener bound by the caller: tests bind port 0)
+/// instead of `[http] listen`.
+pub async fn run_with(
+    client: async_nats::Client,
+    engine: Arc<Engine>,
+    config: &Config,
+    http: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IngressError> {
     let subjects = Subjects::new(&config.nats.prefix);
@@ -234,6 +261,18 @@ pub async fn run(
             abort.clone(),
         ))
     });
+    let mut http_loop = http.map(|listener| {
+        tokio::spawn(http::serve(
+            listener,
+            engine.clone(),
+            config,
+            Tasks {
+                tracker: tracker.clone(),
+                stop: stop.clone(),
+                abort: abort.clone(),
+            },
+        ))
+    });
     let cluster = config.cluster.enabled.then(|| {
         cluster::spawn(
             client.clone(),
@@ -260,6 +299,10 @@ pub async fn run(
         stop.cancel();
         let _ = chat_loop.await;
         let _ = embed_loop.await;
+        // The HTTP door closes its listener and waits for its connections to finish.
+        if let Some(h) = &mut http_loop {
+            let _ = h.await;
+        }
         // The batch service cancels its batches once `stop` is cancelled; their tasks are tracked.
         let _ = batch_loop.await;
         // The jobs loop lets its last pull end; the jobs it brought are tracked.
@@ -285,6 +328,12 @@ pub async fn run(
         {
             warn!(left = tracker.len(), "tasks still running at exit");
         }
+    }
+    // Not yet awaited if draining ran out of time.
+    if let Some(h) = http_loop
+        && !h.is_finished()
+    {
+        let _ = tokio::time::timeout(ABORT_GRACE, h).await;
     }
     let _ = status_loop.await;
     let _ = srv_loop.await;

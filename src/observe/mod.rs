@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod events;
+pub mod keys;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod spend;

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::config::Config;
 
 /// Costs are counted in units of 1e-10 USD, so that sums stay exact integers.
-const UNIT: f64 = 1e10;
+pub(crate) const UNIT: f64 = 1e10;
 const OTHER: &str = "other";
 
 #[derive(Default)]
@@ -172,13 +172,13 @@ impl Spend {
 }
 
 /// Days since 1970-01-01, UTC.
-fn today() -> u64 {
+pub(crate) fn today() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400)
 }
 
-fn day_name(day: u64) -> String {
+pub(crate) fn day_name(day: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(day * 86_400);
     let mut text = humantime::format_rfc3339_seconds(t).to_string();
     text.truncate(10);

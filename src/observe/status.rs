@@ -86,6 +86,9 @@ pub struct StatusSnapshot {
     /// Whether this instance shares circuits, cool-downs and limits with the others.
     #[serde(default)]
     pub cluster: ClusterStatus,
+    /// `[[http.keys]]`: requests and spend per key of the HTTP door, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<super::keys::KeyStatus>,
 }
 
 /// `cluster` in the snapshot: shared state through NATS, or this instance's own.

@@ -85,6 +85,8 @@ impl Reply {
 
 /// Dollars to the 1e-10 (a hundredth of a micro-dollar), without float noise or trailing zeros.
 pub fn format_usd(x: f64) -> String {
+    // A cost above zero is never written as 0.
+    let x = if x > 0.0 && x < 1e-10 { 1e-10 } else { x };
     let s = format!("{x:.10}");
     let s = s.trim_end_matches('0');
     s.strip_suffix('.').unwrap_or(s).to_string()
@@ -100,6 +102,7 @@ mod tests {
         assert_eq!(format_usd(0.000006440000000000001), "0.00000644");
         assert_eq!(format_usd(1.5), "1.5");
         assert_eq!(format_usd(0.0), "0");
+        assert_eq!(format_usd(1e-13), "0.0000000001");
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //!   bodies, redacted URLs.
 //! - `stream.rs` — SSE framing into `Piece`s through a `StreamTranslator`, naming no format.
 //! - `wire.rs` — `WireFormat`: one provider API as translation only, no I/O.
-//! - `openai.rs`, `anthropic/`, `gemini/` — one `WireFormat` each.
+//! - `embed.rs` — embeddings: `EmbedCall`, `Embedded`, and `EmbedFormat`, the capability a wire
+//!   format opts into (OpenAI and Gemini), with the checks every backend's vectors pass.
+//! - `openai.rs`, `anthropic/`, `gemini/` — one `WireFormat` each (and `EmbedFormat` where the
+//!   API has embeddings).
 //! - `send.rs` — `HttpBackend`: any wire format sent over HTTP, the only I/O for providers.
 //! - `simulated.rs` — the in-process simulator, a backend of its own.
 //! - `batch/` — provider batch APIs (OpenAI Batch, Anthropic Message Batches): a capability a
@@ -18,6 +21,9 @@
 //!   place that matches on `ProviderKind`, and completes and prices what comes back.
 //!
 //! Adding a provider is one `WireFormat` file and one arm in `Adapter::new`.
+//!
+//! `Adapter::embed` is the embeddings call of a `mode = "embedding"` deployment: one provider call
+//! for a slice of the caller's inputs (splitting a request into calls is the router's).
 
 pub mod anthropic;
 pub mod batch;
@@ -36,6 +42,7 @@ use bytes::Bytes;
 
 use crate::config::{DeploymentConfig, ProviderKind};
 use crate::protocol::{ChatRequest, Usage};
+use embed::{EmbedCall, EmbedFormat, Embedded};
 use send::HttpBackend;
 use wire::WireFormat;
 
@@ -63,8 +70,9 @@ pub struct CallContext {
 /// Where a deployment's calls go. The simulator sends nothing, so it is not a wire format: it
 /// sits beside the HTTP backend here, and formats stay pure translation.
 enum Backend {
-    /// A provider API over HTTP, in the deployment's wire format.
-    Http(HttpBackend),
+    /// A provider API over HTTP, in the deployment's wire format (boxed: it is large, and the
+    /// simulator is nothing).
+    Http(Box<HttpBackend>),
     /// The in-process simulator.
     Simulated,
 }
@@ -79,30 +87,38 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn new(config: DeploymentConfig, client: reqwest::Client) -> Self {
-        let http = |format: Box<dyn WireFormat>| {
-            Backend::Http(HttpBackend::new(format, &config, client.clone()))
+        let http = |format: Box<dyn WireFormat>, embed: Option<Box<dyn EmbedFormat>>| {
+            Backend::Http(Box::new(HttpBackend::new(
+                format,
+                embed,
+                &config,
+                client.clone(),
+            )))
         };
         let batch = |format: Box<dyn batch::BatchFormat>, wire: Box<dyn WireFormat>| {
             let client = batch::BatchClient::new(format, wire, &config, client.clone());
             config.batch_api.then_some(client)
         };
-        // The one place that knows the provider kinds.
+        // The one place that knows the provider kinds (which of them embed, which batch).
         let (backend, batch) = match config.provider {
             ProviderKind::OpenAi => (
-                http(Box::new(openai::OpenAi)),
+                http(Box::new(openai::OpenAi), Some(Box::new(openai::OpenAi))),
                 batch(
                     Box::new(batch::openai::OpenAiBatch),
                     Box::new(openai::OpenAi),
                 ),
             ),
             ProviderKind::Anthropic => (
-                http(Box::new(anthropic::Anthropic)),
+                http(Box::new(anthropic::Anthropic), None),
                 batch(
                     Box::new(batch::anthropic::AnthropicBatch),
                     Box::new(anthropic::Anthropic),
                 ),
             ),
-            ProviderKind::Gemini => (http(Box::new(gemini::Gemini)), None),
+            ProviderKind::Gemini => (
+                http(Box::new(gemini::Gemini), Some(Box::new(gemini::Gemini))),
+                None,
+            ),
             ProviderKind::Simulated => (Backend::Simulated, None),
         };
         Self {
@@ -137,6 +153,28 @@ impl Adapter {
             Backend::Http(http) => http.open_stream(d, req, ctx.include_request_extra).await,
             Backend::Simulated => simulated::open_stream(d, req, ctx.fate).await,
         }
+    }
+
+    /// One embeddings call of a `mode = "embedding"` deployment (anything else is
+    /// `Untranslatable`): one vector per input in input order, each of the expected length
+    /// (`call.dimensions`, else the deployment's), or `InvalidBody`; usage estimated where the
+    /// provider reports none; priced. `fate` is the simulator's, as for `call`.
+    pub async fn embed(
+        &self,
+        call: &EmbedCall<'_>,
+        fate: Option<simulated::Fate>,
+    ) -> Result<Embedded, Failure> {
+        let d = &self.config;
+        let dimensions = embed::expected_dimensions(d, call)?;
+        if call.inputs.is_empty() {
+            // Nothing to embed is no call (the APIs would refuse an empty `input`).
+            return embed::complete(d, call, dimensions, embed::Vectors::default());
+        }
+        let vectors = match &self.backend {
+            Backend::Http(http) => http.embed(d, call).await?,
+            Backend::Simulated => simulated::embed(d, call, dimensions, fate).await?,
+        };
+        embed::complete(d, call, dimensions, vectors)
     }
 
     /// The host and port calls go to (for traces), never the userinfo; `None` for `simulated`.
@@ -356,5 +394,149 @@ mod tests {
             Answer::Wire { usage, .. } => assert_eq!(usage.total_tokens, 2 * MAX_TOKENS),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn embedder(provider: ProviderKind, model: &str, api_base: &str, dims: u32) -> Adapter {
+        let mut d = embed::test_deployment(provider, model, dims);
+        d.api_base = api_base.into();
+        d.api_key = Some(crate::config::Secret::new("sk-secret-key"));
+        Adapter::new(d, http::client().unwrap())
+    }
+
+    fn two() -> Vec<crate::protocol::EmbedInput> {
+        ["hello", "world"]
+            .map(|t| crate::protocol::EmbedInput::Text(t.into()))
+            .to_vec()
+    }
+
+    fn call(inputs: &[crate::protocol::EmbedInput]) -> EmbedCall<'_> {
+        EmbedCall {
+            inputs,
+            dimensions: None,
+            user: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn openai_embeddings_are_posted_with_the_key_and_priced_from_usage() {
+        let reply = r#"{"object":"list","data":[{"object":"embedding","index":1,"embedding":[0,1]},{"object":"embedding","index":0,"embedding":"AACAPwAAAAA="}],"model":"text-embedding-3-small-v2","usage":{"prompt_tokens":5000000,"total_tokens":5000000}}"#;
+        let (base, request) = one_shot::serve(200, "", reply).await;
+        let a = embedder(ProviderKind::OpenAi, "text-embedding-3-small", &base, 2);
+        let inputs = two();
+        let e = a.embed(&call(&inputs), None).await.unwrap();
+        assert_eq!(e.vectors, vec![vec![1.0, 0.0], vec![0.0, 1.0]]);
+        assert_eq!(e.model, "text-embedding-3-small-v2");
+        assert_eq!(e.prompt_tokens, 5_000_000);
+        assert!((e.cost_usd - 0.1).abs() < 1e-12);
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with("POST /embeddings HTTP/1.1"),
+            "{request}"
+        );
+        assert!(request.contains("authorization: Bearer sk-secret-key"));
+        assert!(request.ends_with(
+            r#"{"model":"text-embedding-3-small","input":["hello","world"],"encoding_format":"base64"}"#
+        ));
+    }
+
+    #[tokio::test]
+    async fn gemini_embeddings_go_to_batch_embed_contents_with_estimated_usage() {
+        let reply = r#"{"embeddings":[{"values":[0.6,0.8]},{"values":[1,0]}]}"#;
+        let (base, request) = one_shot::serve(200, "", reply).await;
+        let a = embedder(ProviderKind::Gemini, "text-embedding-004", &base, 2);
+        let inputs = two();
+        let e = a.embed(&call(&inputs), None).await.unwrap();
+        assert_eq!(e.vectors, vec![vec![0.6, 0.8], vec![1.0, 0.0]]);
+        assert_eq!(e.model, "text-embedding-004");
+        assert_eq!(e.prompt_tokens, embed::estimated_tokens(&inputs));
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with("POST /v1beta/models/text-embedding-004:batchEmbedContents "),
+            "{request}"
+        );
+        assert!(request.contains("x-goog-api-key: sk-secret-key"));
+    }
+
+    #[tokio::test]
+    async fn embeddings_of_the_wrong_count_or_length_are_invalid_bodies() {
+        for (reply, says) in [
+            (
+                r#"{"data":[{"index":0,"embedding":[1,0]}],"model":"m"}"#,
+                "1 vectors for 2 inputs",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":[1,0]},{"index":1,"embedding":[1,0,0]}]}"#,
+                "vector 1 has 3 numbers, expected 2",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":[1,0]},{"index":1,"embedding":"AADAfwAAAAA="}]}"#,
+                "not finite",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":[1,0]},{"index":1,"embedding":[1e300,0]}]}"#,
+                "out of range",
+            ),
+            ("<html>bad gateway</html>", "body starts"),
+        ] {
+            let (base, _) = one_shot::serve(200, "", reply).await;
+            let a = embedder(ProviderKind::OpenAi, "text-embedding-3-small", &base, 2);
+            let inputs = two();
+            let f = a.embed(&call(&inputs), None).await.unwrap_err();
+            assert!(
+                matches!(&f, Failure::InvalidBody(m) if m.contains(says)),
+                "{reply}: {f:?}"
+            );
+            let d = crate::routing::policy::decide(&f, &BreakerConfig::default(), false);
+            assert!(d.fall_back && d.count, "{reply}");
+        }
+        // The caller's dimensions are the length expected.
+        let (base, _) = one_shot::serve(200, "", r#"{"data":[{"index":0,"embedding":[1]}]}"#).await;
+        let a = embedder(ProviderKind::OpenAi, "text-embedding-3-small", &base, 2);
+        let inputs = [crate::protocol::EmbedInput::Text("a".into())];
+        let one = EmbedCall {
+            dimensions: Some(1),
+            ..call(&inputs)
+        };
+        assert_eq!(a.embed(&one, None).await.unwrap().vectors, vec![vec![1.0]]);
+    }
+
+    #[tokio::test]
+    async fn embeddings_rate_limits_carry_retry_after() {
+        let error = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        for provider in [ProviderKind::OpenAi, ProviderKind::Gemini] {
+            let (base, _) = one_shot::serve(429, "retry-after: 7\r\n", error).await;
+            let a = embedder(provider, "text-embedding-3-small", &base, 2);
+            let inputs = two();
+            assert_eq!(
+                a.embed(&call(&inputs), None).await.unwrap_err(),
+                Failure::Status {
+                    status: 429,
+                    message: "Rate limit reached".into(),
+                    retry_after: Some(std::time::Duration::from_secs(7)),
+                },
+                "{provider:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn only_embedding_deployments_embed() {
+        let inputs = two();
+        let chat = adapter(ProviderKind::OpenAi, "http://127.0.0.1:1", 1 << 20);
+        assert!(matches!(
+            chat.embed(&call(&inputs), None).await,
+            Err(Failure::Untranslatable(_))
+        ));
+        let sim = embedder(ProviderKind::Simulated, "sim", "", 3);
+        let e = sim.embed(&call(&inputs), None).await.unwrap();
+        assert_eq!((e.vectors.len(), e.vectors[0].len()), (2, 3));
+        assert_eq!(e.prompt_tokens, embed::estimated_tokens(&inputs));
+        assert!(
+            sim.embed(&call(&[]), None)
+                .await
+                .unwrap()
+                .vectors
+                .is_empty()
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! OpenAI Chat Completions, and every API that speaks it (DeepSeek, Groq, Together, Ollama, vLLM):
 //! `POST {api_base}/chat/completions` with `Authorization: Bearer`. The caller's body passes
 //! through with `model` replaced by the deployment's model and `extra_body` merged in; a complete
-//! reply passes back untouched. The `WireFormat` for `provider = "openai"`.
+//! reply passes back untouched. The `WireFormat` for `provider = "openai"`, and its `EmbedFormat`:
+//! `POST {api_base}/embeddings`, asking for base64 vectors (a third of the size, and exact) while
+//! reading float arrays too, since many compatible servers (Ollama, TEI, older vLLM) ignore
+//! `encoding_format`.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
@@ -10,12 +13,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use super::embed::{self, EmbedCall, EmbedFormat, Vector, Vectors};
 use super::failure::Failure;
 use super::shape::{sane_usage, snippet};
 use super::stream::{Piece, StreamTranslator};
 use super::wire::{Answer, Auth, WireFormat};
 use crate::config::DeploymentConfig;
-use crate::protocol::{ChatCompletion, ChatRequest, Usage};
+use crate::protocol::{ChatCompletion, ChatRequest, EmbedInput, Usage};
 
 /// The OpenAI Chat Completions wire format.
 pub struct OpenAi;
@@ -53,6 +57,137 @@ impl WireFormat for OpenAi {
     fn stream_translator(&self, _d: &DeploymentConfig) -> Box<dyn StreamTranslator> {
         Box::new(StreamState::default())
     }
+}
+
+impl EmbedFormat for OpenAi {
+    fn embed_endpoint(&self, d: &DeploymentConfig) -> String {
+        format!("{}/embeddings", d.api_base)
+    }
+
+    /// `model`, the inputs as one array (of strings, or of token arrays), `encoding_format:
+    /// "base64"`, `dimensions` and `user` when given, then the deployment's `extra_body`, which
+    /// may replace any of them but `model` and `input` (`"encoding_format": "float"` for a server
+    /// that refuses base64). OpenAI takes no mix of texts and token arrays.
+    fn build_embed_body(
+        &self,
+        d: &DeploymentConfig,
+        call: &EmbedCall<'_>,
+    ) -> Result<Vec<u8>, Failure> {
+        let tokens = call
+            .inputs
+            .iter()
+            .filter(|i| matches!(i, EmbedInput::Tokens(_)))
+            .count();
+        if tokens != 0 && tokens != call.inputs.len() {
+            return Err(Failure::Untranslatable(
+                "texts and token arrays in one call (OpenAI takes one or the other)".into(),
+            ));
+        }
+        let size: usize = call
+            .inputs
+            .iter()
+            .map(|i| match i {
+                EmbedInput::Text(t) => t.len() + 8,
+                EmbedInput::Tokens(t) => t.len() * 7 + 2,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(size + 128);
+        // Serializing strings, numbers and JSON values into memory cannot fail.
+        let _ = serde_json::to_writer(&mut out, &EmbedBody { d, call });
+        Ok(out)
+    }
+
+    /// A `list` of `embedding` objects, each put in place by its `index` (servers need not send
+    /// them in order; an item without one takes its position), either encoding.
+    fn parse_embed_reply(&self, body: &[u8]) -> Result<Vectors, Failure> {
+        let list: EmbedList = serde_json::from_slice(body)
+            .map_err(|e| Failure::InvalidBody(format!("{e} (body starts {:?})", snippet(body))))?;
+        let n = list.data.len();
+        let mut slots: Vec<Option<Vec<f32>>> = vec![None; n];
+        for (at, item) in list.data.into_iter().enumerate() {
+            let i = item.index.unwrap_or(at);
+            let slot = slots.get_mut(i).ok_or_else(|| {
+                Failure::InvalidBody(format!("embedding index {i} out of range for {n} items"))
+            })?;
+            if slot.replace(item.embedding.0).is_some() {
+                return Err(Failure::InvalidBody(format!("embedding index {i} twice")));
+            }
+        }
+        Ok(Vectors {
+            // Every slot is filled: n items went into n slots, none twice.
+            vectors: slots.into_iter().map(Option::unwrap_or_default).collect(),
+            prompt_tokens: list.usage.and_then(|u| u.prompt_tokens),
+            model: list.model,
+        })
+    }
+}
+
+/// Fields of an embeddings body that `extra_body` never replaces.
+const EMBED_KEPT: &[&str] = &["model", "input"];
+
+struct EmbedBody<'a> {
+    d: &'a DeploymentConfig,
+    call: &'a EmbedCall<'a>,
+}
+
+impl Serialize for EmbedBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (d, call) = (self.d, self.call);
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("model", &d.model)?;
+        map.serialize_entry("input", &Inputs(call.inputs))?;
+        let ours = [
+            ("encoding_format", Some(Value::from("base64"))),
+            ("dimensions", call.dimensions.map(Value::from)),
+            ("user", call.user.map(Value::from)),
+        ];
+        for (k, v) in ours {
+            if let Some(v) = v.filter(|_| !embed::overridden(d, k)) {
+                map.serialize_entry(k, &v)?;
+            }
+        }
+        for (k, v) in embed::extra(d, EMBED_KEPT) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+struct Inputs<'a>(&'a [EmbedInput]);
+
+impl Serialize for Inputs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Input))
+    }
+}
+
+struct Input<'a>(&'a EmbedInput);
+
+impl Serialize for Input<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            EmbedInput::Text(t) => s.serialize_str(t),
+            EmbedInput::Tokens(t) => t.serialize(s),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EmbedList {
+    data: Vec<EmbedItem>,
+    model: Option<String>,
+    usage: Option<EmbedUsage>,
+}
+
+#[derive(Deserialize)]
+struct EmbedItem {
+    index: Option<usize>,
+    embedding: Vector,
+}
+
+#[derive(Deserialize)]
+struct EmbedUsage {
+    prompt_tokens: Option<u64>,
 }
 
 /// Translation of OpenAI's own stream: the chunks pass through as sent; `[DONE]` ends it.
@@ -224,7 +359,7 @@ pub fn error_message(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, ProviderKind};
 
     fn deployment(extra: Option<&str>) -> DeploymentConfig {
         let mut c = Config::demo().deployments.remove(0);
@@ -331,5 +466,120 @@ mod tests {
             error_message(br#"{"error":{"message":"Rate limit reached","type":"requests"}}"#),
             "Rate limit reached"
         );
+    }
+
+    fn embed_deployment(extra: Option<&str>) -> DeploymentConfig {
+        let mut d = embed::test_deployment(ProviderKind::OpenAi, "text-embedding-3-small", 3);
+        d.extra_body = extra.map(|e| serde_json::from_str(e).unwrap());
+        d
+    }
+
+    fn embed_body(d: &DeploymentConfig, call: &EmbedCall<'_>) -> Result<Value, Failure> {
+        OpenAi
+            .build_embed_body(d, call)
+            .map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    #[test]
+    fn embeddings_body_asks_for_base64_and_passes_dimensions_user_and_extra_body() {
+        let inputs = [
+            EmbedInput::Text("a".into()),
+            EmbedInput::Text("b\"c".into()),
+        ];
+        let plain = EmbedCall {
+            inputs: &inputs,
+            dimensions: None,
+            user: None,
+        };
+        let d = embed_deployment(None);
+        assert_eq!(
+            String::from_utf8(OpenAi.build_embed_body(&d, &plain).unwrap()).unwrap(),
+            r#"{"model":"text-embedding-3-small","input":["a","b\"c"],"encoding_format":"base64"}"#
+        );
+        let full = EmbedCall {
+            dimensions: Some(256),
+            user: Some("u-1"),
+            ..plain
+        };
+        let d = embed_deployment(Some(
+            r#"{"model":"other","input":["x"],"encoding_format":"float","truncate":"END"}"#,
+        ));
+        assert_eq!(
+            embed_body(&d, &full).unwrap(),
+            serde_json::json!({
+                "model": "text-embedding-3-small",
+                "input": ["a", "b\"c"],
+                "dimensions": 256,
+                "user": "u-1",
+                "encoding_format": "float",
+                "truncate": "END"
+            })
+        );
+        let tokens = [EmbedInput::Tokens(vec![1, 2]), EmbedInput::Tokens(vec![3])];
+        let call = EmbedCall {
+            inputs: &tokens,
+            dimensions: None,
+            user: None,
+        };
+        assert_eq!(
+            embed_body(&embed_deployment(None), &call).unwrap()["input"],
+            serde_json::json!([[1, 2], [3]])
+        );
+        let mixed = [EmbedInput::Tokens(vec![1]), EmbedInput::Text("a".into())];
+        let call = EmbedCall {
+            inputs: &mixed,
+            ..call
+        };
+        assert!(matches!(
+            OpenAi.build_embed_body(&embed_deployment(None), &call),
+            Err(Failure::Untranslatable(_))
+        ));
+    }
+
+    #[test]
+    fn embeddings_replies_in_either_encoding_and_any_order() {
+        let b64 = |v: &[f32]| {
+            use base64::Engine as _;
+            let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        };
+        let base64 = format!(
+            r#"{{"object":"list","data":[{{"object":"embedding","index":1,"embedding":"{}"}},{{"object":"embedding","index":0,"embedding":"{}"}}],"model":"text-embedding-3-small","usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#,
+            b64(&[0.25, -0.5, 1e-7]),
+            b64(&[1.0, 0.0, -0.0])
+        );
+        let v = OpenAi.parse_embed_reply(base64.as_bytes()).unwrap();
+        assert_eq!(
+            v.vectors,
+            vec![vec![1.0, 0.0, -0.0], vec![0.25, -0.5, 1e-7]]
+        );
+        assert_eq!(v.prompt_tokens, Some(4));
+        assert_eq!(v.model.as_deref(), Some("text-embedding-3-small"));
+        // Ollama, TEI and older vLLM answer floats whatever was asked, some without `usage`.
+        let floats = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-1,3e-8]}],"model":"nomic-embed-text"}"#;
+        let v = OpenAi.parse_embed_reply(floats).unwrap();
+        assert_eq!(v.vectors, vec![vec![0.5, -1.0, 3e-8]]);
+        assert_eq!(v.prompt_tokens, None);
+        for (bad, says) in [
+            (&b"<html>502</html>"[..], "body starts"),
+            (br#"{"data":[{"index":0,"embedding":"@@"}]}"#, "bad base64"),
+            (br#"{"data":[{"index":0,"embedding":"AAA="}]}"#, "float32"),
+            (
+                br#"{"data":[{"index":0,"embedding":["x"]}]}"#,
+                "invalid type",
+            ),
+            (br#"{"data":[{"index":0,"embedding":{}}]}"#, "invalid type"),
+            (
+                br#"{"data":[{"index":1,"embedding":[1]},{"index":1,"embedding":[2]}]}"#,
+                "index 1 twice",
+            ),
+            (br#"{"data":[{"index":2,"embedding":[1]}]}"#, "out of range"),
+            (br#"{"object":"list"}"#, "missing field `data`"),
+        ] {
+            match OpenAi.parse_embed_reply(bad) {
+                Err(Failure::InvalidBody(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
     }
 }

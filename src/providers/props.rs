@@ -1,5 +1,5 @@
-//! Property tests: nothing a provider sends makes a reply parser, a stream translator or the SSE
-//! framing panic (`Retry-After` is checked with the failure policy that caps it,
+//! Property tests: nothing a provider sends makes a reply parser (embeddings replies included), a
+//! stream translator or the SSE framing panic (`Retry-After` is checked with the failure policy that caps it,
 //! `crate::routing::policy`). Inputs are raw bytes, and JSON built from the words the
 //! parsers look for (random bytes alone seldom get past the first `serde_json` check).
 
@@ -8,6 +8,7 @@ use futures::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+use super::embed::EmbedFormat;
 use super::stream::{StreamTranslator, from_chunks};
 use super::{Failure, anthropic, gemini, openai};
 
@@ -81,6 +82,13 @@ const WORDS: &[&str] = &[
     "message_stop",
     "overloaded_error",
     "[DONE]",
+    "data",
+    "embedding",
+    "embeddings",
+    "values",
+    "list",
+    "AACAPwAAAAA=",
+    "AADAfw==",
 ];
 
 fn word() -> impl Strategy<Value = String> {
@@ -118,6 +126,35 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             let mut b = v.to_string().into_bytes();
             b.truncate(cut.index(b.len() + 1));
             b
+        }),
+    ]
+}
+
+/// Embeddings replies of the right shape around arbitrary items: indices, vectors (numbers, huge
+/// numbers, base64 or not, anything) and usage.
+fn embed_body() -> impl Strategy<Value = Vec<u8>> {
+    let vector = prop_oneof![
+        prop::collection::vec(any::<f64>().prop_map(|f| json!(f)), 0..8).prop_map(Value::Array),
+        prop::collection::vec(any::<u8>(), 0..24).prop_map(|b| {
+            use base64::Engine as _;
+            json!(base64::engine::general_purpose::STANDARD.encode(b))
+        }),
+        "[A-Za-z0-9+/=]{0,16}".prop_map(Value::String),
+        json_value(),
+    ];
+    let item = (json_value(), any::<u8>(), vector.clone()).prop_map(|(junk, i, v)| {
+        let index = if i % 5 == 0 { junk } else { json!(i % 8) };
+        json!({"object": "embedding", "index": index, "embedding": v})
+    });
+    prop_oneof![
+        (prop::collection::vec(item, 0..6), json_value()).prop_map(|(data, usage)| {
+            json!({"object": "list", "data": data, "model": "m", "usage": usage})
+                .to_string()
+                .into_bytes()
+        }),
+        prop::collection::vec(vector, 0..6).prop_map(|vs| {
+            let embeddings: Vec<Value> = vs.into_iter().map(|v| json!({"values": v})).collect();
+            json!({"embeddings": embeddings}).to_string().into_bytes()
         }),
     ]
 }
@@ -170,6 +207,12 @@ proptest! {
         let _ = openai::error_message(&b);
         let _ = anthropic::error_message(&b);
         let _ = gemini::error_message(&b);
+    }
+
+    #[test]
+    fn embeddings_reply_parsers_take_any_body(b in prop_oneof![body(), embed_body()]) {
+        let _ = openai::OpenAi.parse_embed_reply(&b);
+        let _ = gemini::Gemini.parse_embed_reply(&b);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! every HTTP provider — the POST with its key header marked sensitive, the send, the body read
 //! within `max_reply_body`, a non-2xx turned into `Failure::Status` with its `Retry-After`, and an
 //! SSE stream opened through `stream::from_sse` — so that a wire format is translation only.
+//! Embeddings calls go the same way, through the format's `EmbedFormat` where it has one.
 
 use bytes::Bytes;
 
+use super::embed::{EmbedCall, EmbedFormat, Vectors};
 use super::failure::Failure;
 use super::http;
 use super::stream::{self, PieceStream};
@@ -18,18 +20,38 @@ pub struct HttpBackend {
     endpoint: Option<reqwest::Url>,
     /// Where streamed calls go (another URL for Gemini).
     stream_endpoint: Option<reqwest::Url>,
+    /// For `mode = "embedding"` deployments of a format that has an embeddings API.
+    embed: Option<Embeddings>,
     client: reqwest::Client,
 }
 
+/// A format's embeddings API and where its calls go.
+struct Embeddings {
+    format: Box<dyn EmbedFormat>,
+    endpoint: Option<reqwest::Url>,
+}
+
 impl HttpBackend {
-    pub fn new(format: Box<dyn WireFormat>, d: &DeploymentConfig, client: reqwest::Client) -> Self {
+    /// `embed`: the format's embeddings API, if it has one (the same API's other face).
+    pub fn new(
+        format: Box<dyn WireFormat>,
+        embed: Option<Box<dyn EmbedFormat>>,
+        d: &DeploymentConfig,
+        client: reqwest::Client,
+    ) -> Self {
         // Parsing a URL per request showed up in profiles; config validation checked it already.
-        let endpoint = reqwest::Url::parse(&format.endpoint(d, false)).ok();
-        let stream_endpoint = reqwest::Url::parse(&format.endpoint(d, true)).ok();
+        let parse = |url: String| reqwest::Url::parse(&url).ok();
+        let endpoint = parse(format.endpoint(d, false));
+        let stream_endpoint = parse(format.endpoint(d, true));
+        let embed = embed.filter(|_| d.is_embedding()).map(|format| Embeddings {
+            endpoint: parse(format.embed_endpoint(d)),
+            format,
+        });
         Self {
             format,
             endpoint,
             stream_endpoint,
+            embed,
             client,
         }
     }
@@ -42,9 +64,56 @@ impl HttpBackend {
         include_request_extra: bool,
     ) -> Result<Answer, Failure> {
         let url = usable(self.endpoint.as_ref(), d)?;
-        let builder = self.request(url, d, req, include_request_extra, false)?;
-        let bytes = send(builder, self.format.as_ref(), d.max_reply_body).await?;
+        let body = self
+            .format
+            .build_body(d, req, include_request_extra, false)?;
+        let bytes = self.exchange(url, d, body).await?;
         self.format.parse_reply(d, bytes)
+    }
+
+    /// One embeddings call: the vectors as the format reads them (unchecked: `embed::complete`
+    /// checks them for every backend), or how it failed.
+    pub async fn embed(
+        &self,
+        d: &DeploymentConfig,
+        call: &EmbedCall<'_>,
+    ) -> Result<Vectors, Failure> {
+        let Some(Embeddings { format, endpoint }) = &self.embed else {
+            return Err(Failure::Untranslatable(format!(
+                "deployment `{}` has no embeddings API here",
+                d.name
+            )));
+        };
+        let url = usable(endpoint.as_ref(), d)?;
+        let body = format.build_embed_body(d, call)?;
+        let bytes = self.exchange(url, d, body).await?;
+        format.parse_embed_reply(&bytes)
+    }
+
+    /// POSTs `body` to `url` with the format's key and headers: the 2xx body, read within the
+    /// deployment's `max_reply_body`, or the failure.
+    async fn exchange(
+        &self,
+        url: &reqwest::Url,
+        d: &DeploymentConfig,
+        body: Vec<u8>,
+    ) -> Result<Bytes, Failure> {
+        send(
+            self.post(url, d, body)?,
+            self.format.as_ref(),
+            d.max_reply_body,
+        )
+        .await
+    }
+
+    fn post(
+        &self,
+        url: &reqwest::Url,
+        d: &DeploymentConfig,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, Failure> {
+        let f = self.format.as_ref();
+        post_json(&self.client, url, d, f.auth(), f.headers(), body)
     }
 
     /// Opens a streamed call: fails like `call` when the provider refuses it, else yields the
@@ -56,7 +125,10 @@ impl HttpBackend {
         include_request_extra: bool,
     ) -> Result<PieceStream, Failure> {
         let url = usable(self.stream_endpoint.as_ref(), d)?;
-        let builder = self.request(url, d, req, include_request_extra, true)?;
+        let body = self
+            .format
+            .build_body(d, req, include_request_extra, true)?;
+        let builder = self.post(url, d, body)?;
         let response = send_stream(builder, self.format.as_ref(), d.max_reply_body).await?;
         Ok(stream::from_sse(
             response,
@@ -69,21 +141,6 @@ impl HttpBackend {
     pub fn server(&self) -> Option<(&str, Option<u16>)> {
         let url = self.endpoint.as_ref()?;
         Some((url.host_str()?, url.port_or_known_default()))
-    }
-
-    fn request(
-        &self,
-        url: &reqwest::Url,
-        d: &DeploymentConfig,
-        req: &ChatRequest,
-        include_request_extra: bool,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, Failure> {
-        let body = self
-            .format
-            .build_body(d, req, include_request_extra, stream)?;
-        let f = &self.format;
-        post_json(&self.client, url, d, f.auth(), f.headers(), body)
     }
 }
 

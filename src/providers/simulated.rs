@@ -6,6 +6,9 @@
 //!
 //! The deployment actor owns the seeded RNG and decides each call's `Fate` when it admits the
 //! call, so that a run is repeatable for a given seed and order of requests.
+//!
+//! Embedding deployments answer with unit vectors drawn from a hash of the space and the text, so
+//! that the same text gets the same vector run after run, from every deployment of its space.
 
 use std::time::Duration;
 
@@ -13,13 +16,14 @@ use rand::{Rng, rngs::SmallRng};
 
 use serde_json::json;
 
+use super::embed::{self, EmbedCall, Vectors};
 use super::failure::Failure;
 use super::shape::unix_now;
 use super::stream::{self, Piece, PieceStream};
 use crate::config::{DeploymentConfig, SimulatedSpec};
 use crate::protocol::response::{Choice, Message};
 use crate::protocol::response::{chunk, usage_chunk};
-use crate::protocol::{ChatCompletion, ChatRequest, Usage};
+use crate::protocol::{ChatCompletion, ChatRequest, EmbedInput, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Outcome {
@@ -124,6 +128,64 @@ pub async fn call(
     req: &ChatRequest,
     fate: Option<Fate>,
 ) -> Result<ChatCompletion, Failure> {
+    undergo(d, fate).await?;
+    Ok(reply(d, req))
+}
+
+/// An embeddings call: after its fate, one unit vector of `dimensions` per input.
+pub async fn embed(
+    d: &DeploymentConfig,
+    call: &EmbedCall<'_>,
+    dimensions: u32,
+    fate: Option<Fate>,
+) -> Result<Vectors, Failure> {
+    undergo(d, fate).await?;
+    let space = embed::space(d, call.dimensions);
+    Ok(Vectors {
+        vectors: call
+            .inputs
+            .iter()
+            .map(|input| unit_vector(&space, input, dimensions))
+            .collect(),
+        prompt_tokens: None,
+        model: None,
+    })
+}
+
+/// A vector of length 1 drawn from a hash of `space` and `input` by splitmix64, which (unlike a
+/// library RNG) cannot change with a dependency's version.
+fn unit_vector(space: &str, input: &EmbedInput, dimensions: u32) -> Vec<f32> {
+    let mut key = Vec::with_capacity(space.len() + 64);
+    key.extend_from_slice(space.as_bytes());
+    match input {
+        EmbedInput::Text(t) => {
+            key.push(0);
+            key.extend_from_slice(t.as_bytes());
+        }
+        EmbedInput::Tokens(t) => {
+            key.push(1);
+            key.extend(t.iter().flat_map(|id| id.to_le_bytes()));
+        }
+    }
+    let mut state = crate::config::stable_hash(&key);
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    // Uniform in [-1, 1): 53 random bits.
+    let v: Vec<f64> = (0..dimensions)
+        .map(|_| (next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let norm = if norm > 0.0 { norm } else { 1.0 };
+    v.into_iter().map(|x| (x / norm) as f32).collect()
+}
+
+/// Lives out a call's fate: waits its latency, then lets it answer or fails it as it says.
+async fn undergo(d: &DeploymentConfig, fate: Option<Fate>) -> Result<(), Failure> {
     let fate = fate.unwrap_or(Fate {
         latency: Duration::ZERO,
         outcome: Outcome::Reply,
@@ -132,7 +194,7 @@ pub async fn call(
         tokio::time::sleep(fate.latency).await;
     }
     match fate.outcome {
-        Outcome::Reply => Ok(reply(d, req)),
+        Outcome::Reply => Ok(()),
         Outcome::Unavailable => Err(Failure::Status {
             status: 503,
             message: format!("simulated outage at {}", d.name),
@@ -265,5 +327,82 @@ mod tests {
             decide(&s, &mut rng, Duration::from_secs(15)).outcome,
             Outcome::Reply
         );
+    }
+
+    fn texts(t: &[&str]) -> Vec<EmbedInput> {
+        t.iter().map(|s| EmbedInput::Text(s.to_string())).collect()
+    }
+
+    async fn vectors(d: &DeploymentConfig, inputs: &[EmbedInput], dims: Option<u32>) -> Vectors {
+        let call = EmbedCall {
+            inputs,
+            dimensions: dims,
+            user: None,
+        };
+        let n = dims.unwrap_or(d.embedding.as_ref().unwrap().dimensions);
+        embed(d, &call, n, None).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn embeddings_are_unit_vectors_fixed_by_space_and_text() {
+        use crate::config::ProviderKind;
+        let a = embed::test_deployment(ProviderKind::Simulated, "sim-embed", 64);
+        let mut b = a.clone();
+        b.name = "another deployment of the space".into();
+        let inputs = texts(&["hello", "world", "hello"]);
+        let va = vectors(&a, &inputs, None).await.vectors;
+        assert_eq!(va, vectors(&b, &inputs, None).await.vectors);
+        assert_eq!(va[0], va[2]);
+        assert_ne!(va[0], va[1]);
+        for v in &va {
+            assert_eq!(v.len(), 64);
+            let norm: f32 = v.iter().map(|x| x * x).sum();
+            assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        }
+        // Another space, or other dimensions: other vectors.
+        let other = embed::test_deployment(ProviderKind::Simulated, "sim-embed-2", 64);
+        assert_ne!(vectors(&other, &inputs, None).await.vectors[0], va[0]);
+        let short = vectors(&a, &inputs, Some(8)).await.vectors;
+        assert_eq!(short[0].len(), 8);
+        // Fixed across runs and builds (FNV-1a and splitmix64, no library RNG): pinned here.
+        assert_eq!(
+            vectors(&a, &texts(&["pinned"]), Some(2)).await.vectors[0],
+            vec![-0.776_303_65_f32, 0.630_359_2]
+        );
+        let tokens = [EmbedInput::Tokens(vec![104, 105])];
+        assert_eq!(vectors(&a, &tokens, None).await.vectors[0].len(), 64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn embeddings_undergo_their_fate_like_chat() {
+        use crate::config::ProviderKind;
+        let d = embed::test_deployment(ProviderKind::Simulated, "sim-embed", 4);
+        let inputs = texts(&["a"]);
+        let call = EmbedCall {
+            inputs: &inputs,
+            dimensions: None,
+            user: None,
+        };
+        let fate = |outcome| {
+            Some(Fate {
+                latency: Duration::from_millis(250),
+                outcome,
+            })
+        };
+        let started = tokio::time::Instant::now();
+        assert!(embed(&d, &call, 4, fate(Outcome::Reply)).await.is_ok());
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
+        assert!(matches!(
+            embed(&d, &call, 4, fate(Outcome::Unavailable)).await,
+            Err(Failure::Status {
+                status: 503,
+                retry_after: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            embed(&d, &call, 4, fate(Outcome::RateLimited)).await,
+            Err(Failure::Status { status: 429, retry_after: Some(w), .. }) if w == Duration::from_secs(1)
+        ));
     }
 }

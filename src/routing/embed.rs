@@ -25,7 +25,7 @@ use crate::deployment::{self, Attempt, Skip};
 use crate::protocol::embed::list_body;
 use crate::protocol::{EmbedRequest, ErrorKind, RequestOptions, Usage};
 use crate::providers::ProviderReply;
-use crate::providers::embed::Embedded;
+use crate::providers::embed::{Embedded, space};
 
 /// Parts of one request in flight at once. Each is one provider call, admitted against the
 /// deployment's limits like any call; this only keeps one huge request from holding every
@@ -64,18 +64,10 @@ struct Shared<'a> {
     reason: Arc<str>,
 }
 
-/// The space a deployment's vectors for `req` live in: its own, unless the request asks for
-/// other `dimensions` — then the model's (or the named space's) at that size.
+/// The space a deployment's vectors live in for a request asking `dimensions`
+/// (`providers::embed::space`); `None` for a chat deployment.
 pub fn space_of(c: &DeploymentConfig, dimensions: Option<u32>) -> Option<String> {
-    let spec = c.embedding.as_ref()?;
-    Some(match dimensions {
-        None => spec.space.clone(),
-        Some(n) if n == spec.dimensions => spec.space.clone(),
-        Some(n) if spec.space == format!("{}@{}", c.model, spec.dimensions) => {
-            format!("{}@{n}", c.model)
-        }
-        Some(n) => format!("{}@{n}", spec.space),
-    })
+    c.is_embedding().then(|| space(c, dimensions))
 }
 
 /// The most estimated tokens one call may carry at this provider: OpenAI refuses a request over

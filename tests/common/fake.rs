@@ -1,5 +1,6 @@
 //! Scriptable fakes of the provider APIs Switchyard calls: OpenAI Chat
-//! Completions, Anthropic Messages and Gemini `generateContent`.
+//! Completions and Embeddings, Anthropic Messages, and Gemini `generateContent`
+//! and `batchEmbedContents`.
 //!
 //! [`FakeProvider`] is a real HTTP/1.1 server (with keep-alive) on a loopback
 //! port, written directly on `tokio::net` rather than an HTTP library so that
@@ -9,9 +10,9 @@
 //!
 //! | start with                        | `base_url()`            | scripted route                                   |
 //! |-----------------------------------|-------------------------|--------------------------------------------------|
-//! | [`FakeProvider::start_named`]     | `http://127.0.0.1:P/v1` | `POST /v1/chat/completions`                      |
+//! | [`FakeProvider::start_named`]     | `http://127.0.0.1:P/v1` | `POST /v1/chat/completions`, `POST /v1/embeddings` |
 //! | [`FakeProvider::start_anthropic`] | `http://127.0.0.1:P`    | `POST /v1/messages`                              |
-//! | [`FakeProvider::start_gemini`]    | `http://127.0.0.1:P`    | `POST /v1beta/models/{model}:generateContent`, `…:streamGenerateContent` |
+//! | [`FakeProvider::start_gemini`]    | `http://127.0.0.1:P`    | `POST /v1beta/models/{model}:generateContent`, `…:streamGenerateContent`, `…:batchEmbedContents` |
 //!
 //! Tests queue [`Fault`]s with [`FakeProvider::push`]; each request to the
 //! scripted route takes the next one, or the default behaviour (normally a
@@ -22,7 +23,19 @@
 //! check them (auth and version headers, required fields, roles and their
 //! order, ranges). A request that fails a check gets the API's 400 (403 for a
 //! missing Gemini key) without consuming the script, and the reason is kept
-//! in [`Recorded::rejected`]. OpenAI requests are not checked.
+//! in [`Recorded::rejected`]. OpenAI chat requests are not checked; OpenAI
+//! embeddings requests are (`model`, `input` of at most 2048 non-empty items,
+//! `encoding_format`, no `dimensions` for `text-embedding-ada-002`).
+//!
+//! Embeddings (see `embed.rs`): the scripted faults apply as they do to chat,
+//! plus [`Fault::WrongDimensions`] and [`Fault::DropVector`]. A success
+//! carries one deterministic unit vector per input ([`embed::vector`]) of the
+//! requested length, else [`FakeProvider::set_embed_dimensions`]'s
+//! ([`embed::DEFAULT_DIMENSIONS`] at first); base64 when OpenAI's
+//! `encoding_format` asks for it; OpenAI's `data` reversed after
+//! [`FakeProvider::set_embed_shuffle`]. Each recorded embeddings request keeps
+//! its number of inputs ([`Recorded::inputs`], [`FakeProvider::embed_inputs`]),
+//! so tests can assert how a request was split into calls.
 //!
 //! A request asking for a stream (`"stream": true` for OpenAI and Anthropic,
 //! `:streamGenerateContent` for Gemini) is answered, on success, with the
@@ -35,6 +48,7 @@
 //! a 404 in the dialect's error shape without consuming the script.
 
 mod anthropic;
+pub mod embed;
 mod gemini;
 mod openai;
 mod wire;
@@ -117,6 +131,12 @@ pub enum Fault {
     /// stream events are whole replies); for the other dialects, only
     /// non-streamed requests are meant.
     ToolCall { name: String, args: Value },
+    /// Embeddings only: 200 with vectors of this many numbers, whatever was
+    /// asked (a chat request gets [`Fault::Ok`]).
+    WrongDimensions(usize),
+    /// Embeddings only: 200 with one vector fewer than the inputs (a chat
+    /// request gets [`Fault::Ok`]).
+    DropVector,
 }
 
 impl Fault {
@@ -172,6 +192,8 @@ pub struct Recorded {
     /// Why the fake rejected the request before the script (the message of
     /// its 400 or 403), or `None`.
     pub rejected: Option<String>,
+    /// For an embeddings request, how many inputs it holds.
+    pub inputs: Option<usize>,
 }
 
 impl Recorded {
@@ -214,6 +236,8 @@ struct State {
     default: Fault,
     requests: Vec<Recorded>,
     chunk_delay: Duration,
+    embed_dimensions: usize,
+    embed_shuffle: bool,
 }
 
 impl FakeProvider {
@@ -255,6 +279,8 @@ impl FakeProvider {
                 default: Fault::Ok,
                 requests: Vec::new(),
                 chunk_delay: DEFAULT_CHUNK_DELAY,
+                embed_dimensions: embed::DEFAULT_DIMENSIONS,
+                embed_shuffle: false,
             }),
             recorded: Notify::new(),
             answers: AtomicU64::new(0),
@@ -308,12 +334,33 @@ impl FakeProvider {
         self.handle.shared.state().chunk_delay = delay;
     }
 
-    /// Queued faults not yet consumed.
+    /// The vector length of an embeddings answer when the request names
+    /// none (initially [`embed::DEFAULT_DIMENSIONS`]).
+    pub fn set_embed_dimensions(&self, dims: usize) {
+        self.handle.shared.state().embed_dimensions = dims;
+    }
+
+    /// Whether OpenAI embeddings answers list `data` in reverse order (each
+    /// item keeps its `index`, as the API allows). Gemini's reply has no
+    /// index, so this does not apply to it.
+    pub fn set_embed_shuffle(&self, shuffle: bool) {
+        self.handle.shared.state().embed_shuffle = shuffle;
+    }
+
+    /// The number of inputs of each embeddings request that passed the API's
+    /// checks, in arrival order: one entry per provider call.
+    pub fn embed_inputs(&self) -> Vec<usize> {
+        let state = self.handle.shared.state();
+        let accepted = state.requests.iter().filter(|r| r.rejected.is_none());
+        accepted.filter_map(|r| r.inputs).collect()
+    }
+
     /// Drops the faults still queued: the default answers from now on.
     pub fn clear_script(&self) {
         self.handle.shared.state().script.clear();
     }
 
+    /// Queued faults not yet consumed.
     pub fn pending(&self) -> usize {
         self.handle.shared.state().script.len()
     }
@@ -390,6 +437,8 @@ impl fmt::Debug for FakeProvider {
 enum Call {
     /// The scripted route; `stream` if a streamed answer is asked for.
     Scripted { stream: bool },
+    /// The scripted embeddings route (never streamed).
+    Embed,
     /// The scripted route, but the request fails the API's checks: answered
     /// with `code` and the dialect's error body, leaving the script alone.
     Rejected { code: u16, message: String },
@@ -443,6 +492,22 @@ impl Dialect {
             Dialect::OpenAi => openai::classify(req),
             Dialect::Anthropic => anthropic::classify(req),
             Dialect::Gemini => gemini::classify(req),
+        }
+    }
+
+    /// The inputs of an embeddings request; `None` for any other.
+    fn embed_inputs(self, req: &Request) -> Option<Vec<embed::Input>> {
+        match self {
+            Dialect::OpenAi => openai::embed_inputs(req),
+            Dialect::Gemini => gemini::embed_inputs(req),
+            Dialect::Anthropic => None,
+        }
+    }
+
+    fn embed_body(self, r: &embed::Reply<'_>) -> Value {
+        match self {
+            Dialect::Gemini => gemini::embed_body(r),
+            Dialect::OpenAi | Dialect::Anthropic => openai::embed_body(r),
         }
     }
 
@@ -531,9 +596,10 @@ impl Shared {
                     Call::Rejected { message, .. } => Some(message.clone()),
                     _ => None,
                 },
+                inputs: self.dialect.embed_inputs(req).map(|i| i.len()),
             });
             match call {
-                Call::Scripted { .. } => match state.script.pop_front() {
+                Call::Scripted { .. } | Call::Embed => match state.script.pop_front() {
                     Some(fault) => fault,
                     None => state.default.clone(),
                 },
@@ -546,6 +612,56 @@ impl Shared {
         };
         self.recorded.notify_waiters();
         (answer, stream)
+    }
+
+    /// The body of a success for `req` (its `text` and usage in `reply`),
+    /// embeddings or chat as `req` asks.
+    fn body(&self, req: &Request, reply: Option<(&str, u32, u32)>, tamper: Tamper) -> Value {
+        match self.embeddings(req, reply.map(|r| r.1), tamper) {
+            Some(body) => body,
+            None => self.answer(req, reply, |a| self.dialect.body(a)),
+        }
+    }
+
+    /// The embeddings answer to `req`, or `None` if it is no embeddings
+    /// request; usage is `prompt_tokens`, else counted from the inputs.
+    fn embeddings(
+        &self,
+        req: &Request,
+        prompt_tokens: Option<u32>,
+        tamper: Tamper,
+    ) -> Option<Value> {
+        let inputs = self.dialect.embed_inputs(req)?;
+        let (dims, shuffle) = {
+            let state = self.state();
+            (state.embed_dimensions, state.embed_shuffle)
+        };
+        let mut items: Vec<(usize, Vec<f32>)> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let n = match tamper {
+                    Tamper::Dimensions(n) => n,
+                    _ => input.dimensions.unwrap_or(dims),
+                };
+                (i, embed::vector(&input.key, n))
+            })
+            .collect();
+        if tamper == Tamper::DropVector {
+            items.pop();
+        }
+        if shuffle && self.dialect == Dialect::OpenAi {
+            items.reverse();
+        }
+        let model = self.dialect.model(req);
+        let reply = embed::Reply {
+            model: model.as_deref().unwrap_or("fake-model"),
+            items,
+            prompt_tokens: prompt_tokens
+                .unwrap_or_else(|| inputs.iter().map(|i| embed::tokens(&i.key)).sum()),
+            base64: req.json.get("encoding_format").and_then(Value::as_str) == Some("base64"),
+        };
+        Some(self.dialect.embed_body(&reply))
     }
 
     fn chunk_delay(&self) -> Duration {
@@ -715,7 +831,7 @@ async fn answer(
             }
             Fault::TruncatedBody | Fault::CutStream { .. } => {
                 let body = shared
-                    .answer(req, None, |a| dialect.body(a))
+                    .body(req, None, Tamper::None)
                     .to_string()
                     .into_bytes();
                 let mut out = response_head(200, &[], body.len(), true).into_bytes();
@@ -740,6 +856,14 @@ async fn answer(
                 trickle(conn, shared, req, stream, every).await;
                 return false;
             }
+            Fault::WrongDimensions(n) => {
+                let body = shared.body(req, None, Tamper::Dimensions(n)).to_string();
+                conn.send(200, &[], body.as_bytes(), close).await
+            }
+            Fault::DropVector => {
+                let body = shared.body(req, None, Tamper::DropVector).to_string();
+                conn.send(200, &[], body.as_bytes(), close).await
+            }
             Fault::ToolCall { name, args } => {
                 let body = shared
                     .answer(req, None, |a| dialect.tool_call(a, &name, &args))
@@ -756,6 +880,14 @@ async fn answer(
         };
         return sent.is_ok() && !close;
     }
+}
+
+/// How an embeddings success is spoiled on purpose.
+#[derive(Clone, Copy, PartialEq)]
+enum Tamper {
+    None,
+    Dimensions(usize),
+    DropVector,
 }
 
 /// How a stream is paced: a wait before the first event, and where to cut.
@@ -779,7 +911,7 @@ async fn succeed(
     let close = req.wants_close();
     let dialect = shared.dialect;
     if !stream {
-        let body = shared.answer(req, reply, |a| dialect.body(a)).to_string();
+        let body = shared.body(req, reply, Tamper::None).to_string();
         return conn.send(200, &[], body.as_bytes(), close).await.is_ok() && !close;
     }
     let events = shared.answer(req, reply, |a| dialect.events(a, req));

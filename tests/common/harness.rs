@@ -85,13 +85,45 @@ impl Running {
             switchyard::ingress::connect(&config.nats, &format!("switchyard-{instance}"))
                 .await
                 .expect("connect as serve does");
-        Self::start_with(client, serve_client, &url, config, instance).await
+        Self::start_with(client, serve_client, &url, config, instance, None).await
     }
 
     async fn start_instance(nats_url: &str, config: Config, instance: &str) -> Running {
         let client = async_nats::connect(nats_url).await.expect("connect");
         let serve_client = async_nats::connect(nats_url).await.expect("connect");
-        Self::start_with(client, serve_client, nats_url, config, instance).await
+        Self::start_with(client, serve_client, nats_url, config, instance, None).await
+    }
+
+    /// An instance whose HTTP door listens on a free loopback port; returns it with the door's
+    /// base URL (`http://127.0.0.1:PORT`).
+    pub async fn start_http(
+        nats: &NatsServer,
+        config: Config,
+        instance: &str,
+    ) -> (Running, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let serve_client = async_nats::connect(nats.url()).await.expect("connect");
+        let running = Self::start_with(
+            client,
+            serve_client,
+            &nats.url(),
+            config,
+            instance,
+            Some(listener),
+        )
+        .await;
+        (running, base)
+    }
+
+    /// Asks for shutdown without waiting for it (`finish` waits).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 
     async fn start_with(
@@ -100,13 +132,14 @@ impl Running {
         nats_url: &str,
         config: Config,
         instance: &str,
+        http: Option<tokio::net::TcpListener>,
     ) -> Running {
         let engine = Arc::new(Engine::start(&config, instance).await.expect("engine"));
         let kept = config.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let (e, serving) = (engine.clone(), serve_client.clone());
         let task = tokio::spawn(async move {
-            switchyard::ingress::run(serving, e, &config, async {
+            switchyard::ingress::run_with(serving, e, &config, http, async {
                 let _ = stopped.await;
             })
             .await
@@ -140,6 +173,11 @@ impl Running {
     /// Sends a chat request on `llm.chat.<task>` and returns the reply's headers and JSON body.
     pub async fn ask(&self, task: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
         ask(&self.client, task, body, headers).await
+    }
+
+    /// Sends an embeddings request on `llm.embed.<task>`.
+    pub async fn embed(&self, task: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        request(&self.client, &format!("llm.embed.{task}"), body, headers).await
     }
 
     pub async fn status(&self) -> Value {
@@ -193,13 +231,23 @@ impl Reply {
 }
 
 pub async fn ask(client: &Client, task: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    request(client, &format!("llm.chat.{task}"), body, headers).await
+}
+
+/// A request on any subject, with its reply's headers and JSON body.
+pub async fn request(
+    client: &Client,
+    subject: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut h = HeaderMap::new();
     for (k, v) in headers {
         h.insert(*k, *v);
     }
     let msg = tokio::time::timeout(
         Duration::from_secs(30),
-        client.request_with_headers(format!("llm.chat.{task}"), h, body.to_string().into()),
+        client.request_with_headers(subject.to_string(), h, body.to_string().into()),
     )
     .await
     .expect("a reply within 30 s")

@@ -13,6 +13,7 @@ pub mod fake;
 pub mod fake_batch;
 pub mod harness;
 pub mod nats;
+pub mod python;
 
 pub use fake::{Dialect, FakeProvider, Fault, Recorded};
 pub use nats::{NatsCluster, NatsServer};

@@ -430,7 +430,8 @@ async fn a_call_sends_the_anthropic_headers_and_reads_errors() {
         let mut d = d.clone();
         d.api_base = base;
         let client = crate::providers::http::client().unwrap();
-        let backend = crate::providers::send::HttpBackend::new(Box::new(Anthropic), &d, client);
+        let backend =
+            crate::providers::send::HttpBackend::new(Box::new(Anthropic), None, &d, client);
         let req = &req;
         async move { backend.call(&d, req, true).await }
     };

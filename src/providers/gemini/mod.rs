@@ -8,7 +8,10 @@
 //! Files API), files by `file_id`, non-function tools, a `tool` message whose `tool_call_id` names
 //! no earlier tool call, and any top-level field outside `HANDLED` and `IGNORED`. Such a request
 //! fails with `Failure::Untranslatable` before anything is sent.
+//!
+//! Embeddings (`embed.rs`): `:batchEmbedContents`, texts only.
 
+mod embed;
 mod stream;
 
 use bytes::Bytes;
@@ -66,12 +69,21 @@ pub const IGNORED: &[&str] = &[
 const SCHEMA_REJECTS: &[&str] = &["additionalProperties", "$schema", "strict"];
 
 pub fn endpoint(api_base: &str, model: &str, stream: bool) -> String {
-    let model = model.strip_prefix("models/").unwrap_or(model);
     if stream {
-        format!("{api_base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
+        model_url(api_base, model, "streamGenerateContent?alt=sse")
     } else {
-        format!("{api_base}/v1beta/models/{model}:generateContent")
+        model_url(api_base, model, "generateContent")
     }
+}
+
+/// A model's name without the `models/` that config may give it.
+fn model_id(model: &str) -> &str {
+    model.strip_prefix("models/").unwrap_or(model)
+}
+
+/// `{api_base}/v1beta/models/{model}:{method}`.
+fn model_url(api_base: &str, model: &str, method: &str) -> String {
+    format!("{api_base}/v1beta/models/{}:{method}", model_id(model))
 }
 
 /// The Gemini GenerateContent wire format.

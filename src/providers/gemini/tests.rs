@@ -494,7 +494,7 @@ async fn a_call_posts_to_generate_content_with_the_key_header() {
         d.api_base = base;
         d.model = model.into();
         let client = crate::providers::http::client().unwrap();
-        let backend = crate::providers::send::HttpBackend::new(Box::new(Gemini), &d, client);
+        let backend = crate::providers::send::HttpBackend::new(Box::new(Gemini), None, &d, client);
         let req = &req;
         async move { backend.call(&d, req, true).await }
     };

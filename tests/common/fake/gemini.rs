@@ -1,49 +1,68 @@
 //! The Gemini dialect: `POST /v1beta/models/{model}:generateContent`, and
 //! `:streamGenerateContent` which streams server-sent events with `?alt=sse`
 //! (events separated by `\r\n\r\n`, as Google sends them) and a JSON array
-//! without it. Requests are checked the way the real API checks them; errors
-//! have Google's `{"error":{"code","message","status"}}` shape.
+//! without it; and `:batchEmbedContents`, answered with `{"embeddings":
+//! [{"values": [...]}]}` in request order. Requests are checked the way the
+//! real API checks them; errors have Google's
+//! `{"error":{"code","message","status"}}` shape.
 
 use serde_json::{Value, json};
 
+use super::embed::{Input, Reply, encode};
 use super::wire::Request;
 use super::{Answer, Call, Events};
 
 const MODELS_PREFIX: &str = "/v1beta/models/";
 
-/// The model named in a Gemini route and whether the method is the
-/// streaming one; `None` for any other path.
-fn parse_route(req: &Request) -> Option<(&str, bool)> {
+/// The most requests one `batchEmbedContents` call may hold.
+const MAX_BATCH: usize = 100;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Generate,
+    Stream,
+    BatchEmbed,
+}
+
+/// The model named in a Gemini route and its method; `None` for any other
+/// path.
+fn parse_route(req: &Request) -> Option<(&str, Method)> {
     let rest = req.route().strip_prefix(MODELS_PREFIX)?;
     let (model, method) = rest.rsplit_once(':')?;
     if model.is_empty() || model.contains('/') {
         return None;
     }
     match method {
-        "generateContent" => Some((model, false)),
-        "streamGenerateContent" => Some((model, true)),
+        "generateContent" => Some((model, Method::Generate)),
+        "streamGenerateContent" => Some((model, Method::Stream)),
+        "batchEmbedContents" => Some((model, Method::BatchEmbed)),
         _ => None,
     }
 }
 
-/// The model from the path of a `generateContent` or
-/// `streamGenerateContent` request.
+/// The model from the path of a Gemini request.
 pub(super) fn model(req: &Request) -> Option<String> {
     parse_route(req).map(|(model, _)| model.to_owned())
 }
 
 pub(super) fn classify(req: &Request) -> Call {
-    let Some((_, stream)) = parse_route(req).filter(|_| req.method == "POST") else {
+    let Some((model, method)) = parse_route(req).filter(|_| req.method == "POST") else {
         return Call::Unknown;
     };
-    match check(req) {
-        Ok(()) => Call::Scripted { stream },
-        Err((code, message)) => Call::Rejected { code, message },
+    let checked = check_key(req).and_then(|()| match method {
+        Method::BatchEmbed => check_embed(req, model),
+        Method::Generate | Method::Stream => check(req),
+    });
+    match (checked, method) {
+        (Ok(()), Method::BatchEmbed) => Call::Embed,
+        (Ok(()), _) => Call::Scripted {
+            stream: method == Method::Stream,
+        },
+        (Err((code, message)), _) => Call::Rejected { code, message },
     }
 }
 
-fn check(req: &Request) -> Result<(), (u16, String)> {
-    let bad = |message: &str| Err((400, message.to_owned()));
+fn check_key(req: &Request) -> Result<(), (u16, String)> {
     if req.header("x-goog-api-key").is_none() {
         return Err((
             403,
@@ -52,6 +71,97 @@ fn check(req: &Request) -> Result<(), (u16, String)> {
                 .to_owned(),
         ));
     }
+    Ok(())
+}
+
+/// A `BatchEmbedContentsRequest`: 1 to 100 requests, each naming the URL's
+/// model as `models/{model}` and holding parts.
+fn check_embed(req: &Request, model: &str) -> Result<(), (u16, String)> {
+    let bad = |message: String| Err((400, message));
+    let Some(body) = req.json.as_object() else {
+        return bad("Invalid JSON payload received.".into());
+    };
+    let requests = match body.get("requests") {
+        Some(Value::Array(r)) if !r.is_empty() => r,
+        None | Some(Value::Array(_)) => {
+            return bad("* BatchEmbedContentsRequest.requests: requests is not specified\n".into());
+        }
+        Some(_) => {
+            return bad("Invalid JSON payload received. Invalid value at 'requests'.".into());
+        }
+    };
+    if requests.len() > MAX_BATCH {
+        return bad(format!(
+            "* BatchEmbedContentsRequest.requests: at most {MAX_BATCH} requests can be in one batch\n"
+        ));
+    }
+    let url_model = format!("models/{model}");
+    for (i, r) in requests.iter().enumerate() {
+        match r.get("model").and_then(Value::as_str) {
+            None => {
+                return bad(format!(
+                    "* BatchEmbedContentsRequest.requests[{i}].model: model is required\n"
+                ));
+            }
+            Some(m) if m != url_model => {
+                return bad(format!(
+                    "* BatchEmbedContentsRequest.requests[{i}].model: model {m} differs from the batch's model {url_model}\n"
+                ));
+            }
+            Some(_) => {}
+        }
+        if r.pointer("/content/parts")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            return bad(format!(
+                "* BatchEmbedContentsRequest.requests[{i}].content.parts: contents.parts must not be empty.\n"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The inputs of a `batchEmbedContents` request (each request's texts
+/// joined); `None` for any other request.
+pub(super) fn embed_inputs(req: &Request) -> Option<Vec<Input>> {
+    if parse_route(req)?.1 != Method::BatchEmbed {
+        return None;
+    }
+    let requests = req.json.get("requests").and_then(Value::as_array);
+    Some(
+        requests
+            .into_iter()
+            .flatten()
+            .map(|r| Input {
+                key: r
+                    .pointer("/content/parts")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect(),
+                dimensions: r
+                    .get("outputDimensionality")
+                    .and_then(Value::as_u64)
+                    .and_then(|d| usize::try_from(d).ok()),
+            })
+            .collect(),
+    )
+}
+
+/// A `BatchEmbedContentsResponse`: no index, no usage, no model.
+pub(super) fn embed_body(r: &Reply<'_>) -> Value {
+    let embeddings: Vec<Value> = r
+        .items
+        .iter()
+        .map(|(_, v)| json!({"values": encode(v, false)}))
+        .collect();
+    json!({ "embeddings": embeddings })
+}
+
+fn check(req: &Request) -> Result<(), (u16, String)> {
+    let bad = |message: &str| Err((400, message.to_owned()));
     let Some(body) = req.json.as_object() else {
         return bad("Invalid JSON payload received.");
     };

@@ -1,24 +1,141 @@
-//! The OpenAI Chat Completions dialect: `POST /v1/chat/completions`, answered
-//! with a `chat.completion` or, for `"stream": true`, with
-//! `chat.completion.chunk` server-sent events ending in `data: [DONE]`.
-//! Requests are not validated.
+//! The OpenAI dialect: `POST /v1/chat/completions`, answered with a
+//! `chat.completion` or, for `"stream": true`, with `chat.completion.chunk`
+//! server-sent events ending in `data: [DONE]` (requests are not validated);
+//! and `POST /v1/embeddings`, answered with a `list` of `embedding` objects
+//! after the checks the real API makes.
 
 use serde_json::{Value, json};
 
+use super::embed::{Input, Reply, encode};
 use super::wire::Request;
 use super::{Answer, Call, Events};
 
-/// The only route that is scripted.
+/// The scripted routes.
 const CHAT_PATH: &str = "/v1/chat/completions";
+const EMBED_PATH: &str = "/v1/embeddings";
+
+/// The most inputs one embeddings request may hold.
+const MAX_INPUTS: usize = 2048;
+
+/// What OpenAI answers for an `input` it cannot take (empty, too many items,
+/// an empty string, a mix of kinds).
+const INVALID_INPUT: &str = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.";
 
 pub(super) fn classify(req: &Request) -> Call {
-    if req.method == "POST" && req.route() == CHAT_PATH {
-        Call::Scripted {
-            stream: req.json.get("stream") == Some(&Value::Bool(true)),
-        }
-    } else {
-        Call::Unknown
+    if req.method != "POST" {
+        return Call::Unknown;
     }
+    match req.route() {
+        CHAT_PATH => Call::Scripted {
+            stream: req.json.get("stream") == Some(&Value::Bool(true)),
+        },
+        EMBED_PATH => match check_embed(&req.json) {
+            Ok(()) => Call::Embed,
+            Err(message) => Call::Rejected { code: 400, message },
+        },
+        _ => Call::Unknown,
+    }
+}
+
+fn check_embed(body: &Value) -> Result<(), String> {
+    let Some(body) = body.as_object() else {
+        return Err("We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.".into());
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m,
+        _ => return Err("you must provide a model parameter".into()),
+    };
+    let Some(input) = body.get("input") else {
+        return Err("'input' is a required property".into());
+    };
+    let tokens = |v: &Value| {
+        v.as_array()
+            .is_some_and(|t| !t.is_empty() && t.iter().all(Value::is_u64))
+    };
+    let valid = match input {
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => {
+            !items.is_empty()
+                && items.len() <= MAX_INPUTS
+                && (items
+                    .iter()
+                    .all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
+                    || items.iter().all(Value::is_u64)
+                    || items.iter().all(tokens))
+        }
+        _ => false,
+    };
+    if !valid {
+        return Err(INVALID_INPUT.into());
+    }
+    match body.get("encoding_format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) if f == "float" || f == "base64" => {}
+        Some(Value::String(f)) => {
+            return Err(format!(
+                "'{f}' is not one of ['float', 'base64'] - 'encoding_format'"
+            ));
+        }
+        Some(other) => {
+            return Err(format!(
+                "{other} is not of type 'string' - 'encoding_format'"
+            ));
+        }
+    }
+    match body.get("dimensions") {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) if model == "text-embedding-ada-002" => {
+            Err("This model does not support specifying dimensions.".into())
+        }
+        Some(d) if d.as_u64().is_some_and(|n| n >= 1) => Ok(()),
+        Some(d) => Err(format!(
+            "Invalid value for 'dimensions' = {d}. Must be an integer greater than or equal to 1."
+        )),
+    }
+}
+
+/// The inputs of an embeddings request (each text, or each token array as
+/// its JSON text); `None` for any other request.
+pub(super) fn embed_inputs(req: &Request) -> Option<Vec<Input>> {
+    if req.method != "POST" || req.route() != EMBED_PATH {
+        return None;
+    }
+    let dimensions = req
+        .json
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .and_then(|d| usize::try_from(d).ok());
+    let key = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let keys = match req.json.get("input") {
+        None => Vec::new(),
+        Some(Value::Array(items)) if !items.iter().all(Value::is_u64) => {
+            items.iter().map(key).collect()
+        }
+        Some(one) => vec![key(one)],
+    };
+    Some(
+        keys.into_iter()
+            .map(|key| Input { key, dimensions })
+            .collect(),
+    )
+}
+
+/// A `list` of `embedding` objects with `model` and `usage`.
+pub(super) fn embed_body(r: &Reply<'_>) -> Value {
+    let data: Vec<Value> = r
+        .items
+        .iter()
+        .map(|(index, v)| json!({"object": "embedding", "index": index, "embedding": encode(v, r.base64)}))
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": r.model,
+        "usage": {"prompt_tokens": r.prompt_tokens, "total_tokens": r.prompt_tokens},
+    })
 }
 
 /// `{"error":{...}}` as OpenAI sends it, with the error type for `code`.
