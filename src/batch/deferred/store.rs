@@ -201,17 +201,7 @@ impl Store {
 
     /// Every line already planned into some part.
     pub fn planned_lines(&self) -> Result<HashSet<u64>, CheckpointError> {
-        let mut q = self
-            .db
-            .prepare("SELECT line FROM remote_items WHERE batch_id = ?1")
-            .map_err(|e| self.err(e))?;
-        let lines = q
-            .query_map([&self.batch_id], |r| r.get::<_, i64>(0))
-            .map_err(|e| self.err(e))?;
-        lines
-            .map(|l| l.map(|l| l.max(0) as u64))
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))
+        self.lines_with("TRUE")
     }
 
     /// The items of `part`.
