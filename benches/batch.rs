@@ -17,7 +17,8 @@
 //!   once with 64-number vectors: up to 256 items per provider call (the calls are counted: at
 //!   most items / 256 and a few), each vector checkpointed and written.
 //!
-//! Flags (after `--`): `--items N` to run N items instead of 100,000.
+//! Flags (after `--`): `--items N` to run N items instead of 100,000; `--only CASE[,CASE]` to run
+//! some of the cases (simulated, openai-fake, embed-fake).
 
 #[path = "../tests/common"]
 #[allow(dead_code, reason = "shared with the tests, which use all of it")]
@@ -97,77 +98,92 @@ fn main() {
     std::fs::write(dir.join("job.toml"), JOB).expect("job file");
     eprintln!("{items} items in {}", dir.display());
 
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let runs = |case: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|c| c == case))
+    };
     let mut rows = Vec::new();
 
     // Case A: the runner and engine alone, against an instant in-process provider.
-    let config = format!(
-        "{COMMON}{}",
-        deployment(
-            "sim",
-            "simulated",
-            "latency = \"0ms\"\nanswers = [\"billing\", \"bug\", \"other\"]\n"
-        )
-    );
-    rows.push(run_case("simulated", dir, &config, items, &out_dir));
+    if runs("simulated") {
+        let config = format!(
+            "{COMMON}{}",
+            deployment(
+                "sim",
+                "simulated",
+                "latency = \"0ms\"\nanswers = [\"billing\", \"bug\", \"other\"]\n"
+            )
+        );
+        rows.push(run_case("simulated", dir, &config, items, &out_dir));
+    }
 
     // Case B: the same through HTTP to a fake OpenAI-compatible server in this process.
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let fake = runtime.block_on(FakeProvider::start_named("bench"));
-    fake.set_default(Fault::Reply {
-        text: "bug".into(),
-        prompt_tokens: 48,
-        completion_tokens: 1,
-    });
-    let config = format!(
-        "{COMMON}{}",
-        deployment(
-            "fake",
-            "openai",
-            &format!(
-                "api_base = \"{}\"\napi_key_env = \"SWITCHYARD_BENCH_KEY\"\ntimeout = \"30s\"\n",
-                fake.base_url()
+    if runs("openai-fake") {
+        let fake = runtime.block_on(FakeProvider::start_named("bench"));
+        fake.set_default(Fault::Reply {
+            text: "bug".into(),
+            prompt_tokens: 48,
+            completion_tokens: 1,
+        });
+        let config = format!(
+            "{COMMON}{}",
+            deployment(
+                "fake",
+                "openai",
+                &format!(
+                    "api_base = \"{}\"\napi_key_env = \"SWITCHYARD_BENCH_KEY\"\ntimeout = \"30s\"\n",
+                    fake.base_url()
+                )
             )
-        )
-    );
-    rows.push(run_case("openai-fake", dir, &config, items, &out_dir));
-    assert_eq!(
-        fake.calls(),
-        items,
-        "openai-fake: the fake must get one call per item"
-    );
-    fake.shutdown();
-    drop(fake);
+        );
+        rows.push(run_case("openai-fake", dir, &config, items, &out_dir));
+        assert_eq!(
+            fake.calls(),
+            items,
+            "openai-fake: the fake must get one call per item"
+        );
+        fake.shutdown();
+        drop(fake);
+    }
 
     // Case C: an embed job (`kind = "embed"`) through HTTP to the fake's `/embeddings`, which
     // answers at once: up to `max_inputs` items per call, each vector checkpointed and written.
-    let fake = runtime.block_on(FakeProvider::start_named("bench-embed"));
-    fake.set_embed_dimensions(EMBED_DIMS);
-    std::fs::write(dir.join("embed.toml"), EMBED_JOB).expect("job file");
-    let config = format!(
-        // Still in COMMON's [tasks].
-        "{COMMON}embed = \"main\"\n\n{}",
-        deployment_of(
-            "fake-embed",
-            "openai",
-            "text-embedding-3-small",
-            &format!(
-                "mode = \"embedding\"\ndimensions = {EMBED_DIMS}\nmax_inputs = {EMBED_MAX_INPUTS}\napi_base = \"{}\"\napi_key_env = \"SWITCHYARD_BENCH_KEY\"\ntimeout = \"30s\"\n",
-                fake.base_url()
+    if runs("embed-fake") {
+        let fake = runtime.block_on(FakeProvider::start_named("bench-embed"));
+        fake.set_embed_dimensions(EMBED_DIMS);
+        std::fs::write(dir.join("embed.toml"), EMBED_JOB).expect("job file");
+        let config = format!(
+            // Still in COMMON's [tasks].
+            "{COMMON}embed = \"main\"\n\n{}",
+            deployment_of(
+                "fake-embed",
+                "openai",
+                "text-embedding-3-small",
+                &format!(
+                    "mode = \"embedding\"\ndimensions = {EMBED_DIMS}\nmax_inputs = {EMBED_MAX_INPUTS}\napi_base = \"{}\"\napi_key_env = \"SWITCHYARD_BENCH_KEY\"\ntimeout = \"30s\"\n",
+                    fake.base_url()
+                )
             )
-        )
-    );
-    let mut row = run_job("embed-fake", "embed.toml", dir, &config, items, &out_dir);
-    let calls = fake.calls();
-    let floor = items.div_ceil(EMBED_MAX_INPUTS);
-    eprintln!("embed-fake: {calls} provider calls for {items} items (at least {floor})");
-    assert!(
-        calls <= floor + floor / 10 + 8,
-        "embed-fake: {calls} calls for {items} items in calls of {EMBED_MAX_INPUTS}"
-    );
-    row.calls = Some(calls);
-    rows.push(row);
-    fake.shutdown();
-    drop(fake);
+        );
+        let mut row = run_job("embed-fake", "embed.toml", dir, &config, items, &out_dir);
+        let calls = fake.calls();
+        let floor = items.div_ceil(EMBED_MAX_INPUTS);
+        eprintln!("embed-fake: {calls} provider calls for {items} items (at least {floor})");
+        assert!(
+            calls <= floor + floor / 10 + 8,
+            "embed-fake: {calls} calls for {items} items in calls of {EMBED_MAX_INPUTS}"
+        );
+        row.calls = Some(calls);
+        rows.push(row);
+        fake.shutdown();
+        drop(fake);
+    }
     runtime.shutdown_timeout(Duration::from_secs(1));
 
     let machine = machine();

@@ -67,7 +67,10 @@ async fn srv_ping_info_and_stats_answer_with_the_endpoints_and_their_counts() {
     assert_eq!(info.id, ping.id);
     let mut subjects: Vec<&str> = info.endpoints.iter().map(|e| e.subject.as_str()).collect();
     subjects.sort_unstable();
-    assert_eq!(subjects, ["llm.batch.submit", "llm.chat.>", "llm.status"]);
+    assert_eq!(
+        subjects,
+        ["llm.batch.submit", "llm.chat.>", "llm.embed.>", "llm.status"]
+    );
 
     let by_id = sy
         .client

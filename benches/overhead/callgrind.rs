@@ -56,7 +56,11 @@ pub async fn per_request(
     }
     let mut proc = Proc::spawn(&mut cmd, &out.with_extension("log"));
     ready(&mut proc).await;
-    let warm = load::sequential(client, subject, body, warmup).await;
+    let door = load::Door::Nats {
+        client: client.clone(),
+        subject: subject.to_string(),
+    };
+    let warm = load::sequential(&door, body, warmup).await;
     if warm.errors > 0 {
         return Err(format!(
             "{} of {warmup} warm-up requests failed",
@@ -65,7 +69,7 @@ pub async fn per_request(
     }
     let pid = proc.pid().to_string();
     control(&pid, "on")?;
-    let counted = load::sequential(client, subject, body, n).await;
+    let counted = load::sequential(&door, body, n).await;
     control(&pid, "off")?;
     // SIGTERM: the engine drains and exits, and callgrind writes its output.
     let _ = Command::new("kill").args(["-TERM", &pid]).status();

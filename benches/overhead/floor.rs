@@ -1,6 +1,7 @@
 //! The physical floor: a bare NATS responder that forwards the request body to the upstream over
 //! the same kind of HTTP client the engine uses and replies with the upstream's bytes. No
-//! parsing, routing, actors or logging: what any router must at least pay.
+//! parsing, routing, actors or logging: what any router must at least pay. `run_http` is the
+//! same for the HTTP door: a bare HTTP passthrough (hyper, HTTP/1.1 keep-alive, as the door).
 
 use futures::StreamExt;
 
@@ -32,6 +33,56 @@ pub async fn run(nats_url: &str, upstream: &str) {
                 Err(_) => Default::default(),
             };
             let _ = client.publish(reply, body).await;
+        });
+    }
+}
+
+/// The HTTP floor: POSTs are forwarded to the upstream, its bytes answered; prints the port.
+pub async fn run_http(upstream: &str) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let http = switchyard::providers::http::client().expect("http client");
+    let url: std::sync::Arc<str> = format!("{upstream}/v1/chat/completions").into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind http floor");
+    println!("{}", listener.local_addr().expect("addr").port());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                    let reply = match body {
+                        Ok(body) => match http
+                            .post(&*url)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await
+                        {
+                            Ok(r) => r.bytes().await.unwrap_or_default(),
+                            Err(_) => Default::default(),
+                        },
+                        Err(_) => Default::default(),
+                    };
+                    let mut resp = hyper::Response::new(Full::new(reply));
+                    resp.headers_mut()
+                        .insert("content-type", "application/json".parse().expect("static"));
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

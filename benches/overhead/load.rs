@@ -53,14 +53,47 @@ impl Sample {
     }
 }
 
-/// One request; `Ok` only for a reply that is not an error reply.
-async fn one(client: &Client, subject: &str, body: &Bytes) -> bool {
-    match tokio::time::timeout(TIMEOUT, client.request(subject.to_string(), body.clone())).await {
-        Ok(Ok(msg)) => msg
-            .headers
-            .as_ref()
-            .is_none_or(|h| h.get("Llm-Error").is_none()),
-        _ => false,
+/// Where a load's requests go: a NATS subject, or an HTTP URL (a POST of the body).
+#[derive(Clone)]
+pub enum Door {
+    Nats {
+        client: Client,
+        subject: String,
+    },
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
+}
+
+impl Door {
+    /// One request; `true` only for a reply that is not an error reply.
+    async fn one(&self, body: &Bytes) -> bool {
+        match self {
+            Door::Nats { client, subject } => {
+                let sent = client.request(subject.clone(), body.clone());
+                match tokio::time::timeout(TIMEOUT, sent).await {
+                    Ok(Ok(msg)) => msg
+                        .headers
+                        .as_ref()
+                        .is_none_or(|h| h.get("Llm-Error").is_none()),
+                    _ => false,
+                }
+            }
+            Door::Http { client, url } => {
+                let sent = async {
+                    let r = client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    let ok = r.status().is_success();
+                    r.bytes().await.map(|_| ok)
+                };
+                matches!(tokio::time::timeout(TIMEOUT, sent).await, Ok(Ok(true)))
+            }
+        }
     }
 }
 
@@ -68,38 +101,12 @@ fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
-pub async fn sequential(client: &Client, subject: &str, body: &Bytes, n: usize) -> Sample {
+pub async fn sequential(door: &Door, body: &Bytes, n: usize) -> Sample {
     let mut s = Sample::default();
     let started = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        if one(client, subject, body).await {
-            s.latencies_us.push(micros(t.elapsed()));
-        } else {
-            s.errors += 1;
-        }
-    }
-    s.wall = started.elapsed();
-    s
-}
-
-/// Sequential requests straight to the upstream over HTTP: no NATS at all, for reference.
-pub async fn sequential_http(http: &reqwest::Client, url: &str, body: &Bytes, n: usize) -> Sample {
-    let mut s = Sample::default();
-    let started = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        let ok = match http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-        {
-            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-            Err(_) => false,
-        };
-        if ok {
+        if door.one(body).await {
             s.latencies_us.push(micros(t.elapsed()));
         } else {
             s.errors += 1;
@@ -110,28 +117,17 @@ pub async fn sequential_http(http: &reqwest::Client, url: &str, body: &Bytes, n:
 }
 
 /// `concurrency` workers, each sending its next request when the last is answered, `n` in all.
-pub async fn closed_loop(
-    client: &Client,
-    subject: &str,
-    body: &Bytes,
-    concurrency: usize,
-    n: usize,
-) -> Sample {
+pub async fn closed_loop(door: &Door, body: &Bytes, concurrency: usize, n: usize) -> Sample {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, subject, body, next) = (
-                client.clone(),
-                subject.to_string(),
-                body.clone(),
-                next.clone(),
-            );
+            let (door, body, next) = (door.clone(), body.clone(), next.clone());
             tokio::spawn(async move {
                 let mut s = Sample::default();
                 while next.fetch_add(1, Ordering::Relaxed) < n {
                     let t = Instant::now();
-                    if one(&client, &subject, &body).await {
+                    if door.one(&body).await {
                         s.latencies_us.push(micros(t.elapsed()));
                     } else {
                         s.errors += 1;
@@ -154,18 +150,12 @@ pub async fn closed_loop(
 /// `rate` requests a second for `duration`, each sent at its intended time whatever the answers
 /// do; latency runs from the intended time. The sender is an OS thread sleeping with the kernel's
 /// precision (tens of µs), not the runtime's 1 ms timer, so the schedule itself adds no latency.
-pub async fn open_loop(
-    client: &Client,
-    subject: &str,
-    body: &Bytes,
-    rate: u32,
-    duration: Duration,
-) -> Sample {
+pub async fn open_loop(door: &Door, body: &Bytes, rate: u32, duration: Duration) -> Sample {
     let total = (f64::from(rate) * duration.as_secs_f64()) as usize;
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handle = tokio::runtime::Handle::current();
-    let (client, subject, body) = (client.clone(), subject.to_string(), body.clone());
+    let (door, body) = (door.clone(), body.clone());
     let started = Instant::now();
     let sender = std::thread::spawn(move || {
         for i in 0..total {
@@ -174,10 +164,9 @@ pub async fn open_loop(
             if intended > now {
                 std::thread::sleep(intended - now);
             }
-            let (client, subject, body, tx) =
-                (client.clone(), subject.clone(), body.clone(), tx.clone());
+            let (door, body, tx) = (door.clone(), body.clone(), tx.clone());
             handle.spawn(async move {
-                let ok = one(&client, &subject, &body).await;
+                let ok = door.one(&body).await;
                 let _ = tx.send((ok, intended.elapsed()));
             });
         }

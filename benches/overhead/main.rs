@@ -8,7 +8,11 @@
 //!   breaker, limits), requests on `llm.chat.chat`;
 //! - engine-local: the same with `[cluster] enabled = false` (no KV round trip for rpm/tpm);
 //! - engine-failover: the same with the first deployment answering 503, so every request falls
-//!   back once (the breaker threshold is set out of reach so that it stays that way).
+//!   back once (the breaker threshold is set out of reach so that it stays that way);
+//! - http-floor: a bare HTTP passthrough (hyper → the same HTTP client → upstream), the floor of
+//!   the HTTP door;
+//! - engine-http: `switchyard serve` with `[http] listen`, requests on `POST /v1/chat/completions`
+//!   (the engine's config, `model = "chat"`), driven by an HTTP client with keep-alive.
 //!
 //! Loads: sequential, 64 in flight, open loop at 1k/2k/5k requests/s. Prints a table and the
 //! engine/floor ratios, and writes `target/bench/overhead.json`.
@@ -16,7 +20,8 @@
 //! user-space instructions per request counted over 2,000 sequential requests (`callgrind.rs`):
 //! the figure that stays put when the machine's timings drift.
 //! Flags (after `--`): `--quick` for a smoke run, `--soak 300s` to add a memory soak, `--only
-//! engine` to run one target (e.g. under a profiler), `--no-callgrind` to skip the counts.
+//! engine` to run one target (e.g. under a profiler; `--only http-floor,engine-http` for a list),
+//! `--no-callgrind` to skip the counts.
 //! `SWITCHYARD_BENCH_BIN=path` runs another build of `switchyard` (an older commit's) as the
 //! engine, for a before/after with the same harness.
 
@@ -40,6 +45,10 @@ use serde_json::json;
 use load::Summary;
 use procs::Proc;
 
+/// The HTTP door's body: the same request, its `model` naming the task (the door refuses a model
+/// name it does not know, where NATS takes the subject's task).
+const REQUEST_HTTP: &str = r#"{"model":"chat","messages":[{"role":"system","content":"You are a helpful travel assistant. Answer briefly."},{"role":"user","content":"Suggest a two-day itinerary for Lisbon in May, with one museum and one viewpoint per day."}],"temperature":0.7,"max_tokens":256}"#;
+
 const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful travel assistant. Answer briefly."},{"role":"user","content":"Suggest a two-day itinerary for Lisbon in May, with one museum and one viewpoint per day."}],"temperature":0.7,"max_tokens":256}"#;
 
 struct Plan {
@@ -60,6 +69,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("--upstream") => rt.block_on(upstream::run()),
         Some("--floor") => rt.block_on(floor::run(&args[2], &args[3])),
+        Some("--http-floor") => rt.block_on(floor::run_http(&args[2])),
         _ => {
             let quick = args.iter().any(|a| a == "--quick");
             let soak = args
@@ -74,10 +84,20 @@ fn main() {
                 .and_then(|i| args.get(i + 1))
                 .cloned();
             let no_callgrind = args.iter().any(|a| a == "--no-callgrind");
-            let targets = ["floor", "engine", "engine-local", "engine-failover"]
-                .into_iter()
-                .filter(|t| only.as_deref().is_none_or(|o| o == *t))
-                .collect();
+            let targets = [
+                "floor",
+                "engine",
+                "engine-local",
+                "engine-failover",
+                "http-floor",
+                "engine-http",
+            ]
+            .into_iter()
+            .filter(|t| {
+                only.as_deref()
+                    .is_none_or(|o| o.split(',').any(|o| o == *t))
+            })
+            .collect();
             let plan = if quick {
                 Plan {
                     targets,
@@ -141,6 +161,7 @@ async fn bench(plan: Plan) {
     let upstream = format!("http://127.0.0.1:{}", up.read_line());
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let body = Bytes::from_static(REQUEST.as_bytes());
+    let http_body = Bytes::from_static(REQUEST_HTTP.as_bytes());
     eprintln!("nats {} · upstream {upstream}", nats.url());
 
     let mut rows = Vec::new();
@@ -148,30 +169,48 @@ async fn bench(plan: Plan) {
     // Every target runs at once (each on its own subjects) and the loads go round them in turn,
     // in several rounds, so that drift on a shared machine hits floor and engine alike.
     let mut running = Vec::new();
+    let http = switchyard::providers::http::client().expect("http client");
+    let nats_door = |subject: String| load::Door::Nats {
+        client: client.clone(),
+        subject,
+    };
     for &target in &plan.targets {
-        let (proc, subject) = match target {
+        let (proc, door, body) = match target {
             "floor" => {
                 let mut p = Proc::spawn(
                     Command::new(&me).args(["--floor", &nats.url(), &upstream]),
                     &dir.join("floor.log"),
                 );
                 assert_eq!(p.read_line(), "ready");
-                (p, floor::SUBJECT.to_string())
+                (p, nats_door(floor::SUBJECT.to_string()), body.clone())
+            }
+            "http-floor" => {
+                let mut p = Proc::spawn(
+                    Command::new(&me).args(["--http-floor", &upstream]),
+                    &dir.join("http-floor.log"),
+                );
+                let url = format!("http://127.0.0.1:{}/v1/chat/completions", p.read_line());
+                let door = load::Door::Http {
+                    client: http.clone(),
+                    url,
+                };
+                (p, door, http_body.clone())
             }
             _ => {
                 let prefix = target.replace('-', "_");
                 let config = dir.join(format!("{target}.toml"));
-                std::fs::write(
-                    &config,
-                    engine_config(
-                        &nats.url(),
-                        &prefix,
-                        &upstream,
-                        target == "engine-failover",
-                        target != "engine-local",
-                    ),
-                )
-                .expect("config");
+                let listen = (target == "engine-http").then(free_port);
+                let mut text = engine_config(
+                    &nats.url(),
+                    &prefix,
+                    &upstream,
+                    target == "engine-failover",
+                    target != "engine-local",
+                );
+                if let Some(port) = listen {
+                    text.push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{port}\"\n"));
+                }
+                std::fs::write(&config, text).expect("config");
                 let p = Proc::spawn(
                     Command::new(engine_bin())
                         .args(["serve", "--config"])
@@ -180,26 +219,37 @@ async fn bench(plan: Plan) {
                     &dir.join(format!("{target}.log")),
                 );
                 wait_ready(&client, &prefix).await;
-                (p, format!("{prefix}.chat.chat"))
+                match listen {
+                    Some(port) => {
+                        let door = load::Door::Http {
+                            client: http.clone(),
+                            url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                        };
+                        (p, door, http_body.clone())
+                    }
+                    None => (p, nats_door(format!("{prefix}.chat.chat")), body.clone()),
+                }
             }
         };
         client.flush().await.expect("flush");
-        let check = load::sequential(&client, &subject, &body, 1).await;
+        let check = load::sequential(&door, &body, 1).await;
         assert_eq!(
             check.errors, 0,
             "{target}: the first request failed; see target/bench/*.log"
         );
         idle.push((target, proc.rss_mb()));
         eprintln!("{target}: warm-up");
-        load::sequential(&client, &subject, &body, plan.warmup).await;
-        running.push((target, proc, subject));
+        load::sequential(&door, &body, plan.warmup).await;
+        running.push((target, proc, door, body));
     }
 
     // Reference: the same request straight to the upstream over HTTP, from this process.
-    let http = switchyard::providers::http::client().expect("http client");
-    let url = format!("{upstream}/v1/chat/completions");
-    load::sequential_http(&http, &url, &body, plan.warmup).await;
-    let direct = load::sequential_http(&http, &url, &body, plan.sequential).await;
+    let direct_door = load::Door::Http {
+        client: http.clone(),
+        url: format!("{upstream}/v1/chat/completions"),
+    };
+    load::sequential(&direct_door, &body, plan.warmup).await;
+    let direct = load::sequential(&direct_door, &body, plan.sequential).await;
     rows.push(Row {
         target: "direct-http",
         load: "sequential".into(),
@@ -224,8 +274,8 @@ async fn bench(plan: Plan) {
             .map(|_| (load::Sample::default(), 0.0, 0.0))
             .collect();
         for _ in 0..ROUNDS {
-            for (i, (_, proc, subject)) in running.iter().enumerate() {
-                let run = shape.run(&client, subject, &body);
+            for (i, (_, proc, door, body)) in running.iter().enumerate() {
+                let run = shape.run(door, body);
                 let (sample, cpu_pct, peak) = measure(proc, run).await;
                 let m = &mut merged[i];
                 m.0.latencies_us.extend(sample.latencies_us);
@@ -235,7 +285,7 @@ async fn bench(plan: Plan) {
                 m.2 = f64::max(m.2, peak);
             }
         }
-        for ((target, _, _), (sample, cpu_pct, peak_rss_mb)) in running.iter().zip(merged) {
+        for ((target, _, _, _), (sample, cpu_pct, peak_rss_mb)) in running.iter().zip(merged) {
             let row = Row {
                 target,
                 load: name.clone(),
@@ -248,12 +298,15 @@ async fn bench(plan: Plan) {
         }
     }
     let mut subjects = Vec::new();
-    for (target, proc, subject) in running {
+    for (target, proc, door, body) in running {
         if let (Some(d), "engine") = (plan.soak, target) {
-            soak(&client, &subject, &body, &proc, d).await;
+            soak(&door, &body, &proc, d).await;
         }
         proc.stop();
-        subjects.push((target, subject));
+        // Instructions are counted over NATS only.
+        if let load::Door::Nats { subject, .. } = door {
+            subjects.push((target, subject));
+        }
     }
     let instructions = instructions(&plan, &client, &nats.url(), &upstream, &subjects).await;
     up.child.kill().ok();
@@ -298,12 +351,14 @@ async fn bench(plan: Plan) {
     }
     report.push_str("\n\nengine vs floor, same load:\n");
     let mut ratios = Vec::new();
-    for target in ["engine", "engine-local", "engine-failover"] {
+    for target in ["engine", "engine-local", "engine-failover", "engine-http"] {
+        let floor = if target == "engine-http" {
+            "http-floor"
+        } else {
+            "floor"
+        };
         for r in rows.iter().filter(|r| r.target == target) {
-            let Some(f) = rows
-                .iter()
-                .find(|f| f.target == "floor" && f.load == r.load)
-            else {
+            let Some(f) = rows.iter().find(|f| f.target == floor && f.load == r.load) else {
                 continue;
             };
             let line = format!(
@@ -430,13 +485,11 @@ enum Load {
 
 impl Load {
     /// One round: a share of the load's requests.
-    async fn run(&self, client: &async_nats::Client, subject: &str, body: &Bytes) -> load::Sample {
+    async fn run(&self, door: &load::Door, body: &Bytes) -> load::Sample {
         match *self {
-            Load::Sequential(n) => load::sequential(client, subject, body, n / ROUNDS).await,
-            Load::InFlight(c, n) => load::closed_loop(client, subject, body, c, n / ROUNDS).await,
-            Load::Open(rate, d) => {
-                load::open_loop(client, subject, body, rate, d / ROUNDS as u32).await
-            }
+            Load::Sequential(n) => load::sequential(door, body, n / ROUNDS).await,
+            Load::InFlight(c, n) => load::closed_loop(door, body, c, n / ROUNDS).await,
+            Load::Open(rate, d) => load::open_loop(door, body, rate, d / ROUNDS as u32).await,
         }
     }
 }
@@ -457,7 +510,7 @@ async fn measure(proc: &Proc, run: impl Future<Output = load::Sample>) -> (load:
 }
 
 /// Open loop at 2k/s for `d`, RSS sampled every 10 s: memory must not grow.
-async fn soak(client: &async_nats::Client, subject: &str, body: &Bytes, proc: &Proc, d: Duration) {
+async fn soak(door: &load::Door, body: &Bytes, proc: &Proc, d: Duration) {
     eprintln!("soak: 2000/s for {}", humantime::format_duration(d));
     let start_rss = proc.rss_mb();
     let step = Duration::from_secs(10);
@@ -465,7 +518,7 @@ async fn soak(client: &async_nats::Client, subject: &str, body: &Bytes, proc: &P
     let mut errors = 0;
     let started = Instant::now();
     while started.elapsed() < d {
-        let s = load::open_loop(client, subject, body, 2_000, step).await;
+        let s = load::open_loop(door, body, 2_000, step).await;
         errors += s.errors;
         samples.push(proc.rss_mb());
     }
@@ -500,6 +553,15 @@ fn format_row(r: &Row) -> String {
         r.cpu_pct,
         r.peak_rss_mb
     )
+}
+
+/// A port free now, for a listener the engine binds (a race with another process is possible but
+/// would only fail the start, loudly).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 async fn wait_ready(client: &async_nats::Client, prefix: &str) {
