@@ -36,11 +36,11 @@ const SCHEMA: &str = "
         created_at TEXT, state TEXT, total INTEGER);
     CREATE TABLE IF NOT EXISTS items (
         batch_id TEXT, line INTEGER, item_id TEXT, status TEXT, output TEXT, raw TEXT,
-        deployment TEXT, attempts INTEGER, tokens INTEGER, cost_usd REAL, error TEXT,
+        deployment TEXT, attempts INTEGER, tokens INTEGER, cost_usd REAL, error TEXT, via TEXT,
         PRIMARY KEY (batch_id, line));";
 
 const ITEM_COLUMNS: &str =
-    "line, item_id, status, output, raw, deployment, attempts, tokens, cost_usd, error";
+    "line, item_id, status, output, raw, deployment, attempts, tokens, cost_usd, error, via";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -93,6 +93,23 @@ impl Status {
     }
 }
 
+/// How an item was served last (docs/contract.md §11): by a provider's batch API or a sync call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Batch,
+    Sync,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Batch => "batch",
+            Via::Sync => "sync",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchState {
@@ -137,6 +154,8 @@ pub struct ItemResult {
     pub tokens: u64,
     pub cost_usd: f64,
     pub error: Option<String>,
+    /// Where its last call went.
+    pub via: Via,
 }
 
 /// A stored item: the same fields as recorded.
@@ -166,6 +185,7 @@ pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Value {
             "tokens": row.tokens,
             "cost_usd": row.cost_usd,
             "error": row.error,
+            "via": row.via.as_str(),
         });
     }
     serde_json::json!({
@@ -178,6 +198,7 @@ pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Value {
         "tokens": row.tokens,
         "cost_usd": row.cost_usd,
         "error": row.error,
+        "via": row.via.as_str(),
     })
 }
 
@@ -429,7 +450,9 @@ impl Checkpoint {
     }
 }
 
-fn connect(path: &Path) -> Result<Connection, CheckpointError> {
+/// A connection to the checkpoint at `path`, its tables made if missing (the deferred runner's
+/// tables sit in the same file, on connections of its own).
+pub(crate) fn connect(path: &Path) -> Result<Connection, CheckpointError> {
     let err = |source| CheckpointError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -437,7 +460,57 @@ fn connect(path: &Path) -> Result<Connection, CheckpointError> {
     let db = Connection::open(path).map_err(err)?;
     db.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     db.execute_batch(SCHEMA).map_err(err)?;
+    // Checkpoints written before items had `via`: every item of theirs was served sync.
+    let has_via = db
+        .prepare("SELECT 1 FROM pragma_table_info('items') WHERE name = 'via'")
+        .and_then(|mut q| q.exists([]))
+        .map_err(err)?;
+    if !has_via {
+        match db.execute_batch("ALTER TABLE items ADD COLUMN via TEXT") {
+            Ok(()) => {}
+            // Another connection added it meanwhile.
+            Err(e) if e.to_string().contains("duplicate column") => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
     Ok(db)
+}
+
+/// Stores `items` of `batch_id` in `tx` (the writer's transactions, and the deferred runner's
+/// that apply a results download whole). REPLACE: an item recorded twice (a runner retrying
+/// after its own crash) keeps the latest result instead of failing the whole transaction.
+pub(crate) fn insert_items<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    batch_id: &str,
+    items: impl IntoIterator<Item = &'a ItemResult>,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO items (batch_id, {ITEM_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    ))?;
+    for item in items {
+        let output = item
+            .output
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        insert.execute(params![
+            batch_id,
+            to_sql_u64(item.line),
+            item.item_id,
+            item.status.as_str(),
+            output,
+            item.raw,
+            item.deployment,
+            item.attempts,
+            to_sql_u64(item.tokens),
+            item.cost_usd,
+            item.error,
+            item.via.as_str(),
+        ])?;
+    }
+    Ok(())
 }
 
 /// Iterator over a batch's stored items in line order; see [`Checkpoint::items_in_order`].
@@ -521,6 +594,10 @@ fn item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemRow> {
         tokens: from_sql_u64(r.get(7)?),
         cost_usd: r.get(8)?,
         error: r.get(9)?,
+        via: match r.get::<_, Option<String>>(10)?.as_deref() {
+            Some("batch") => Via::Batch,
+            _ => Via::Sync,
+        },
     })
 }
 
@@ -553,6 +630,11 @@ mod tests {
             tokens: 10,
             cost_usd: 0.001,
             error: (!ok).then(|| "label not in the list".to_string()),
+            via: if line.is_multiple_of(2) {
+                Via::Batch
+            } else {
+                Via::Sync
+            },
         }
     }
 
@@ -755,7 +837,7 @@ mod tests {
             json!({
                 "id": "item-1", "status": "ok", "output": {"label": "spam", "line": 1},
                 "raw": "spam 1", "deployment": "d1", "attempts": 2, "tokens": 10,
-                "cost_usd": 0.001, "error": null,
+                "cost_usd": 0.001, "error": null, "via": "sync",
             })
         );
         let failed = output_line(&item(35), crate::batch::job::Kind::Chat);
@@ -764,6 +846,6 @@ mod tests {
         assert_eq!(failed["raw"], Value::Null);
         assert_eq!(failed["deployment"], Value::Null);
         assert_eq!(failed["error"], "label not in the list");
-        assert_eq!(failed.as_object().unwrap().len(), 9);
+        assert_eq!(failed.as_object().unwrap().len(), 10);
     }
 }

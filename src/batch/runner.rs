@@ -19,9 +19,10 @@ use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::checkpoint::{BatchState, Checkpoint, Counts, ItemResult, Status, output_line};
+use super::checkpoint::{BatchState, Checkpoint, Counts, ItemResult, Status, Via, output_line};
+use super::deferred::{self, Carry, completion_text};
 use super::input::Input;
-use super::job::{Job, Kind};
+use super::job::{Job, Kind, Mode};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::protocol::{ChatRequest, ErrorKind, RequestOptions};
@@ -55,6 +56,8 @@ pub struct Summary {
     pub failures: Vec<(String, String)>,
     pub output: PathBuf,
     pub wall: Duration,
+    /// A deferred job's remote side: batch costs and the state of each remote batch.
+    pub deferred: Option<deferred::Figures>,
 }
 
 /// Counters the workers update and the progress display reads.
@@ -180,6 +183,30 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
     let resumed = resume.done.len() as u64;
     let writer = Arc::new(writer);
 
+    // A deferred job first sends what it can to a batch API; the sync loop below does the rest.
+    let mut resume = resume;
+    let mut carries = std::collections::HashMap::new();
+    let mut deferred_cancelled = false;
+    if let Mode::Deferred(settings) = &job.mode {
+        let handover = deferred::run(deferred::Args {
+            engine: &engine,
+            job: &job,
+            settings,
+            db: checkpoint.path(),
+            batch_id: &batch_id,
+            input: &args.input,
+            fresh: resume.fresh,
+            done: &resume.done,
+            cancel: &hooks.cancel,
+            tell: hooks.progress.is_none(),
+        })
+        .await?;
+        resume.done.extend(handover.skip);
+        carries = handover.carries;
+        deferred_cancelled = handover.cancelled;
+    }
+    let carries = Arc::new(std::sync::Mutex::new(carries));
+
     let progress = Arc::new(Progress::default());
     progress.done.store(resumed, Relaxed);
     let display = match hooks.progress.clone() {
@@ -229,10 +256,10 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         }
     }
     let mut workers = tokio::task::JoinSet::new();
-    let mut cancelled = false;
+    let mut cancelled = deferred_cancelled;
     let mut read_error = None;
     loop {
-        if hooks.cancel.is_cancelled() {
+        if cancelled || hooks.cancel.is_cancelled() {
             cancelled = true;
             break;
         }
@@ -304,10 +331,20 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
             }
             continue;
         }
+        let carry = carries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&record.line);
         workers.spawn(async move {
             let (result, fell_back) = match &record.fields {
                 Ok(fields) => {
-                    match run_item(&job, &engine, record.line, &record.id, fields, &cancel).await {
+                    let item = Item {
+                        line: record.line,
+                        id: &record.id,
+                        fields,
+                        carry,
+                    };
+                    match run_item(&job, &engine, item, &cancel).await {
                         Some(done) => done,
                         // Cancelled while waiting for room: not finished, so not recorded; a
                         // resumed run does it.
@@ -358,6 +395,13 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         })
         .await?
     };
+    let figures = match &job.mode {
+        Mode::Deferred(_) => {
+            let (db, id) = (args.db.clone(), batch_id.clone());
+            blocking(move || deferred::figures(&db, &id)).await?
+        }
+        Mode::Sync => None,
+    };
     Ok(Summary {
         cancelled,
         batch_id,
@@ -372,6 +416,7 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         failures,
         output,
         wall: started.elapsed(),
+        deferred: figures,
     })
 }
 
@@ -439,17 +484,29 @@ async fn keep(
     .await
 }
 
+/// One input record for the sync walk, with what a batch answer already used up.
+struct Item<'a> {
+    line: u64,
+    id: &'a str,
+    fields: &'a serde_json::Map<String, Value>,
+    carry: Option<Carry>,
+}
+
 /// One item: a call, its output checked against the job's rule; an output that fails is retried
-/// on another candidate, up to `max_attempts` provider calls in all. Also says whether any call
-/// fell back.
+/// on another candidate, up to `max_attempts` provider calls in all (a batch answer counts as
+/// one). Also says whether any call fell back.
 async fn run_item(
     job: &Job,
     engine: &Engine,
-    line: u64,
-    id: &str,
-    fields: &serde_json::Map<String, Value>,
+    item: Item<'_>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Option<(ItemResult, bool)> {
+    let Item {
+        line,
+        id,
+        fields,
+        carry,
+    } = item;
     let body = match job.request_body(fields) {
         Ok(b) => b,
         Err(e) => return Some((failed(line, id, e.to_string()), false)),
@@ -467,8 +524,22 @@ async fn run_item(
     let mut last_error = String::from("no attempt made");
     let mut raw = None;
     let mut deployment = None;
+    let mut via = Via::Sync;
+    if let Some(c) = carry {
+        (calls, tokens, cost) = (c.attempts, c.tokens, c.cost_usd);
+        last_error = c.error;
+        raw = c.raw;
+        if c.attempts > 0 {
+            via = Via::Batch;
+        }
+        if let Some(d) = c.exclude {
+            deployment = Some(d.clone());
+            options.exclude.push(d);
+        }
+    }
     while calls < job.max_attempts {
         let outcome = engine.chat(&job.task, options.clone(), &body, None).await;
+        via = Via::Sync;
         match outcome.result {
             Ok(served) => {
                 fell_back |= served.fallback || calls > 0;
@@ -490,6 +561,7 @@ async fn run_item(
                             tokens,
                             cost_usd: cost,
                             error: None,
+                            via,
                         };
                         return Some((item, fell_back));
                     }
@@ -531,6 +603,7 @@ async fn run_item(
         tokens,
         cost_usd: cost,
         error: Some(last_error),
+        via,
     };
     Some((item, fell_back))
 }
@@ -630,6 +703,7 @@ impl EmbedServed {
                     tokens: (self.tokens as f64 * share).round() as u64,
                     cost_usd: self.cost_usd * share,
                     error: None,
+                    via: Via::Sync,
                 };
                 (item, self.fell_back)
             })
@@ -748,19 +822,8 @@ fn failed(line: u64, id: &str, why: String) -> ItemResult {
         tokens: 0,
         cost_usd: 0.0,
         error: Some(why),
+        via: Via::Sync,
     }
-}
-
-/// The assistant's text in a `chat.completion`.
-fn completion_text(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/choices/0/message/content")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
 }
 
 fn default_output(input: &Path) -> PathBuf {
@@ -868,6 +931,33 @@ impl Summary {
             self.cost_usd,
             self.output.display()
         );
+        if let Some(d) = &self.deferred {
+            let saved = d.sync_equivalent(self.cost_usd) - self.cost_usd;
+            println!(
+                "sync-equivalent cost ${:.6} (saved ${saved:.6}); batch calls ${:.6} instead of ${:.6}",
+                d.sync_equivalent(self.cost_usd),
+                d.batch_cost_usd,
+                d.batch_full_cost_usd
+            );
+            println!(
+                "\n{:<6} {:<20} {:<32} {:<10} {:<12} {:>12}",
+                "PART", "DEPLOYMENT", "REMOTE BATCH", "STATE", "STATUS", "DONE"
+            );
+            for p in &d.parts {
+                println!(
+                    "{:<6} {:<20} {:<32} {:<10} {:<12} {:>12}",
+                    p.part,
+                    p.deployment,
+                    p.remote_id.as_deref().unwrap_or("-"),
+                    p.state,
+                    p.status.as_deref().unwrap_or("-"),
+                    format!("{}/{}", p.done, p.total)
+                );
+                if let Some(note) = &p.note {
+                    println!("       {note}");
+                }
+            }
+        }
         println!("\n{:<24} {:>8}", "DEPLOYMENT", "ITEMS");
         for (d, n) in &self.by_deployment {
             println!("{d:<24} {n:>8}");

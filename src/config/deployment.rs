@@ -141,7 +141,14 @@ pub struct DeploymentConfig {
     pub max_stream_duration: Duration,
     /// `Some` for `mode = "embedding"`: this deployment serves `llm.embed.*`, not chat.
     pub embedding: Option<EmbeddingSpec>,
+    /// `batch_api = true`: deferred batches may use the provider's batch API (openai, anthropic).
+    pub batch_api: bool,
+    /// `batch_discount` (default 0.5): a batch call's price as a share of the sync price.
+    pub batch_discount: f64,
 }
+
+/// Batch calls cost half the sync price at OpenAI and Anthropic.
+const DEFAULT_BATCH_DISCOUNT: f64 = 0.5;
 
 impl DeploymentConfig {
     pub fn is_embedding(&self) -> bool {
@@ -412,6 +419,32 @@ pub(super) fn validate(
         }
     };
 
+    if d.batch_api && !matches!(provider, ProviderKind::OpenAi | ProviderKind::Anthropic) {
+        v.problem(
+            key("batch_api"),
+            format!(
+                "{} has no batch API Switchyard speaks (openai | anthropic)",
+                provider.as_str()
+            ),
+        );
+    }
+    if d.batch_api && embedding.is_some() {
+        v.problem(
+            key("batch_api"),
+            "deferred batches are chat jobs: not for mode = \"embedding\"",
+        );
+    }
+    let batch_discount = d.batch_discount.unwrap_or(DEFAULT_BATCH_DISCOUNT);
+    if !(batch_discount.is_finite() && batch_discount > 0.0 && batch_discount <= 1.0) {
+        v.problem(
+            key("batch_discount"),
+            "must be a number above 0 and at most 1",
+        );
+    }
+    if d.batch_discount.is_some() && !d.batch_api {
+        v.problem(key("batch_discount"), "only with batch_api = true");
+    }
+
     DeploymentConfig {
         name: d.name,
         group: d.group,
@@ -433,5 +466,7 @@ pub(super) fn validate(
         max_reply_body: super::LimitsConfig::default().max_provider_body,
         max_stream_duration: super::LimitsConfig::default().max_stream_duration,
         embedding,
+        batch_api: d.batch_api,
+        batch_discount,
     }
 }

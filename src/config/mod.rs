@@ -758,6 +758,33 @@ mod tests {
     }
 
     #[test]
+    fn batch_api_is_for_openai_and_anthropic_chat_deployments_at_a_sane_discount() {
+        let c = parse(&format!("{MINIMAL}batch_api = true\n")).unwrap();
+        assert!(c.deployments[0].batch_api);
+        assert_eq!(c.deployments[0].batch_discount, 0.5);
+        assert!(!parse(MINIMAL).unwrap().deployments[0].batch_api);
+        let gemini = MINIMAL.replace("\"openai\"", "\"gemini\"");
+        let err = parse(&format!("{gemini}batch_api = true\nbatch_discount = 1.5\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("deployments[0].batch_api: gemini has no batch API"),
+            "{err}"
+        );
+        assert!(
+            err.contains("deployments[0].batch_discount: must be a number above 0 and at most 1"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}batch_discount = 0.4\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batch_discount: only with batch_api = true"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_missing_key_names_the_deployment_and_the_variable() {
         let text = MINIMAL.replace("PRESENT_KEY", "ABSENT_KEY");
         let err = parse(&text).unwrap_err().to_string();

@@ -277,6 +277,11 @@ pub struct RawDeployment {
     pub space: Option<String>,
     /// Embedding deployments: the most inputs in one provider call.
     pub max_inputs: Option<u32>,
+    /// Deferred batches may go to this deployment's batch API (docs/contract.md §11).
+    #[serde(default)]
+    pub batch_api: bool,
+    /// What a batch call costs as a share of the sync price (default 0.5).
+    pub batch_discount: Option<f64>,
     // `simulated` only.
     #[serde(default, with = "humantime_serde")]
     pub latency: Option<Duration>,

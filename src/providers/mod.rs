@@ -15,6 +15,8 @@
 //!   API has embeddings).
 //! - `send.rs` — `HttpBackend`: any wire format sent over HTTP, the only I/O for providers.
 //! - `simulated.rs` — the in-process simulator, a backend of its own.
+//! - `batch/` — provider batch APIs (OpenAI Batch, Anthropic Message Batches): a capability a
+//!   format opts into, given to deployments with `batch_api = true`.
 //! - this file — `Adapter`: picks the backend (and for HTTP the format) from the config, the only
 //!   place that matches on `ProviderKind`, and completes and prices what comes back.
 //!
@@ -24,6 +26,7 @@
 //! for a slice of the caller's inputs (splitting a request into calls is the router's).
 
 pub mod anthropic;
+pub mod batch;
 pub mod embed;
 mod failure;
 pub mod gemini;
@@ -78,21 +81,51 @@ enum Backend {
 pub struct Adapter {
     pub config: DeploymentConfig,
     backend: Backend,
+    /// The provider's batch API, for a deployment with `batch_api = true`.
+    batch: Option<batch::BatchClient>,
 }
 
 impl Adapter {
     pub fn new(config: DeploymentConfig, client: reqwest::Client) -> Self {
         let http = |format: Box<dyn WireFormat>, embed: Option<Box<dyn EmbedFormat>>| {
-            Backend::Http(Box::new(HttpBackend::new(format, embed, &config, client)))
+            Backend::Http(Box::new(HttpBackend::new(
+                format,
+                embed,
+                &config,
+                client.clone(),
+            )))
         };
-        // The one place that knows the provider kinds (and which of them embed).
-        let backend = match config.provider {
-            ProviderKind::OpenAi => http(Box::new(openai::OpenAi), Some(Box::new(openai::OpenAi))),
-            ProviderKind::Anthropic => http(Box::new(anthropic::Anthropic), None),
-            ProviderKind::Gemini => http(Box::new(gemini::Gemini), Some(Box::new(gemini::Gemini))),
-            ProviderKind::Simulated => Backend::Simulated,
+        let batch = |format: Box<dyn batch::BatchFormat>, wire: Box<dyn WireFormat>| {
+            let client = batch::BatchClient::new(format, wire, &config, client.clone());
+            config.batch_api.then_some(client)
         };
-        Self { config, backend }
+        // The one place that knows the provider kinds (which of them embed, which batch).
+        let (backend, batch) = match config.provider {
+            ProviderKind::OpenAi => (
+                http(Box::new(openai::OpenAi), Some(Box::new(openai::OpenAi))),
+                batch(
+                    Box::new(batch::openai::OpenAiBatch),
+                    Box::new(openai::OpenAi),
+                ),
+            ),
+            ProviderKind::Anthropic => (
+                http(Box::new(anthropic::Anthropic), None),
+                batch(
+                    Box::new(batch::anthropic::AnthropicBatch),
+                    Box::new(anthropic::Anthropic),
+                ),
+            ),
+            ProviderKind::Gemini => (
+                http(Box::new(gemini::Gemini), Some(Box::new(gemini::Gemini))),
+                None,
+            ),
+            ProviderKind::Simulated => (Backend::Simulated, None),
+        };
+        Self {
+            config,
+            backend,
+            batch,
+        }
     }
 
     pub async fn call(
@@ -158,8 +191,19 @@ impl Adapter {
             .cost(usage.prompt_tokens, usage.completion_tokens)
     }
 
-    /// Fills in what a provider may leave out (`usage`, `model`, `id`), and prices the call.
+    /// The provider's batch API, when the deployment says `batch_api = true`.
+    pub fn batch(&self) -> Option<&batch::BatchClient> {
+        self.batch.as_ref()
+    }
+
     fn finish(&self, req: &ChatRequest, answer: Answer) -> ProviderReply {
+        self.complete(req.estimated_prompt_tokens, answer)
+    }
+
+    /// Fills in what a provider may leave out (`usage`, `model`, `id`), and prices the call at
+    /// the sync price (`estimated_prompt_tokens` stands in for a prompt count the provider left
+    /// out). Batch answers are completed here too, so they read exactly as sync replies.
+    pub fn complete(&self, estimated_prompt_tokens: u64, answer: Answer) -> ProviderReply {
         let price = |u: &Usage| self.config.price.cost(u.prompt_tokens, u.completion_tokens);
         let mut completion = match answer {
             Answer::Wire { body, usage } => {
@@ -178,7 +222,7 @@ impl Adapter {
                     completion.text().map_or(0, str::len),
                 );
                 sane_usage(Usage {
-                    prompt_tokens: req.estimated_prompt_tokens,
+                    prompt_tokens: estimated_prompt_tokens,
                     completion_tokens,
                     total_tokens: 0,
                 })

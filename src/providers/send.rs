@@ -207,6 +207,16 @@ fn post_json(
     for (name, value) in extra {
         builder = builder.header(*name, *value);
     }
+    with_key(builder, d, auth)
+}
+
+/// `builder` with the deployment's key (when it has one) in the header `auth` names, marked
+/// sensitive, so that HTTP/2 never indexes it and debug output never shows it.
+pub fn with_key(
+    builder: reqwest::RequestBuilder,
+    d: &DeploymentConfig,
+    auth: Auth,
+) -> Result<reqwest::RequestBuilder, Failure> {
     let Some(key) = &d.api_key else {
         return Ok(builder);
     };

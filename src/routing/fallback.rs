@@ -296,6 +296,22 @@ impl Router {
         self.count_fallback(result)
     }
 
+    /// The deployments `req` on `task` would walk, in the order a walk would try them now (each
+    /// group by its strategy, then the fallback chain), for a deferred batch to pick its batch
+    /// deployment from (docs/contract.md §11). Nothing is admitted or counted.
+    pub fn walk_order(&self, task: &str, req: &ChatRequest) -> Vec<usize> {
+        let route = self.table.resolve(task, req);
+        let opts = RequestOptions::default();
+        match route.target {
+            Target::Group(g) => self
+                .table
+                .chain(g)
+                .flat_map(|g| self.order(g, &|s| estimated_cost(s, req), &opts, None, false))
+                .collect(),
+            Target::Deployment(d) => vec![d],
+        }
+    }
+
     /// `result`, counted in `fallbacks` if it fell back.
     pub(super) fn count_fallback(&self, result: Result<Served, Failed>) -> Result<Served, Failed> {
         let fell_back = match &result {

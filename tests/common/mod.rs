@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod fake;
+pub mod fake_batch;
 pub mod harness;
 pub mod nats;
 pub mod python;

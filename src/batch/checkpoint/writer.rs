@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
-use super::{CheckpointError, ITEM_COLUMNS, ItemResult, to_sql_u64};
+use super::{CheckpointError, ItemResult};
 
 /// Finished items the caller may have queued before `record` blocks: enough to absorb a burst
 /// of completions while a transaction commits, small enough to bound memory.
@@ -218,35 +218,7 @@ fn commit(
         return Ok(());
     }
     let tx = db.transaction()?;
-    {
-        // REPLACE: an item recorded twice (a runner retrying after its own crash) keeps the
-        // latest result instead of failing the whole transaction.
-        let mut insert = tx.prepare_cached(&format!(
-            "INSERT OR REPLACE INTO items (batch_id, {ITEM_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-        ))?;
-        for item in pending.iter() {
-            let output = item
-                .output
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            insert.execute(params![
-                batch_id,
-                to_sql_u64(item.line),
-                item.item_id,
-                item.status.as_str(),
-                output,
-                item.raw,
-                item.deployment,
-                item.attempts,
-                to_sql_u64(item.tokens),
-                item.cost_usd,
-                item.error,
-            ])?;
-        }
-    }
+    super::insert_items(&tx, batch_id, pending.iter())?;
     tx.commit()?;
     pending.clear();
     Ok(())

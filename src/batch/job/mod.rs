@@ -7,6 +7,7 @@
 //! be prepared once is prepared here (template split, labels normalised, schema compiled), so the
 //! runner only renders, sends and checks.
 
+mod deferred;
 mod labels;
 mod schema;
 mod template;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+pub use deferred::{Deferred, MAX_POLL_INTERVAL, Mode};
 pub use labels::{Labels, normalise as normalise_label};
 pub use schema::{JsonSchemaRule, coerce, extract_json};
 pub use template::{MissingField, Template};
@@ -60,6 +62,8 @@ pub struct Job {
     /// Provider calls per item, output retries included, 1..=20.
     pub max_attempts: u32,
     pub output: OutputRule,
+    /// `mode`: sync (default) or deferred through a provider's batch API.
+    pub mode: Mode,
     hash: String,
 }
 
@@ -126,6 +130,11 @@ struct RawJob {
     concurrency: Option<i64>,
     max_attempts: Option<i64>,
     output: Option<RawOutput>,
+    mode: Option<String>,
+    deadline: Option<String>,
+    sync_reserve: Option<String>,
+    poll_interval: Option<String>,
+    max_batch_items: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,6 +390,20 @@ fn validate(raw: RawJob, file: &str, hash: String, problems: &mut Problems) -> O
             None
         }
     };
+    let mode = deferred::RawMode {
+        mode: raw.mode,
+        deadline: raw.deadline,
+        sync_reserve: raw.sync_reserve,
+        poll_interval: raw.poll_interval,
+        max_batch_items: raw.max_batch_items,
+    }
+    .validate(problems);
+    if kind == Kind::Embed && mode != Mode::Sync {
+        problems.add(
+            "mode",
+            "deferred batches are chat jobs, not kind = \"embed\"",
+        );
+    }
     Some(Job {
         source: file.to_string(),
         name,
@@ -393,6 +416,7 @@ fn validate(raw: RawJob, file: &str, hash: String, problems: &mut Problems) -> O
         concurrency: usize::try_from(concurrency).ok()?,
         max_attempts: u32::try_from(max_attempts).ok()?,
         output: output?,
+        mode,
         hash,
     })
 }

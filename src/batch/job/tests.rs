@@ -370,6 +370,7 @@ fn csv(name: &str) -> Vec<(u64, Map<String, Value>)> {
 fn the_example_jobs_load_and_their_inputs_fit_them() {
     let cases = [
         ("ticket-triage.toml", jsonl("tickets.jsonl"), 20),
+        ("ticket-triage-deferred.toml", jsonl("tickets.jsonl"), 20),
         ("invoice-extract.toml", csv("invoices.csv"), 12),
         ("contacts-extract.toml", jsonl("contacts.jsonl"), 10),
     ];
@@ -482,4 +483,59 @@ fn an_embed_job_has_an_input_and_nothing_of_a_chat_job() {
         "input = \"{{x}}\"\noutput = { labels = [\"a\"] }",
     ));
     assert!(err.contains("input: only for kind = \"embed\""), "{err}");
+}
+
+#[test]
+fn a_deferred_job_has_a_deadline_and_its_keys_are_checked() {
+    let job = parse(&with_output(
+        "output = { labels = [\"a\"] }\nmode = \"deferred\"\ndeadline = \"12h\"\nmax_batch_items = 500",
+    ))
+    .unwrap();
+    let Mode::Deferred(d) = &job.mode else {
+        panic!("{:?}", job.mode)
+    };
+    assert_eq!(d.deadline, std::time::Duration::from_secs(12 * 3600));
+    assert_eq!(d.sync_reserve, std::time::Duration::from_secs(3600));
+    assert_eq!(d.poll_interval, std::time::Duration::from_secs(30));
+    assert_eq!(d.max_batch_items, Some(500));
+    assert_eq!(parse(TRIAGE).unwrap().mode, Mode::Sync);
+
+    let err = problems(&with_output(
+        "output = { labels = [\"a\"] }\nmode = \"deferred\"\nmax_batch_items = 0\npoll_interval = \"10m\"",
+    ));
+    assert!(
+        err.contains("deadline: is required with mode = \"deferred\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("max_batch_items: must be a positive integer"),
+        "{err}"
+    );
+    assert!(err.contains("poll_interval: must be at most 5m"), "{err}");
+    let err = problems(&with_output(
+        "output = { labels = [\"a\"] }\nmode = \"later\"\ndeadline = \"soon\"",
+    ));
+    assert!(
+        err.contains("mode: `later` is not sync | deferred"),
+        "{err}"
+    );
+    assert!(err.contains("deadline: not a duration"), "{err}");
+    let err = problems(&with_output(
+        "output = { labels = [\"a\"] }\ndeadline = \"1h\"\nsync_reserve = \"0s\"",
+    ));
+    assert!(
+        err.contains("deadline: only with mode = \"deferred\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("sync_reserve: must be more than zero"),
+        "{err}"
+    );
+    let err = problems(
+        "name = \"e\"\ntask = \"t\"\nkind = \"embed\"\ninput = \"{{x}}\"\nmode = \"deferred\"\ndeadline = \"1h\"\n",
+    );
+    assert!(
+        err.contains("mode: deferred batches are chat jobs"),
+        "{err}"
+    );
 }

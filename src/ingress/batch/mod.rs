@@ -602,20 +602,33 @@ impl BatchService {
                 )
                 .ok()
             });
-            state.map(|s| (s, Checkpoint::open(&db).and_then(|c| c.counts(&batch))))
+            // A deferred batch's remote side: costs and remote states (none for a sync one).
+            let deferred = crate::batch::deferred::figures(&db, &batch).ok().flatten();
+            state.map(|s| {
+                let counts = Checkpoint::open(&db).and_then(|c| c.counts(&batch));
+                (s, counts, deferred)
+            })
         })
         .await;
         // The instance that has the batch answers at once; the others say they do not, later.
-        let Ok(Some((state, counts))) = read else {
+        let Ok(Some((state, counts, deferred))) = read else {
             self.not_held(msg, id);
             return;
         };
         let answer = match counts {
-            Ok(c) => json!({
-                "batch_id": id, "state": state, "ok": c.ok, "failed": c.failed,
-                "done": c.ok + c.failed, "tokens": c.tokens, "cost_usd": c.cost_usd,
-                "by_deployment": c.by_deployment,
-            }),
+            Ok(c) => {
+                let mut answer = json!({
+                    "batch_id": id, "state": state, "ok": c.ok, "failed": c.failed,
+                    "done": c.ok + c.failed, "tokens": c.tokens, "cost_usd": c.cost_usd,
+                    "by_deployment": c.by_deployment,
+                });
+                if let (Some(d), Some(fields)) = (deferred, answer.as_object_mut())
+                    && let Value::Object(more) = d.to_json(c.cost_usd)
+                {
+                    fields.extend(more);
+                }
+                answer
+            }
             Err(e) => json!({"batch_id": id, "state": state, "error": e.to_string()}),
         };
         self.reply(&msg, &answer).await;
