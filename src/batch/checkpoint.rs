@@ -172,23 +172,44 @@ pub struct Counts {
     pub by_deployment: BTreeMap<String, u64>,
 }
 
-/// The output file's line for one item (docs/contract.md §5), with nulls where a value is absent.
-/// An embed job's line carries the vector as `embedding` instead of `output` and `raw`.
-pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Value {
+/// The output file's line for one item (docs/contract.md §5), as JSON, with nulls where a value
+/// is absent. An embed job's line carries the vector as `embedding` instead of `output` and
+/// `raw`: its JSON text (kept in `raw`) spliced in as it is, so that a vector's numbers are
+/// never parsed and printed again.
+pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Vec<u8> {
     if kind == super::job::Kind::Embed {
-        return serde_json::json!({
-            "id": row.item_id,
-            "status": row.status.as_str(),
-            "embedding": row.output,
-            "deployment": row.deployment,
-            "attempts": row.attempts,
-            "tokens": row.tokens,
-            "cost_usd": row.cost_usd,
-            "error": row.error,
-            "via": row.via.as_str(),
-        });
+        /// The keys in the order `json!` writes them (sorted), as the other lines have them.
+        #[derive(serde::Serialize)]
+        struct EmbedLine<'a> {
+            attempts: u32,
+            cost_usd: f64,
+            deployment: Option<&'a str>,
+            embedding: Option<&'a serde_json::value::RawValue>,
+            error: Option<&'a str>,
+            id: &'a str,
+            status: &'a str,
+            tokens: u64,
+            via: &'a str,
+        }
+        let embedding = row
+            .raw
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<&serde_json::value::RawValue>(r).ok());
+        let line = EmbedLine {
+            attempts: row.attempts,
+            cost_usd: row.cost_usd,
+            deployment: row.deployment.as_deref(),
+            embedding,
+            error: row.error.as_deref(),
+            id: &row.item_id,
+            status: row.status.as_str(),
+            tokens: row.tokens,
+            via: row.via.as_str(),
+        };
+        // Serializing plain fields and valid raw JSON cannot fail.
+        return serde_json::to_vec(&line).unwrap_or_default();
     }
-    serde_json::json!({
+    let line = serde_json::json!({
         "id": row.item_id,
         "status": row.status.as_str(),
         "output": row.output,
@@ -199,7 +220,8 @@ pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Value {
         "cost_usd": row.cost_usd,
         "error": row.error,
         "via": row.via.as_str(),
-    })
+    });
+    serde_json::to_vec(&line).unwrap_or_default()
 }
 
 /// The checkpoint file. Cheap calls (begin, counts, state) go through one connection behind a
@@ -831,7 +853,9 @@ mod tests {
 
     #[test]
     fn output_lines_have_every_field() {
-        let ok = output_line(&item(1), crate::batch::job::Kind::Chat);
+        let line =
+            |i, kind| -> Value { serde_json::from_slice(&output_line(&item(i), kind)).unwrap() };
+        let ok = line(1, crate::batch::job::Kind::Chat);
         assert_eq!(
             ok,
             json!({
@@ -840,7 +864,7 @@ mod tests {
                 "cost_usd": 0.001, "error": null, "via": "sync",
             })
         );
-        let failed = output_line(&item(35), crate::batch::job::Kind::Chat);
+        let failed = line(35, crate::batch::job::Kind::Chat);
         assert_eq!(failed["status"], "failed");
         assert_eq!(failed["output"], Value::Null);
         assert_eq!(failed["raw"], Value::Null);

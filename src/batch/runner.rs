@@ -75,8 +75,8 @@ struct Progress {
 /// names it.
 #[derive(Default)]
 pub struct Hooks {
-    /// Each item's output line (docs/contract.md §5), as it is checkpointed.
-    pub items: Option<tokio::sync::mpsc::Sender<Value>>,
+    /// Each item's output line (docs/contract.md §5, JSON), as it is checkpointed.
+    pub items: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     pub cancel: tokio_util::sync::CancellationToken,
     /// (done, total, failed), sent every second.
     pub progress: Option<tokio::sync::mpsc::Sender<(u64, u64, u64)>>,
@@ -294,17 +294,28 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
         let items = hooks.items.clone();
         let cancel = hooks.cancel.clone();
         if job.kind == Kind::Embed {
-            // Up to a provider call's worth of items that are already read: one call embeds them.
+            // A provider call's worth of items: one call embeds them. The reader is far ahead of
+            // the provider, so waiting for it fills the call; only the input's end (or a
+            // cancel) sends a smaller one.
             let mut chunk = vec![record];
             while chunk.len() < embed_chunk {
-                match records.try_recv() {
-                    Ok(Ok(r)) => chunk.push(r),
-                    Ok(Err(e)) => {
+                let next = tokio::select! {
+                    r = records.recv() => r,
+                    _ = hooks.cancel.cancelled() => break,
+                };
+                match next {
+                    Some(Ok(r)) => chunk.push(r),
+                    Some(Err(e)) => {
                         read_error = Some(e);
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
+            }
+            if hooks.cancel.is_cancelled() {
+                // Not sent, so not recorded: a resumed run embeds these.
+                cancelled = true;
+                break;
             }
             let space_fixed = space.get().is_some();
             let space = space.clone();
@@ -457,7 +468,7 @@ async fn keep(
     results: Vec<(ItemResult, bool)>,
     job: &Job,
     progress: &Progress,
-    items: Option<&tokio::sync::mpsc::Sender<Value>>,
+    items: Option<&tokio::sync::mpsc::Sender<Vec<u8>>>,
     writer: Arc<super::checkpoint::Writer>,
 ) -> Result<Result<(), super::checkpoint::CheckpointError>, tokio::task::JoinError> {
     for (result, fell_back) in &results {
@@ -667,9 +678,10 @@ async fn embed_items(
     Some(results)
 }
 
-/// What one embed call of a batch served: the vectors and what the call cost, shared out.
+/// What one embed call of a batch served: the vectors (each as its JSON text) and what the call
+/// cost, shared out.
 struct EmbedServed {
-    vectors: Vec<Value>,
+    vectors: Vec<String>,
     deployment: String,
     attempts: u32,
     tokens: u64,
@@ -696,8 +708,10 @@ impl EmbedServed {
                     line: r.line,
                     item_id: r.id.clone(),
                     status: Status::Ok,
-                    output: Some(vector),
-                    raw: None,
+                    // The vector's JSON text, as the engine wrote it: stored and written out
+                    // as it is (`output_line`).
+                    output: None,
+                    raw: Some(vector),
                     deployment: Some(self.deployment.clone()),
                     attempts: self.attempts,
                     tokens: (self.tokens as f64 * share).round() as u64,
@@ -773,18 +787,31 @@ async fn embed_call(
     }
 }
 
-/// The `embedding` values of a `list` reply in index order, if it holds `n` of them.
-fn embeddings_of(body: &[u8], n: usize) -> Option<Vec<Value>> {
-    let mut list: Value = serde_json::from_slice(body).ok()?;
-    let Value::Array(data) = list.get_mut("data")?.take() else {
-        return None;
-    };
-    let mut out = vec![Value::Null; n];
-    for mut item in data {
-        let i = usize::try_from(item.get("index")?.as_u64()?).ok()?;
-        *out.get_mut(i)? = item.get_mut("embedding")?.take();
+/// The `embedding` of each item of a `list` reply as its JSON text, in index order, if it holds
+/// `n` of them. The numbers are only scanned, never parsed.
+fn embeddings_of(body: &[u8], n: usize) -> Option<Vec<String>> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct List<'a> {
+        #[serde(borrow)]
+        data: Vec<Item<'a>>,
     }
-    out.iter().all(Value::is_array).then_some(out)
+    #[derive(serde::Deserialize)]
+    struct Item<'a> {
+        index: usize,
+        #[serde(borrow)]
+        embedding: &'a RawValue,
+    }
+    let list: List<'_> = serde_json::from_slice(body).ok()?;
+    let mut out = vec![String::new(); n];
+    for item in list.data {
+        let text = item.embedding.get();
+        if !text.starts_with('[') {
+            return None;
+        }
+        *out.get_mut(item.index)? = text.to_string();
+    }
+    out.iter().all(|v| !v.is_empty()).then_some(out)
 }
 
 /// A pause while every candidate is at its batch share (or cooling down): no call was made, so
@@ -846,7 +873,7 @@ fn write_output(
         std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let mut out = std::io::BufWriter::new(file);
     for row in checkpoint.items_in_order(batch_id)? {
-        serde_json::to_writer(&mut out, &output_line(&row?, kind))?;
+        out.write_all(&output_line(&row?, kind))?;
         out.write_all(b"\n")?;
     }
     out.flush()?;

@@ -522,8 +522,7 @@ impl BatchService {
             let outcome = loop {
                 tokio::select! {
                     Some(item) = items_rx.recv() => {
-                        let body = serde_json::to_vec(&item).unwrap_or_default();
-                        let _ = this.client.publish(results.clone(), body.into()).await;
+                        let _ = this.client.publish(results.clone(), item.into()).await;
                     }
                     Some((done, total, failed)) = progress_rx.recv() => {
                         let body = json!({"batch_id": id, "done": done, "total": total, "failed": failed});
@@ -540,8 +539,7 @@ impl BatchService {
             }
             // Items that finished at the very end.
             while let Ok(item) = items_rx.try_recv() {
-                let body = serde_json::to_vec(&item).unwrap_or_default();
-                let _ = this.client.publish(results.clone(), body.into()).await;
+                let _ = this.client.publish(results.clone(), item.into()).await;
             }
             let lease = this.leases.lock().ok().and_then(|mut l| l.remove(&id));
             if lease.as_ref().is_some_and(|h| h.lost) {
