@@ -736,7 +736,12 @@ async fn embed_call(
     space: &OnceLock<String>,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Option<Result<EmbedServed, (String, bool)>> {
-    let body = serde_json::json!({ "input": texts }).to_string();
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        input: &'a [String],
+    }
+    // Serializing strings cannot fail.
+    let body = serde_json::to_vec(&Body { input: texts }).unwrap_or_default();
     let mut options = RequestOptions {
         request_id: Some(format!("{}-{line}", job.name)),
         batch: true,
@@ -745,9 +750,7 @@ async fn embed_call(
     let mut calls = 0u32;
     loop {
         options.embedding_space = space.get().cloned();
-        let outcome = engine
-            .embed(&job.task, options.clone(), body.as_bytes())
-            .await;
+        let outcome = engine.embed(&job.task, options.clone(), &body).await;
         let f = match outcome.result {
             Ok(served) => {
                 // One space (a group with cross_space = true may serve from several: then the

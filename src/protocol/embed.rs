@@ -8,6 +8,7 @@
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::InvalidRequest;
 use super::request::estimate_text_tokens;
@@ -79,22 +80,42 @@ enum RawInput {
 
 impl EmbedRequest {
     pub fn parse(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+        /// The fields read, each left raw or as a `Value` to be checked with our own message;
+        /// the inputs are read once, straight into strings (no JSON tree for a 10,000-text body).
+        #[derive(Deserialize)]
+        struct Body<'a> {
+            #[serde(default, borrow)]
+            input: Option<&'a RawValue>,
+            #[serde(default, borrow)]
+            messages: Option<&'a RawValue>,
+            #[serde(default)]
+            model: Option<Value>,
+            #[serde(default)]
+            dimensions: Option<Value>,
+            #[serde(default)]
+            encoding_format: Option<Value>,
+            #[serde(default)]
+            user: Option<Value>,
+        }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(bad("empty body: expected an OpenAI embeddings request"));
         }
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| bad(format!("body is not JSON: {e}")))?;
-        let Value::Object(mut body) = value else {
-            return Err(bad("body must be a JSON object"));
+        // serde would also read a struct from an array: only an object is a body.
+        let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        let body: Body<'_> = match serde_json::from_slice(bytes) {
+            Ok(_) if !object => return Err(bad("body must be a JSON object")),
+            Ok(b) => b,
+            Err(e) if e.is_data() => return Err(bad("body must be a JSON object")),
+            Err(e) => return Err(bad(format!("body is not JSON: {e}"))),
         };
-        if body.contains_key("messages") {
+        if body.messages.is_some() {
             return Err(bad(
                 "this is a chat request (`messages`): send it to llm.chat.<task>, not llm.embed.<task>",
             ));
         }
-        let inputs = match body.remove("input") {
-            None | Some(Value::Null) => return Err(bad("`input` is required")),
-            Some(v) => match RawInput::deserialize(v) {
+        let inputs = match body.input.map(RawValue::get) {
+            None | Some("null") => return Err(bad("`input` is required")),
+            Some(text) => match serde_json::from_str::<RawInput>(text) {
                 Ok(RawInput::One(s)) => vec![EmbedInput::Text(s)],
                 Ok(RawInput::Many(v)) => v.into_iter().map(EmbedInput::Text).collect(),
                 Ok(RawInput::Tokens(t)) => vec![EmbedInput::Tokens(t)],
@@ -124,26 +145,26 @@ impl EmbedRequest {
                 return Err(bad(format!("`input[{i}]` is empty")));
             }
         }
-        let model = match body.get("model") {
+        let model = match &body.model {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(bad("`model` must be a string")),
         };
-        let dimensions = match body.get("dimensions") {
+        let dimensions = match &body.dimensions {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
                 Some(n @ 1..=65_536) => Some(n as u32),
                 _ => return Err(bad("`dimensions` must be an integer from 1 to 65536")),
             },
         };
-        let encoding = match body.get("encoding_format") {
+        let encoding = match &body.encoding_format {
             None | Some(Value::Null) => Encoding::Float,
             Some(Value::String(s)) if s == "float" => Encoding::Float,
             Some(Value::String(s)) if s == "base64" => Encoding::Base64,
             Some(_) => return Err(bad("`encoding_format` must be \"float\" or \"base64\"")),
         };
-        let user = match body.get("user") {
+        let user = match &body.user {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(bad("`user` must be a string")),
@@ -270,6 +291,24 @@ pub fn decode_base64(s: &str) -> Result<Vec<f32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn no_byte_string_panics_the_embeddings_parser(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = EmbedRequest::parse(&bytes);
+        }
+
+        #[test]
+        fn any_inputs_parse_back_in_order(texts in proptest::collection::vec("[a-z ]{1,12}", 1..20)) {
+            let body = serde_json::json!({ "input": texts }).to_string();
+            let r = EmbedRequest::parse(body.as_bytes()).unwrap();
+            let got: Vec<&str> = r.inputs.iter().filter_map(EmbedInput::text).collect();
+            prop_assert_eq!(got, texts.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+    }
 
     #[test]
     fn every_input_shape_parses() {
