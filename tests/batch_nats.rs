@@ -319,3 +319,64 @@ async fn a_cancelled_batch_resumes_when_submitted_again() {
     );
     sy.shutdown().await;
 }
+
+/// A deferred job submitted over NATS: progress shows the remote batch's state while the fake
+/// holds it, and once it ends, status shows what it cost next to what it would have cost sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_batch_over_nats_shows_its_remote_state_and_its_saving() {
+    use common::fake_batch::{Api, FakeBatch};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let fake = FakeBatch::start(Api::OpenAi).await;
+    fake.script(|s| s.hold = true);
+    let rest = format!(
+        "[storage]\npath = {:?}\n[tasks]\nclassify = \"main\"\n",
+        dir.path().join("sy.db").display().to_string()
+    );
+    let deployment = openai_deployment("p", "main", &fake.base_url(), "batch_api = true\n");
+    let sy = Running::start(&nats, config(&nats.url(), &rest, &deployment)).await;
+    let mut progress = sy.client.subscribe("llm.batch.*.progress").await.unwrap();
+    sy.client.flush().await.unwrap();
+    let job = format!(
+        "{JOB}max_tokens = 8\nmode = \"deferred\"\ndeadline = \"24h\"\npoll_interval = \"20ms\"\n"
+    );
+    let r = request(
+        &sy.client,
+        "llm.batch.submit".into(),
+        json!({"job": job, "items": items(20)}),
+    )
+    .await;
+    let id = r["batch_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+
+    // While the provider holds the batch, progress names it and its state.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let remote = loop {
+        let m = tokio::time::timeout_at(deadline, progress.next())
+            .await
+            .expect("a progress message with the remote batch")
+            .unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        if let Some(parts) = v["remote"].as_array()
+            && parts.iter().any(|p| p["status"] == "in_progress")
+        {
+            break v;
+        }
+    };
+    assert_eq!(remote["batch_id"], id);
+    assert!(remote["remote"][0]["remote_id"].is_string(), "{remote}");
+    fake.script(|s| s.hold = false);
+
+    let s = wait_for_state(&sy.client, &id, "done").await;
+    assert_eq!(s["ok"], 20, "{s}");
+    let cost = s["cost_usd"].as_f64().unwrap();
+    let sync = s["sync_equivalent_cost_usd"].as_f64().unwrap();
+    assert!(
+        cost > 0.0 && (sync - 2.0 * cost).abs() < 1e-9,
+        "half price: {s}"
+    );
+    assert_eq!(fake.submitted().len(), 20, "each item submitted once");
+    sy.shutdown().await;
+}

@@ -183,6 +183,16 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
     let resumed = resume.done.len() as u64;
     let writer = Arc::new(writer);
 
+    let progress = Arc::new(Progress::default());
+    progress.done.store(resumed, Relaxed);
+    // Over NATS, progress goes out every second from the start: through a deferred phase too,
+    // whose remote states `serve` adds to it. A terminal's bar starts with the sync loop (the
+    // deferred phase writes its own lines).
+    let reporting = hooks
+        .progress
+        .clone()
+        .map(|tx| report_progress(progress.clone(), total, tx));
+
     // A deferred job first sends what it can to a batch API; the sync loop below does the rest.
     let mut resume = resume;
     let mut carries = std::collections::HashMap::new();
@@ -207,12 +217,8 @@ pub async fn run_on(engine: Arc<Engine>, args: RunArgs, hooks: Hooks) -> anyhow:
     }
     let carries = Arc::new(std::sync::Mutex::new(carries));
 
-    let progress = Arc::new(Progress::default());
-    progress.done.store(resumed, Relaxed);
-    let display = match hooks.progress.clone() {
-        Some(tx) => report_progress(progress.clone(), total, tx),
-        None => show_progress(progress.clone(), total, job.name.clone()),
-    };
+    let display =
+        reporting.unwrap_or_else(|| show_progress(progress.clone(), total, job.name.clone()));
 
     // Pass 2: a thread reads the records not done yet; the workers take them from a channel.
     let (records_tx, mut records) = tokio::sync::mpsc::channel(READ_AHEAD);

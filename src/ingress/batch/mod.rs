@@ -525,7 +525,19 @@ impl BatchService {
                         let _ = this.client.publish(results.clone(), item.into()).await;
                     }
                     Some((done, total, failed)) = progress_rx.recv() => {
-                        let body = json!({"batch_id": id, "done": done, "total": total, "failed": failed});
+                        let mut body = json!({"batch_id": id, "done": done, "total": total, "failed": failed});
+                        // A deferred batch's remote parts and their states (validating, in
+                        // progress, finalizing, ended…), read off its checkpoint.
+                        let (db, batch) = (this.db.clone(), id.clone());
+                        let remote = tokio::task::spawn_blocking(move || {
+                            crate::batch::deferred::figures(&db, &batch).ok().flatten()
+                        })
+                        .await
+                        .ok()
+                        .flatten();
+                        if let Some(f) = remote {
+                            body["remote"] = f.to_json(0.0)["remote"].take();
+                        }
                         let _ = this.client.publish(progress.clone(), body.to_string().into()).await;
                     }
                     r = &mut run => break r,
