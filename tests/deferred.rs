@@ -646,3 +646,40 @@ async fn the_fakes_refuse_what_the_real_apis_refuse() {
         "{refused}"
     );
 }
+
+/// `--restart` after a kill starts the batch over: the earlier run's remote batch, which may
+/// still answer and would never be applied, is cancelled first — the items are not paid for twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_cancels_the_earlier_runs_remote_batch_before_sending_again() {
+    let items = 10;
+    let (dir, fake) = started(Api::OpenAi, items, "deadline = \"24h\"", |s| s.hold = true).await;
+    let child = spawn(dir.path());
+    wait_db(
+        dir.path(),
+        "the part submitted",
+        "SELECT COUNT(*) FROM remote_parts WHERE remote_id IS NOT NULL",
+        1,
+    )
+    .await;
+    kill(child);
+    assert_eq!(fake.calls("cancel"), 0);
+    fake.script(|s| s.hold = false);
+    let dir_path = dir.path().to_path_buf();
+    let out =
+        tokio::task::spawn_blocking(move || command(&dir_path).arg("--restart").output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fake.calls("cancel"),
+        1,
+        "the earlier remote batch was cancelled"
+    );
+    assert_eq!(fake.state().batches.len(), 2, "one batch per run");
+    let via = check_output(&output(dir.path()), items);
+    assert_eq!(via["batch"], items);
+}

@@ -102,6 +102,9 @@ fn unix_now() -> i64 {
 /// The deferred phase of a run; see the module's doc.
 pub async fn run(a: Args<'_>) -> anyhow::Result<Handover> {
     let (fresh, now) = (a.fresh, unix_now());
+    if fresh {
+        cancel_earlier(a.engine, a.db, a.batch_id).await?;
+    }
     let (started, parts, planned) = with_store(a.db, a.batch_id, move |s| {
         if fresh {
             s.clear()?;
@@ -189,6 +192,33 @@ async fn handover(db: &Path, batch_id: &str, cancelled: bool) -> anyhow::Result<
         })
     })
     .await
+}
+
+/// A batch started over (`--restart`) first cancels the remote batches of its earlier run that
+/// may still answer, before their parts are forgotten: what they answered would never be applied,
+/// and their items are about to be sent again — paying twice for what would still come. Best
+/// effort: a cancel that fails is logged (the provider bills what it already answered).
+async fn cancel_earlier(engine: &Engine, db: &Path, batch_id: &str) -> anyhow::Result<()> {
+    let earlier = with_store(db, batch_id, |s| Ok(s.parts()?)).await?;
+    for p in earlier.iter().filter(|p| !p.state.finished()) {
+        let Some(id) = &p.remote_id else { continue };
+        let Ok(adapter) = deployment_named(engine, &p.deployment) else {
+            tracing::warn!(remote_id = %id, deployment = %p.deployment, "restart: cannot cancel the earlier run's remote batch: its deployment is gone");
+            continue;
+        };
+        let Some(client) = adapter.batch() else {
+            continue;
+        };
+        match client.cancel(id).await {
+            Ok(_) => {
+                tracing::info!(remote_id = %id, "restart: the earlier run's remote batch is cancelled")
+            }
+            Err(e) => {
+                tracing::warn!(remote_id = %id, error = %e, "restart: could not cancel the earlier run's remote batch")
+            }
+        }
+    }
+    Ok(())
 }
 
 fn deployment_named(engine: &Engine, name: &str) -> anyhow::Result<Arc<Adapter>> {
