@@ -6,7 +6,9 @@
 
 pub mod checkpoint;
 pub mod deferred;
+mod embed;
 pub mod input;
 pub mod job;
+mod retry;
 pub mod runner;
 pub mod source;
