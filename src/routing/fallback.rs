@@ -351,17 +351,16 @@ impl Router {
                 }
             }
         }
-        let (what, serves_embeddings) = match route.target {
-            Target::Group(g) => (
-                format!("group `{}`", self.table.groups[g].name),
-                self.table.groups[g].embedding,
-            ),
-            Target::Deployment(d) => {
-                let c = self.slots[d].config();
-                (format!("deployment `{}`", c.name), c.is_embedding())
-            }
+        let serves_embeddings = match route.target {
+            Target::Group(g) => self.table.groups[g].embedding,
+            Target::Deployment(d) => self.slots[d].config().is_embedding(),
         };
         if serves_embeddings != embedding {
+            // Named only on the way out: a request of the right mode allocates nothing here.
+            let what = match route.target {
+                Target::Group(g) => format!("group `{}`", self.table.groups[g].name),
+                Target::Deployment(d) => format!("deployment `{}`", self.slots[d].config().name),
+            };
             let message = if embedding {
                 format!("{what} serves chat, not embeddings: send chat requests to llm.chat.<task>")
             } else {
