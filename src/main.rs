@@ -171,23 +171,19 @@ fn init_logs(format: LogFormat, default_level: &str) -> LogGuards {
             64 * 1024,
             std::io::stderr(),
         ));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal());
+    let shape = match format {
+        LogFormat::Json => switchyard::observe::log_line::Shape::Json,
+        LogFormat::Text => switchyard::observe::log_line::Shape::Text,
+    };
     // Lines carry their own fields, each once: the log layer is not shown spans at all, so it
     // neither formats their fields when they open (work on every request) nor repeats them on
     // every line inside them. Spans are for the trace exporter.
     let events_only = logged.and(tracing_subscriber::filter::filter_fn(|m| m.is_event()));
-    let fmt = match format {
-        LogFormat::Json => fmt
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_filter(events_only)
-            .boxed(),
-        LogFormat::Text => fmt.with_filter(events_only).boxed(),
-    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(format == LogFormat::Text && std::io::stderr().is_terminal())
+        .event_format(switchyard::observe::log_line::LogLine(shape))
+        .with_filter(events_only);
     let registry = tracing_subscriber::registry().with(fmt);
     #[cfg(feature = "otlp")]
     {

@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod events;
 pub mod keys;
+pub mod log_line;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod spend;
