@@ -220,7 +220,7 @@ fn attempt_span(args: &Args, call: &CallArgs) -> tracing::Span {
     if let Some(n) = call.req.max_tokens {
         span.record("gen_ai.request.max_tokens", int(n));
     }
-    if let Some(t) = call.req.body.get("temperature").and_then(|t| t.as_f64()) {
+    if let Some(t) = call.req.temperature {
         span.record("gen_ai.request.temperature", t);
     }
     span

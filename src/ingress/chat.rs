@@ -222,8 +222,8 @@ pub(super) async fn publish(
     let reply = outcome.into_reply();
     let mut headers = HeaderMap::new();
     for (name, value) in reply.headers {
-        // The value moves in: no copy per header.
-        headers.insert(name, value);
+        // The name is a constant of ours (not checked or copied again), the value moves in.
+        headers.insert(async_nats::HeaderName::from_static(name), value);
     }
     if let Err(e) = client
         .publish_with_headers(reply_to, headers, reply.body)

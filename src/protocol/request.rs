@@ -1,24 +1,59 @@
 //! The caller's OpenAI Chat Completions request, parsed once and checked before any routing.
 //!
-//! The body is kept as the JSON object the caller sent (`body`), so that provider adapters can pass
-//! through fields we do not interpret without copying them; the few fields that routing needs are
-//! read out into typed fields at parse time.
+//! The request is read without building it: the body's top-level members are found (each value
+//! a span of the caller's bytes, skipped over, not built), and only what routing needs is read
+//! out of them into typed fields (`model`, `stream`, token limits, the messages' roles and text
+//! for the size estimate). An OpenAI-compatible provider gets the caller's own bytes for every
+//! member it passes through (`members`), so the messages are neither built nor written again;
+//! the adapters that translate the body (Anthropic, Gemini) ask for it as a JSON map (`body`),
+//! built on first use. Bodies whose plain reading could accept what a full parse refuses (a
+//! `\u` escape of a surrogate; nesting near serde_json's depth limit) are parsed whole up
+//! front instead, so both ways refuse the same bodies (`both_readings_agree` checks it).
 
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// A request that passed validation. Shared (`Arc`) by every attempt of the fallback walk.
 #[derive(Debug)]
 pub struct ChatRequest {
-    /// The caller's JSON object, untouched.
-    pub body: Map<String, Value>,
+    /// The caller's bytes and where each top-level member's value lies in them; `None` when the
+    /// body was parsed whole (then `body` holds it from the start).
+    raw: Option<Raw>,
+    /// The caller's JSON object, built on first use when `raw` is set.
+    body: OnceLock<Map<String, Value>>,
+    /// The caller's `extra_body`, when it sent one (read at parse time: every adapter may need it).
+    extra_body: Option<Map<String, Value>>,
     pub model: Option<String>,
     pub stream: bool,
     /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<u32>,
+    /// `temperature`, when given (checked to be in 0..=2).
+    pub temperature: Option<f64>,
     /// Rough prompt size in tokens, for the `tpm` budget and context-window checks.
     pub estimated_prompt_tokens: u64,
     /// Size of the body as received, to size outgoing buffers once.
     pub size_hint: usize,
+}
+
+#[derive(Debug)]
+struct Raw {
+    bytes: Bytes,
+    /// Key and value span, in the caller's order; a repeated key keeps its first place and its
+    /// last value, as a JSON map would.
+    members: Vec<(String, Range<usize>)>,
+}
+
+/// One top-level member's value: the caller's bytes, or the value parsed.
+#[derive(Debug, Clone, Copy)]
+pub enum Member<'a> {
+    Raw(&'a [u8]),
+    Parsed(&'a Value),
 }
 
 /// Why a request was refused before routing (`invalid_request`).
@@ -39,6 +74,15 @@ fn bad(msg: impl Into<String>) -> InvalidRequest {
     InvalidRequest(msg.into())
 }
 
+/// What routing reads out of a body, whichever way it was parsed.
+struct Fields {
+    model: Option<String>,
+    stream: bool,
+    max_tokens: Option<u32>,
+    temperature: Option<f64>,
+    estimated_prompt_tokens: u64,
+}
+
 impl ChatRequest {
     pub fn parse(bytes: &[u8]) -> Result<Self, InvalidRequest> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -46,68 +90,120 @@ impl ChatRequest {
                 "empty body: expected an OpenAI chat completion request",
             ));
         }
+        let mut req = if plain(bytes) {
+            Self::parse_raw(Bytes::copy_from_slice(bytes))?
+        } else {
+            Self::parse_whole(bytes)?
+        };
+        req.size_hint = bytes.len();
+        Ok(req)
+    }
+
+    /// The body read member by member, values left as spans of `bytes`.
+    fn parse_raw(bytes: Bytes) -> Result<Self, InvalidRequest> {
+        let top: Members<'_> = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => return Err(not_an_object(&bytes, e)),
+        };
+        let get = |key: &str| top.get(key).map(RawValue::get);
+        let fields = Fields::read(
+            |key| get(key).map(scalar).transpose(),
+            || raw_messages(get("messages")),
+            || match get("tools") {
+                None => Ok(None),
+                Some(t) if t.starts_with('[') => {
+                    let tools: Vec<&RawValue> =
+                        serde_json::from_str(t).map_err(|e| bad(format!("`tools`: {e}")))?;
+                    Ok(Some(
+                        tools
+                            .iter()
+                            .map(|t| estimate_text_tokens(t.get()))
+                            .fold(0, u64::saturating_add),
+                    ))
+                }
+                Some(_) => Err(bad("`tools` must be an array")),
+            },
+        )?;
+        let extra_body = match get("extra_body") {
+            None => None,
+            Some(e) if e.starts_with('{') => {
+                Some(serde_json::from_str(e).map_err(|e| bad(format!("`extra_body`: {e}")))?)
+            }
+            Some(_) => return Err(bad("`extra_body` must be an object")),
+        };
+        let base = bytes.as_ptr() as usize;
+        let members = top
+            .0
+            .into_iter()
+            .map(|(k, v)| {
+                let at = v.get().as_ptr() as usize - base;
+                (k.into_owned(), at..at + v.get().len())
+            })
+            .collect();
+        Ok(Self::new(
+            fields,
+            Some(Raw { bytes, members }),
+            OnceLock::new(),
+            extra_body,
+        ))
+    }
+
+    /// The body parsed whole into a map.
+    fn parse_whole(bytes: &[u8]) -> Result<Self, InvalidRequest> {
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("body is not JSON: {e}")))?;
         let Value::Object(body) = value else {
             return Err(bad("body must be a JSON object"));
         };
-        let mut req = Self::from_object(body)?;
-        req.size_hint = bytes.len();
-        Ok(req)
+        let fields = Fields::read(
+            |key| Ok(body.get(key).cloned()),
+            || match body.get("messages") {
+                Some(Value::Array(m)) if !m.is_empty() => m
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| check_message(i, m))
+                    .try_fold((0u64, 0u64), |(t, n), r| Ok((t.saturating_add(r?), n + 1))),
+                other => Err(messages_shape(
+                    other.is_some(),
+                    other.is_some_and(Value::is_array),
+                )),
+            },
+            || match body.get("tools") {
+                None => Ok(None),
+                Some(Value::Array(tools)) => Ok(Some(
+                    tools
+                        .iter()
+                        .map(|t| estimate_text_tokens(&t.to_string()))
+                        .fold(0, u64::saturating_add),
+                )),
+                Some(_) => Err(bad("`tools` must be an array")),
+            },
+        )?;
+        let extra_body = match body.get("extra_body") {
+            None => None,
+            Some(Value::Object(e)) => Some(e.clone()),
+            Some(_) => return Err(bad("`extra_body` must be an object")),
+        };
+        Ok(Self::new(fields, None, OnceLock::from(body), extra_body))
     }
 
-    pub fn from_object(body: Map<String, Value>) -> Result<Self, InvalidRequest> {
-        let model = match body.get("model") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(bad("`model` must be a string")),
-        };
-        let messages = match body.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => m,
-            Some(Value::Array(_)) => return Err(bad("`messages` must not be empty")),
-            Some(_) => return Err(bad("`messages` must be an array")),
-            None => return Err(bad("`messages` is required")),
-        };
-        let mut tokens = 0u64;
-        for (i, m) in messages.iter().enumerate() {
-            tokens = tokens.saturating_add(check_message(i, m)?);
-        }
-        let stream = match body.get("stream") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(bad("`stream` must be a boolean")),
-        };
-        let max_tokens = match positive_int(&body, "max_completion_tokens")? {
-            Some(n) => Some(n),
-            None => positive_int(&body, "max_tokens")?,
-        };
-        number_in(&body, "temperature", 0.0, 2.0)?;
-        number_in(&body, "top_p", 0.0, 1.0)?;
-        positive_int(&body, "n")?;
-        if let Some(tools) = body.get("tools") {
-            let Value::Array(tools) = tools else {
-                return Err(bad("`tools` must be an array"));
-            };
-            // Tool schemas count against the context like prompt text does.
-            tokens = tools
-                .iter()
-                .map(|t| estimate_text_tokens(&t.to_string()))
-                .fold(tokens, u64::saturating_add);
-        }
-        if !matches!(body.get("extra_body"), None | Some(Value::Object(_))) {
-            return Err(bad("`extra_body` must be an object"));
-        }
-        // Each message also costs a few tokens of framing (role, separators).
-        let estimated_prompt_tokens = tokens.saturating_add(4 * messages.len() as u64);
-        Ok(Self {
-            model,
-            stream,
-            max_tokens,
-            estimated_prompt_tokens,
-            size_hint: 512,
+    fn new(
+        f: Fields,
+        raw: Option<Raw>,
+        body: OnceLock<Map<String, Value>>,
+        extra_body: Option<Map<String, Value>>,
+    ) -> Self {
+        Self {
+            raw,
             body,
-        })
+            extra_body,
+            model: f.model,
+            stream: f.stream,
+            max_tokens: f.max_tokens,
+            temperature: f.temperature,
+            estimated_prompt_tokens: f.estimated_prompt_tokens,
+            size_hint: 512,
+        }
     }
 
     /// Tokens to reserve against a `tpm` budget before the call: the prompt plus the completion it
@@ -119,7 +215,281 @@ impl ChatRequest {
 
     /// The caller's `extra_body`, for the provider it was meant for.
     pub fn extra_body(&self) -> Option<&Map<String, Value>> {
-        self.body.get("extra_body").and_then(Value::as_object)
+        self.extra_body.as_ref()
+    }
+
+    /// The caller's JSON object, for adapters that translate it; built on first use.
+    pub fn body(&self) -> &Map<String, Value> {
+        self.body.get_or_init(|| {
+            let Some(raw) = &self.raw else {
+                return Map::new();
+            };
+            // Member by member: whatever the plain reading accepted parses as a JSON value,
+            // but for a number beyond f64's range in a field nobody reads (serde_json refuses
+            // it), which is left out here rather than failing the whole body.
+            raw.members
+                .iter()
+                .filter_map(|(k, span)| {
+                    serde_json::from_slice(&raw.bytes[span.clone()])
+                        .map_err(|e| tracing::debug!(field = %k, error = %e, "field left out"))
+                        .ok()
+                        .map(|v| (k.clone(), v))
+                })
+                .collect()
+        })
+    }
+
+    /// The caller's top-level members in order, each as the caller wrote it when the body was
+    /// read plainly: what a provider that takes the same body passes through.
+    pub fn members(&self) -> Box<dyn Iterator<Item = (&str, Member<'_>)> + '_> {
+        match &self.raw {
+            Some(raw) => Box::new(
+                raw.members
+                    .iter()
+                    .map(|(k, span)| (k.as_str(), Member::Raw(&raw.bytes[span.clone()]))),
+            ),
+            None => Box::new(
+                self.body()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), Member::Parsed(v))),
+            ),
+        }
+    }
+}
+
+impl Fields {
+    /// `scalar(key)` is a top-level member parsed (numbers, booleans, strings, null);
+    /// `messages()` checks the messages and returns their estimated tokens and count;
+    /// `tools()` the estimated tokens of the tool schemas.
+    fn read(
+        scalar: impl Fn(&str) -> Result<Option<Value>, InvalidRequest>,
+        messages: impl FnOnce() -> Result<(u64, u64), InvalidRequest>,
+        tools: impl FnOnce() -> Result<Option<u64>, InvalidRequest>,
+    ) -> Result<Self, InvalidRequest> {
+        let model = match scalar("model")? {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(bad("`model` must be a string")),
+        };
+        let (mut tokens, count) = messages()?;
+        let stream = match scalar("stream")? {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(bad("`stream` must be a boolean")),
+        };
+        let max_tokens =
+            match positive_int(scalar("max_completion_tokens")?, "max_completion_tokens")? {
+                Some(n) => Some(n),
+                None => positive_int(scalar("max_tokens")?, "max_tokens")?,
+            };
+        let temperature = number_in(scalar("temperature")?, "temperature", 0.0, 2.0)?;
+        number_in(scalar("top_p")?, "top_p", 0.0, 1.0)?;
+        positive_int(scalar("n")?, "n")?;
+        // Tool schemas count against the context like prompt text does.
+        if let Some(t) = tools()? {
+            tokens = tokens.saturating_add(t);
+        }
+        // Each message also costs a few tokens of framing (role, separators).
+        let estimated_prompt_tokens = tokens.saturating_add(4 * count);
+        Ok(Self {
+            model,
+            stream,
+            max_tokens,
+            temperature,
+            estimated_prompt_tokens,
+        })
+    }
+}
+
+/// Whether the plain reading refuses exactly what a whole parse refuses: no `\u` escape of a
+/// surrogate (a lone one passes serde_json's skipping but not its parse) and fewer than 128
+/// brackets (serde_json's depth limit; skipping has none). Else the body is parsed whole.
+fn plain(bytes: &[u8]) -> bool {
+    let opens = memchr::memchr2_iter(b'[', b'{', bytes).count();
+    opens < 128
+        && memchr::memmem::find_iter(bytes, b"\\u").all(|at| {
+            // `\uD800`..`\uDFFF`. An escaped backslash before a `u` may look like one, which
+            // only sends the body the slower way.
+            !matches!(
+                bytes.get(at + 2..at + 4),
+                Some([d, h]) if d.eq_ignore_ascii_case(&b'd')
+                    && matches!(h.to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')
+            )
+        })
+}
+
+/// Why a body that is not a readable object was refused, worded as the whole parse words it.
+fn not_an_object(bytes: &[u8], e: serde_json::Error) -> InvalidRequest {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Ok(_) if e.is_data() => bad("body must be a JSON object"),
+        _ => bad(format!("body is not JSON: {e}")),
+    }
+}
+
+/// A member value parsed, for the scalars routing reads.
+fn scalar(raw: &str) -> Result<Value, InvalidRequest> {
+    serde_json::from_str(raw).map_err(|e| bad(format!("body is not JSON: {e}")))
+}
+
+/// What is wrong with `messages` when it is not a non-empty array.
+fn messages_shape(present: bool, is_array: bool) -> InvalidRequest {
+    match (present, is_array) {
+        (false, _) => bad("`messages` is required"),
+        (true, true) => bad("`messages` must not be empty"),
+        (true, false) => bad("`messages` must be an array"),
+    }
+}
+
+/// The messages read plainly, each checked as `check_message` checks a parsed one: their
+/// estimated tokens and their count.
+fn raw_messages(messages: Option<&str>) -> Result<(u64, u64), InvalidRequest> {
+    let Some(m) = messages.filter(|m| m.starts_with('[')) else {
+        return Err(messages_shape(messages.is_some(), false));
+    };
+    // In one pass when every message is an object (as they are); else element by element, to
+    // say which one is not.
+    let list: Vec<Members<'_>> = match serde_json::from_str(m) {
+        Ok(list) => list,
+        Err(_) => {
+            let list: Vec<&RawValue> =
+                serde_json::from_str(m).map_err(|e| bad(format!("`messages`: {e}")))?;
+            if let Some(i) = list.iter().position(|m| !m.get().starts_with('{')) {
+                return Err(bad(format!("messages[{i}] must be an object")));
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    serde_json::from_str(m.get()).map_err(|e| bad(format!("messages[{i}]: {e}")))
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    if list.is_empty() {
+        return Err(messages_shape(true, true));
+    }
+    let mut tokens = 0u64;
+    for (i, m) in list.iter().enumerate() {
+        tokens = tokens.saturating_add(check_raw_message(i, m)?);
+    }
+    Ok((tokens, list.len() as u64))
+}
+
+fn check_raw_message(i: usize, m: &Members<'_>) -> Result<u64, InvalidRequest> {
+    let role = match m.get("role").map(|r| text(r.get())) {
+        Some(Some(r)) if ROLES.contains(&&*r) => r,
+        Some(Some(r)) => {
+            return Err(bad(format!(
+                "messages[{i}].role `{r}` is not one of {}",
+                ROLES.join(", ")
+            )));
+        }
+        _ => return Err(bad(format!("messages[{i}].role is required"))),
+    };
+    let content = m.get("content").map(RawValue::get).unwrap_or("null");
+    let len = match content.as_bytes().first() {
+        Some(b'"') => text(content).map_or(0, |s| estimate_text_tokens(&s)),
+        Some(b'[') => {
+            let parts: Vec<&RawValue> = serde_json::from_str(content)
+                .map_err(|e| bad(format!("messages[{i}].content: {e}")))?;
+            parts
+                .iter()
+                .map(|p| {
+                    let text = p
+                        .get()
+                        .starts_with('{')
+                        .then(|| serde_json::from_str::<Members<'_>>(p.get()).ok())
+                        .flatten()
+                        .and_then(|part| part.get("text").and_then(|t| text(t.get())));
+                    match text {
+                        Some(t) => estimate_text_tokens(&t),
+                        // Images and audio: their encoded size, as a rough upper bound.
+                        None => estimate_tokens(p.get().len()),
+                    }
+                })
+                .fold(0, u64::saturating_add)
+        }
+        Some(b'n') if role == "assistant" && m.get("tool_calls").is_some() => 0,
+        Some(b'n') => {
+            return Err(bad(format!("messages[{i}].content is required")));
+        }
+        _ => {
+            return Err(bad(format!(
+                "messages[{i}].content must be a string or an array of parts"
+            )));
+        }
+    };
+    let calls = m
+        .get("tool_calls")
+        .map_or(0, |c| estimate_text_tokens(c.get()));
+    Ok(len.saturating_add(calls))
+}
+
+/// A JSON string's text (borrowed when it has no escapes), or `None` for any other value.
+fn text(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<Key<'_>>(raw).ok().map(|k| k.0)
+}
+
+/// A JSON object's members in order, each value left as the span of the input it came from.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(8);
+                while let Some(Key(k)) = map.next_key()? {
+                    let v: &'de RawValue = map.next_value()?;
+                    match out.iter_mut().find(|(seen, _)| *seen == k) {
+                        Some(slot) => slot.1 = v,
+                        None => out.push((k, v)),
+                    }
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// A JSON string, borrowed from the input unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> Visitor<'de> for Str {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(Str)
     }
 }
 
@@ -164,8 +534,8 @@ fn check_message(i: usize, m: &Value) -> Result<u64, InvalidRequest> {
     Ok(len + calls)
 }
 
-fn positive_int(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, InvalidRequest> {
-    match body.get(key) {
+fn positive_int(v: Option<Value>, key: &str) -> Result<Option<u32>, InvalidRequest> {
+    match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 && n <= u64::from(u32::MAX) => Ok(Some(n as u32)),
@@ -174,11 +544,11 @@ fn positive_int(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, Inv
     }
 }
 
-fn number_in(body: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<(), InvalidRequest> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(()),
+fn number_in(v: Option<Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, InvalidRequest> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
-            Some(x) if (lo..=hi).contains(&x) => Ok(()),
+            Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
             _ => Err(bad(format!("`{key}` must be a number from {lo} to {hi}"))),
         },
     }
@@ -288,6 +658,168 @@ mod tests {
                 prop_assert!(r.estimated_total_tokens() >= r.estimated_prompt_tokens);
             }
         }
+    }
+
+    /// What a parse read, comparable across the two ways of reading (the token estimate
+    /// apart: JSON inside a message, `tool_calls`, is estimated from the caller's text on one
+    /// way and from its re-serialised text, keys sorted, on the other).
+    fn read(r: &Result<ChatRequest, InvalidRequest>) -> Result<String, String> {
+        match r {
+            Ok(r) => Ok(format!(
+                "{:?} {} {:?} {:?} {:?} {:?}",
+                r.model,
+                r.stream,
+                r.max_tokens,
+                r.temperature,
+                r.extra_body(),
+                r.body()
+            )),
+            Err(e) => Err(e.0.clone()),
+        }
+    }
+
+    /// The two estimates of one body are close: within a tenth, and a few tokens.
+    fn close(
+        a: &Result<ChatRequest, InvalidRequest>,
+        b: &Result<ChatRequest, InvalidRequest>,
+    ) -> bool {
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                let (a, b) = (a.estimated_prompt_tokens, b.estimated_prompt_tokens);
+                a.abs_diff(b) <= 4 + a.max(b) / 10
+            }
+            _ => true,
+        }
+    }
+
+    /// Requests of the shapes callers send, with their near misses.
+    fn requestish() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            Just(r#""Hello there""#.to_string()),
+            Just(r#""line\nbreak \"quoted\" \\ back""#.to_string()),
+            Just(r#""""#.to_string()),
+            Just("null".to_string()),
+            Just("5".to_string()),
+            Just(r#"[{"type":"text","text":"part one"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]"#.to_string()),
+            Just(r#"["bare"]"#.to_string()),
+        ];
+        let role = prop_oneof![
+            Just(r#""user""#),
+            Just(r#""assistant""#),
+            Just(r#""wizard""#),
+            Just("7"),
+        ];
+        let message =
+            (role, text, any::<bool>(), any::<bool>()).prop_map(|(r, t, calls, spaced)| {
+                let calls = if calls {
+                    r#","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{}"}}]"#
+                } else {
+                    ""
+                };
+                let sep = if spaced { " : " } else { ":" };
+                format!(r#"{{"role"{sep}{r},"content"{sep}{t}{calls}}}"#)
+            });
+        let messages = prop_oneof![
+            proptest::collection::vec(message, 0..4).prop_map(|m| format!("[{}]", m.join(","))),
+            Just("\"hi\"".to_string()),
+            Just("null".to_string()),
+        ];
+        let extra = prop_oneof![
+            Just(String::new()),
+            Just(r#","max_tokens":50"#.to_string()),
+            Just(r#","max_tokens":-1"#.to_string()),
+            Just(r#","max_completion_tokens":5.0"#.to_string()),
+            Just(r#","temperature":0.2,"top_p":1"#.to_string()),
+            Just(r#","temperature":"hot""#.to_string()),
+            Just(r#","stream":true"#.to_string()),
+            Just(r#","stream":"yes""#.to_string()),
+            Just(r#","model":"fast","model":"slow""#.to_string()),
+            Just(r#","model":7"#.to_string()),
+            Just(
+                r#","tools":[{"type":"function","function":{"name":"w","parameters":{}}}]"#
+                    .to_string()
+            ),
+            Just(r#","tools":{}"#.to_string()),
+            Just(r#","extra_body":{"seed":1}"#.to_string()),
+            Just(r#","extra_body":null"#.to_string()),
+            Just(r#","unknown":{"deep":[1,2,{"x":null}]}"#.to_string()),
+        ];
+        (messages, proptest::collection::vec(extra, 0..4))
+            .prop_map(|(m, extra)| format!(r#"{{"messages":{m}{}}}"#, extra.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The plain reading and the whole parse accept and refuse the same bodies, with the
+        /// same reasons, and read the same fields out of them.
+        #[test]
+        fn both_readings_agree(text in requestish()) {
+            let bytes = text.as_bytes();
+            prop_assume!(plain(bytes));
+            let raw = ChatRequest::parse_raw(Bytes::copy_from_slice(bytes));
+            let whole = ChatRequest::parse_whole(bytes);
+            prop_assert_eq!(read(&raw), read(&whole), "{}", text);
+            prop_assert!(close(&raw, &whole), "{}", text);
+        }
+
+        #[test]
+        fn both_readings_agree_on_noise(text in jsonish()) {
+            let bytes = text.as_bytes();
+            prop_assume!(plain(bytes));
+            let raw = ChatRequest::parse_raw(Bytes::copy_from_slice(bytes));
+            let whole = ChatRequest::parse_whole(bytes);
+            prop_assert_eq!(read(&raw).is_ok(), read(&whole).is_ok(), "{}", text);
+            if raw.is_ok() {
+                prop_assert_eq!(read(&raw), read(&whole), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_a_plain_reading_could_misjudge_are_parsed_whole() {
+        // A lone surrogate: skipping accepts it, a parse does not.
+        let lone = r#"{"messages":[{"role":"user","content":"x"}],"user":"\ud800"}"#;
+        assert!(!plain(lone.as_bytes()));
+        assert!(parse(lone).unwrap_err().0.contains("body is not JSON"));
+        // Deeper than serde_json's limit, in a field nobody reads.
+        let deep = format!(
+            r#"{{"messages":[{{"role":"user","content":"x"}}],"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(!plain(deep.as_bytes()));
+        assert!(parse(&deep).unwrap_err().0.contains("recursion limit"));
+        // Non-ASCII written as escapes (Python's json.dumps does) reads plainly.
+        let escaped = r#"{"messages":[{"role":"user","content":"caf\u00e9 \u4e2d"}]}"#;
+        assert!(plain(escaped.as_bytes()));
+        assert!(parse(escaped).unwrap().raw.is_some());
+    }
+
+    #[test]
+    fn members_are_the_callers_bytes_in_the_callers_order() {
+        let r = parse(r#"{"messages": [ {"role":"user",  "content":"hi"} ],"model":"a","zeta":{"k" : 1},"alpha":2,"alpha":3}"#).unwrap();
+        let members: Vec<(&str, String)> = r
+            .members()
+            .map(|(k, v)| match v {
+                Member::Raw(b) => (k, String::from_utf8_lossy(b).into_owned()),
+                Member::Parsed(v) => (k, v.to_string()),
+            })
+            .collect();
+        assert_eq!(
+            members,
+            [
+                (
+                    "messages",
+                    r#"[ {"role":"user",  "content":"hi"} ]"#.to_string()
+                ),
+                ("model", r#""a""#.to_string()),
+                ("zeta", r#"{"k" : 1}"#.to_string()),
+                ("alpha", "3".to_string()),
+            ]
+        );
+        assert_eq!(r.body()["alpha"], 3);
+        assert_eq!(r.body()["zeta"]["k"], 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `encoding_format`.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use super::shape::{sane_usage, snippet};
 use super::stream::{Piece, StreamTranslator};
 use super::wire::{Answer, Auth, WireFormat};
 use crate::config::DeploymentConfig;
+use crate::protocol::request::Member;
 use crate::protocol::{ChatCompletion, ChatRequest, EmbedInput, Usage};
 
 /// The OpenAI Chat Completions wire format.
@@ -232,62 +233,67 @@ impl StreamTranslator for StreamState {
     }
 }
 
-/// The request body for this deployment: the caller's fields in their order, `model` set to the
-/// deployment's, then the deployment's `extra_body` and (when meant for this provider) the caller's.
+/// The request body for this deployment: the caller's members in their order, each written as
+/// the caller wrote it (the messages are not built or written again), `model` set to the
+/// deployment's, then the deployment's `extra_body` and (when meant for this provider) the
+/// caller's; a member either of those sets is left for it.
 pub fn build_body(d: &DeploymentConfig, req: &ChatRequest, include_request_extra: bool) -> Vec<u8> {
-    let body = Body {
-        req,
-        model: &d.model,
-        deployment_extra: d.extra_body.as_ref(),
-        request_extra: include_request_extra.then(|| req.extra_body()).flatten(),
+    let request_extra = include_request_extra.then(|| req.extra_body()).flatten();
+    let deployment_extra = d.extra_body.as_ref();
+    let overridden = |k: &str| {
+        request_extra.is_some_and(|m| m.contains_key(k))
+            || deployment_extra.is_some_and(|m| m.contains_key(k))
     };
     let mut out = Vec::with_capacity(req.size_hint + 64);
-    // Serializing a map of JSON values into memory cannot fail.
-    let _ = serde_json::to_writer(&mut out, &body);
+    out.push(b'{');
+    entry(&mut out, "model", &d.model);
+    for (k, v) in req.members() {
+        if k != "model" && k != "extra_body" && k != "stream_options" && !overridden(k) {
+            match v {
+                Member::Raw(bytes) => {
+                    key(&mut out, k);
+                    out.extend_from_slice(bytes);
+                }
+                Member::Parsed(v) => entry(&mut out, k, v),
+            }
+        }
+    }
+    if req.stream {
+        // Usage in the last chunk, so that streamed calls are accounted for like the others.
+        entry(
+            &mut out,
+            "stream_options",
+            &serde_json::json!({"include_usage": true}),
+        );
+    }
+    for (k, v) in deployment_extra.into_iter().flatten() {
+        if k != "model" && !request_extra.is_some_and(|m| m.contains_key(k)) {
+            entry(&mut out, k, v);
+        }
+    }
+    for (k, v) in request_extra.into_iter().flatten() {
+        if k != "model" {
+            entry(&mut out, k, v);
+        }
+    }
+    out.push(b'}');
     out
 }
 
-struct Body<'a> {
-    req: &'a ChatRequest,
-    model: &'a str,
-    deployment_extra: Option<&'a Map<String, Value>>,
-    request_extra: Option<&'a Map<String, Value>>,
+/// `"k":` after a comma unless it is the object's first member.
+fn key(out: &mut Vec<u8>, k: &str) {
+    if out.len() > 1 {
+        out.push(b',');
+    }
+    // Writing a string into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, k);
+    out.push(b':');
 }
 
-impl Serialize for Body<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let overridden = |k: &str| {
-            self.request_extra.is_some_and(|m| m.contains_key(k))
-                || self.deployment_extra.is_some_and(|m| m.contains_key(k))
-        };
-        let mut map = s.serialize_map(None)?;
-        map.serialize_entry("model", self.model)?;
-        for (k, v) in &self.req.body {
-            if k != "model" && k != "extra_body" && k != "stream_options" && !overridden(k) {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        if self.req.stream {
-            // Usage in the last chunk, so that streamed calls are accounted for like the others.
-            map.serialize_entry(
-                "stream_options",
-                &serde_json::json!({"include_usage": true}),
-            )?;
-        }
-        if let Some(extra) = self.deployment_extra {
-            for (k, v) in extra {
-                if k != "model" && !self.request_extra.is_some_and(|m| m.contains_key(k)) {
-                    map.serialize_entry(k, v)?;
-                }
-            }
-        }
-        if let Some(extra) = self.request_extra {
-            for (k, v) in extra.iter().filter(|(k, _)| *k != "model") {
-                map.serialize_entry(k, v)?;
-            }
-        }
-        map.end()
-    }
+fn entry(out: &mut Vec<u8>, k: &str, v: &(impl Serialize + ?Sized)) {
+    key(out, k);
+    // Writing JSON values into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// What must hold of a 2xx body, read without building it: choices with an assistant message,
@@ -390,6 +396,45 @@ mod tests {
         assert_eq!(body["temperature"], 0.3);
         assert_eq!(body["reasoning_effort"], "high");
         assert!(body.get("extra_body").is_none());
+    }
+
+    /// A body read plainly is passed on as the caller wrote it, member by member; one parsed
+    /// whole (here because of a surrogate pair's escapes) is written from the parsed map: both
+    /// reach the provider as the same JSON.
+    #[test]
+    fn body_is_the_same_json_however_the_request_was_read() {
+        let d = deployment(Some(r#"{"top_p":0.5}"#));
+        let body = |text: &str| {
+            let req = ChatRequest::parse(text.as_bytes()).unwrap();
+            let out = build_body(&d, &req, true);
+            (
+                String::from_utf8(out.clone()).unwrap(),
+                serde_json::from_slice::<Value>(&out).unwrap(),
+            )
+        };
+        let rest = r#""messages": [ {"role":"user","content":"hi"} ],"stream":true,"stream_options":{"include_usage":false},"top_p":0.1,"zeta":{"k" : [1, 2]},"extra_body":{"seed":7}}"#;
+        let (plain, plain_json) = body(&format!(r#"{{"model":"x","user":"😀",{rest}"#));
+        let (whole, whole_json) = body(&format!(r#"{{"model":"x","user":"\ud83d\ude00",{rest}"#));
+        assert_eq!(plain_json, whole_json);
+        assert_eq!(
+            plain_json,
+            serde_json::json!({
+                "model": "deepseek-chat",
+                "user": "😀",
+                "messages": [{"role":"user","content":"hi"}],
+                "stream": true,
+                "stream_options": {"include_usage": true},
+                "zeta": {"k": [1, 2]},
+                "top_p": 0.5,
+                "seed": 7
+            })
+        );
+        // The caller's own bytes and order for what passes through.
+        assert!(
+            plain.starts_with(r#"{"model":"deepseek-chat","user":"😀","messages":[ {"role":"user","content":"hi"} ],"stream":true,"zeta":{"k" : [1, 2]},"#),
+            "{plain}"
+        );
+        assert!(!whole.contains("\\ud83d"), "{whole}");
     }
 
     #[test]

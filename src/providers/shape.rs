@@ -97,7 +97,7 @@ pub(super) fn assistant_tool_calls(m: &Value) -> Result<Vec<ToolCall<'_>>, Failu
 
 /// The caller's `messages` (validated as a non-empty array of objects at parse time).
 pub(super) fn messages(req: &ChatRequest) -> &[Value] {
-    req.body
+    req.body()
         .get("messages")
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
@@ -110,7 +110,7 @@ pub(super) fn check_fields(
     handled: &[&str],
     ignored: &[&str],
 ) -> Result<(), Failure> {
-    match req.body.iter().find(|(k, v)| {
+    match req.body().iter().find(|(k, v)| {
         !v.is_null() && !handled.contains(&k.as_str()) && !ignored.contains(&k.as_str())
     }) {
         Some((k, _)) => Err(untranslatable(format!(
@@ -164,7 +164,7 @@ pub(super) fn base64_data_url(url: &str) -> Option<(&str, &str)> {
 
 /// `stop` as a list: a string, or an array of strings.
 pub(super) fn stop_sequences(req: &ChatRequest) -> Result<Option<Vec<Value>>, Failure> {
-    match req.body.get("stop") {
+    match req.body().get("stop") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(vec![Value::String(s.clone())])),
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => Ok(Some(a.clone())),

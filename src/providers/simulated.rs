@@ -210,7 +210,7 @@ async fn undergo(d: &DeploymentConfig, fate: Option<Fate>) -> Result<(), Failure
 
 fn reply(d: &DeploymentConfig, req: &ChatRequest) -> ChatCompletion {
     let last_user = req
-        .body
+        .body()
         .get("messages")
         .and_then(|m| m.as_array())
         .and_then(|m| {

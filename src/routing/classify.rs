@@ -219,7 +219,7 @@ struct Features {
 
 impl Features {
     fn of(req: &ChatRequest) -> Self {
-        let b = &req.body;
+        let b = req.body();
         let json_output = b
             .get("response_format")
             .and_then(|f| f.get("type"))

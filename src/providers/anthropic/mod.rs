@@ -124,7 +124,7 @@ pub fn build_body(
     stream: bool,
 ) -> Result<Vec<u8>, Failure> {
     shape::check_fields(req, HANDLED, IGNORED)?;
-    let b = &req.body;
+    let b = req.body();
     if b.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(untranslatable("`n` > 1 (one answer per request)"));
     }

@@ -135,7 +135,7 @@ pub fn build_body(
     include_request_extra: bool,
 ) -> Result<Vec<u8>, Failure> {
     shape::check_fields(req, HANDLED, IGNORED)?;
-    let b = &req.body;
+    let b = req.body();
     let mut system = Vec::new();
     let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
     // Tool call id → function name, for the `tool` messages that answer them.
