@@ -294,7 +294,7 @@ pub(super) const STREAM_BUFFER: usize = 16;
 /// Could this body ask for streaming? Exact when it says no, which spares plain requests the
 /// stream machinery; the engine reads the real value.
 fn may_stream(body: &[u8]) -> bool {
-    body.windows(8).any(|w| w == b"\"stream\"")
+    memchr::memmem::find(body, b"\"stream\"").is_some()
 }
 
 /// Header lookup ignoring case, as NATS clients differ in how they spell names.

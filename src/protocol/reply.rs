@@ -87,9 +87,26 @@ impl Reply {
 pub fn format_usd(x: f64) -> String {
     // A cost above zero is never written as 0.
     let x = if x > 0.0 && x < 1e-10 { 1e-10 } else { x };
-    let s = format!("{x:.10}");
-    let s = s.trim_end_matches('0');
-    s.strip_suffix('.').unwrap_or(s).to_string()
+    // In whole 1e-10 units where they fit an integer (below ~$1.8e9): digits with itoa, not
+    // float formatting with a precision (~1k instructions on every reply).
+    let units = (x * 1e10).round();
+    if !(0.0..1.8e19).contains(&units) {
+        let s = format!("{x:.10}");
+        let s = s.trim_end_matches('0');
+        return s.strip_suffix('.').unwrap_or(s).to_string();
+    }
+    let units = units as u64;
+    let (whole, frac) = (units / 10_000_000_000, units % 10_000_000_000);
+    let mut out = String::with_capacity(24);
+    out.push_str(itoa::Buffer::new().format(whole));
+    if frac > 0 {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(frac);
+        out.push('.');
+        out.extend(std::iter::repeat_n('0', 10 - digits.len()));
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -103,6 +120,10 @@ mod tests {
         assert_eq!(format_usd(1.5), "1.5");
         assert_eq!(format_usd(0.0), "0");
         assert_eq!(format_usd(1e-13), "0.0000000001");
+        assert_eq!(format_usd(0.0000123), "0.0000123");
+        assert_eq!(format_usd(12.25), "12.25");
+        assert_eq!(format_usd(0.1 + 0.2), "0.3");
+        assert_eq!(format_usd(3e9), "3000000000");
     }
 
     #[test]
