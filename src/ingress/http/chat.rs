@@ -21,7 +21,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::errors::HttpError;
 use super::models::Pick;
-use super::{Body, Busy, Door, JSON, failure, whole, with_headers};
+use super::{Body, Busy, Door, ENDPOINTS, JSON, failure, whole, with_headers};
 use crate::deployment::opened::{self, OpenedCell};
 use crate::engine::ChatOutcome;
 use crate::ingress::chat::{STREAM_BUFFER, guarded, shut_down};
@@ -87,7 +87,11 @@ pub(super) async fn handle(
     let mut options = RequestOptions::from_lookup(
         |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
         engine.limits().max_deadline,
-    );
+    )
+    .map(|o| RequestOptions {
+        endpoints: ENDPOINTS,
+        ..o
+    });
     let request_id = headers::settle_request_id(&mut options);
     let Some(place) = engine.hold() else {
         engine.count_failure(ErrorKind::Overloaded);
