@@ -668,3 +668,28 @@ async fn the_wrong_kind_of_request_is_sent_to_the_door_it_came_by() {
     assert_eq!(a.calls(), 0);
     running.shutdown().await;
 }
+
+/// The door checks a key against the `model` the engine routes, reading the body as the engine
+/// does: a key given twice counts its last value (for `model` and for `stream`), escapes decoded.
+#[tokio::test]
+async fn a_key_is_checked_against_the_model_the_engine_routes() {
+    let keys = "[[http.keys]]\nname = \"k\"\nkey_env = \"TEST_KEY_ENV\"\nmodels = [\"chat\"]\n";
+    let (_nats, _a, b, running, base) = two_deployments(keys).await;
+    let auth = format!("Bearer {}", common::harness::TEST_KEY);
+    let key = [("authorization", auth.as_str())];
+    let hi = r#""messages":[{"role":"user","content":"hi"}]"#;
+
+    let twice = format!(r#"{{"model":"backup","model":"backup",{hi}}}"#);
+    assert_eq!(post(&base, &twice, &key).await.status(), 403);
+    let escaped = format!(r#"{{"mod\u0065l":"backup",{hi}}}"#);
+    assert_eq!(post(&base, &escaped, &key).await.status(), 403);
+    let last = format!(r#"{{"model":"backup","model":"primary",{hi}}}"#);
+    let r = post(&base, &last, &key).await;
+    assert_eq!(header(&r, "llm-deployment"), Some("primary"));
+    let stream = format!(r#"{{"model":"chat","stream":false,"stream":true,{hi}}}"#);
+    let r = post(&base, &stream, &key).await;
+    assert_eq!(header(&r, "content-type"), Some("text/event-stream"));
+    assert_eq!(events(r).await.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(b.calls(), 0, "`backup` is not the key's");
+    running.shutdown().await;
+}
