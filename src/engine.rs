@@ -264,7 +264,7 @@ impl Engine {
         let span = request_span(&request_id, task, "embeddings");
         let read = span.in_scope(|| {
             let strategy = self.checked(&options, body)?;
-            let req = EmbedRequest::parse(body)
+            let req = EmbedRequest::parse(body, &options.endpoints)
                 .map_err(|InvalidRequest(m)| Failed::new(ErrorKind::InvalidRequest, m))?;
             if let Some(model) = &req.model {
                 tracing::Span::current().record("gen_ai.request.model", model.as_str());

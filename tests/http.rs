@@ -37,6 +37,17 @@ async fn json_of(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.expect("body")).expect("JSON body")
 }
 
+/// `GET /v1/models` as the holder of `authorization` sees it.
+async fn models(base: &str, authorization: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/models"))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .expect("response");
+    json_of(r).await
+}
+
 /// The SSE `data:` payloads of a whole stream.
 async fn events(r: reqwest::Response) -> Vec<String> {
     let text = r.text().await.expect("stream");
@@ -46,23 +57,30 @@ async fn events(r: reqwest::Response) -> Vec<String> {
         .collect()
 }
 
-async fn two_deployments(rest: &str) -> (NatsServer, FakeProvider, FakeProvider, Running, String) {
+type Door = (NatsServer, FakeProvider, FakeProvider, Running, String);
+
+/// The door in front of two fakes, `a` and `b`: `deployments` is given their base URLs, `rest`
+/// is the config's other sections.
+async fn with_fakes(rest: &str, deployments: impl FnOnce(&str, &str) -> String) -> Door {
     let nats = NatsServer::start();
     let (a, b) = (
         FakeProvider::start_named("a").await,
         FakeProvider::start_named("b").await,
     );
-    let deployments = format!(
-        "{}{}",
-        openai_deployment("primary", "chat", &a.base_url(), ""),
-        openai_deployment("backup", "spare", &b.base_url(), "")
-    );
+    let deployments = deployments(&a.base_url(), &b.base_url());
+    let c = config(&nats.url(), rest, &deployments);
+    let (running, base) = Running::start_http(&nats, c, "http-1").await;
+    (nats, a, b, running, base)
+}
+
+async fn two_deployments(rest: &str) -> Door {
     let rest = format!(
         "[routing]\nfallbacks = {{ chat = [\"spare\"] }}\n[tasks]\nsummary = \"spare\"\n{rest}"
     );
-    let c = config(&nats.url(), &rest, &deployments);
-    let (running, base) = Running::start_http(&nats, c, "http-1").await;
-    (nats, a, b, running, base)
+    with_fakes(&rest, |a, b| {
+        openai_deployment("primary", "chat", a, "") + &openai_deployment("backup", "spare", b, "")
+    })
+    .await
 }
 
 #[tokio::test]
@@ -323,13 +341,7 @@ async fn keys_are_checked_limited_and_counted_by_name() {
     assert_eq!(json_of(r).await["error"]["type"], "rate_limit_error");
 
     // The model list is what the key may use.
-    let models = reqwest::Client::new()
-        .get(format!("{base}/v1/models"))
-        .header("authorization", &bearer)
-        .send()
-        .await
-        .unwrap();
-    let list = json_of(models).await;
+    let list = models(&base, &bearer).await;
     let mut ids: Vec<&str> = list["data"]
         .as_array()
         .unwrap()
@@ -489,4 +501,195 @@ async fn shutdown_drains_http_requests_in_flight() {
         .send()
         .await;
     assert!(after.is_err(), "the listener is closed after shutdown");
+}
+
+/// `chat` is both a group (of `primary`) and a deployment (in group `spare`): `model` names a
+/// deployment, a group or a task, in that order (docs/contract.md §9), on either door; a key's
+/// `models` and a stream's first group read it the same way.
+#[tokio::test]
+async fn a_name_that_is_a_deployment_and_a_group_is_the_deployment() {
+    let keys =
+        "[[http.keys]]\nname = \"pinned\"\nkey_env = \"TEST_KEY_ENV\"\nmodels = [\"chat\"]\n";
+    let (_nats, a, b, running, base) = with_fakes(keys, |a, b| {
+        openai_deployment("primary", "chat", a, "") + &openai_deployment("chat", "spare", b, "")
+    })
+    .await;
+    let auth = format!("Bearer {}", common::harness::TEST_KEY);
+    let key = [("authorization", auth.as_str())];
+
+    let r = post(&base, &body("chat", false), &key).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "llm-deployment"), Some("chat"));
+    assert_eq!(
+        header(&r, "llm-route-reason"),
+        Some("model names a deployment")
+    );
+    // Streamed, it starts in the deployment's own group: no fallback.
+    let r = post(&base, &body("chat", true), &key).await;
+    assert_eq!(header(&r, "llm-deployment"), Some("chat"));
+    assert_eq!(header(&r, "llm-fallback"), Some("false"));
+    assert_eq!(events(r).await.last().map(String::as_str), Some("[DONE]"));
+    // Pinned to the deployment: its failure is the answer, not a fallback into group `chat`.
+    b.push(Fault::status(503));
+    let r = post(&base, &body("chat", false), &key).await;
+    assert_eq!(r.status(), 503);
+
+    // The key's `models = ["chat"]` is that deployment, not the group of the same name.
+    let r = post(&base, &body("primary", false), &key).await;
+    assert_eq!(r.status(), 403);
+    let list = models(&base, &auth).await;
+    let entries: Vec<(&str, &str)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["owned_by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(entries, [("chat", "openai")]);
+
+    // NATS reads `model` in the same order.
+    let reply = running.ask("anything", &body("chat", false), &[]).await;
+    assert_eq!(reply.served_by(), "chat");
+    assert_eq!(a.calls(), 0, "group `chat` was never used");
+    running.shutdown().await;
+}
+
+/// `Retry-After` of a 429, in whole seconds.
+fn retry_after(r: &reqwest::Response) -> Option<u64> {
+    header(r, "retry-after").map(|s| s.parse().expect("Retry-After in seconds"))
+}
+
+/// The engine's own 429s say when to retry when it knows: the soonest a candidate has room again
+/// (a provider's `Retry-After`, a cool-down's end, a slot of the rpm window, the daily budget's
+/// reset at midnight UTC, capped by `breaker.max_retry_after`), and nothing when it does not.
+#[tokio::test]
+async fn rate_limited_and_budget_exceeded_say_when_to_retry_when_it_is_known() {
+    let rest = "[routing]\nfallbacks = { chat = [\"spare\"] }\n[[budgets.caps]]\ngroup = \"paid\"\ndaily_usd = 0.000001\n";
+    let (_nats, _a, b, running, base) = with_fakes(rest, |a, b| {
+        openai_deployment("primary", "chat", a, "rpm = 1\n")
+            + &openai_deployment("backup", "spare", b, "")
+            + &openai_deployment("capped", "paid", a, "")
+    })
+    .await;
+    let rate_limited = |r: &reqwest::Response| {
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(r, "llm-error"), Some("rate_limited"));
+    };
+
+    // A provider's 429 without Retry-After: the wait is not known, so none is said.
+    b.push(Fault::status(429));
+    let r = post(&base, &body("backup", false), &[]).await;
+    rate_limited(&r);
+    assert_eq!(retry_after(&r), None);
+    // With `retry-after: 7`: that, and then the cool-down it started, rounded up.
+    b.push(Fault::RateLimited {
+        retry_after_secs: 7,
+    });
+    let r = post(&base, &body("backup", false), &[]).await;
+    rate_limited(&r);
+    assert_eq!(retry_after(&r), Some(7));
+    let r = post(&base, &body("backup", false), &[]).await;
+    rate_limited(&r);
+    assert!(retry_after(&r).is_some_and(|s| (1..=7).contains(&s)));
+    let b_calls = b.calls();
+
+    // rpm = 1 spent: room when the call leaves the minute's window.
+    assert_eq!(
+        post(&base, &body("primary", false), &[]).await.status(),
+        200
+    );
+    let r = post(&base, &body("primary", false), &[]).await;
+    rate_limited(&r);
+    assert!(retry_after(&r).is_some_and(|s| (50..=60).contains(&s)));
+    // The group at its limit, its fallback cooling down: the soonest of the two.
+    let r = post(&base, &body("chat", false), &[]).await;
+    rate_limited(&r);
+    assert!(retry_after(&r).is_some_and(|s| (1..=7).contains(&s)));
+    assert_eq!(b.calls(), b_calls, "skipped while cooling down");
+
+    // A daily cap that is reached: until midnight UTC, at most breaker.max_retry_after (5m).
+    assert_eq!(post(&base, &body("paid", false), &[]).await.status(), 200);
+    let r = post(&base, &body("paid", false), &[]).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "llm-error"), Some("budget_exceeded"));
+    assert!(retry_after(&r).is_some_and(|s| (1..=300).contains(&s)));
+    // Over the caller's own Llm-Max-Cost-Usd: no wait makes it cheaper.
+    let r = post(&base, &body("capped", false), &[("Llm-Max-Cost-Usd", "0")]).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "llm-error"), Some("budget_exceeded"));
+    assert_eq!(retry_after(&r), None);
+    running.shutdown().await;
+}
+
+/// A chat request sent to an embeddings route (or the reverse) is told where to go in the words
+/// of the door it came in by: HTTP paths over HTTP, subjects over NATS.
+#[tokio::test]
+async fn the_wrong_kind_of_request_is_sent_to_the_door_it_came_by() {
+    let (_nats, a, _b, running, base) = with_fakes("", |a, _| {
+        let embedding = "mode = \"embedding\"\ndimensions = 16\n";
+        openai_deployment("primary", "chat", a, "")
+            + &openai_deployment("vectors", "embed", a, embedding)
+    })
+    .await;
+    let embed = |body: String| {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/embeddings"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let refused = |status: reqwest::StatusCode, e: &Value, to: &str| {
+        assert_eq!(status, 400, "{e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(to), "{message}");
+        assert!(!message.contains("llm."), "{message}");
+    };
+
+    let r = post(&base, &body("embed", false), &[]).await;
+    refused(r.status(), &json_of(r).await, "POST /v1/embeddings");
+    let r = embed(json!({"model": "chat", "input": "hi"}).to_string())
+        .await
+        .unwrap();
+    refused(r.status(), &json_of(r).await, "POST /v1/chat/completions");
+    let r = embed(body("vectors", false)).await.unwrap();
+    refused(r.status(), &json_of(r).await, "POST /v1/chat/completions");
+    let r = reqwest::get(format!("{base}/v2/nothing")).await.unwrap();
+    let e = json_of(r).await;
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("POST /v1/embeddings"), "{message}");
+
+    // NATS callers still read subjects.
+    let reply = running.ask("x", &body("embed", false), &[]).await;
+    assert_eq!(reply.error_kind(), "invalid_request");
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("llm.embed.<task>"), "{message}");
+    let reply = running.embed("x", &body("vectors", false), &[]).await;
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("llm.chat.<task>"), "{message}");
+    assert_eq!(a.calls(), 0);
+    running.shutdown().await;
+}
+
+/// The door checks a key against the `model` the engine routes, reading the body as the engine
+/// does: a key given twice counts its last value (for `model` and for `stream`), escapes decoded.
+#[tokio::test]
+async fn a_key_is_checked_against_the_model_the_engine_routes() {
+    let keys = "[[http.keys]]\nname = \"k\"\nkey_env = \"TEST_KEY_ENV\"\nmodels = [\"chat\"]\n";
+    let (_nats, _a, b, running, base) = two_deployments(keys).await;
+    let auth = format!("Bearer {}", common::harness::TEST_KEY);
+    let key = [("authorization", auth.as_str())];
+    let hi = r#""messages":[{"role":"user","content":"hi"}]"#;
+
+    let twice = format!(r#"{{"model":"backup","model":"backup",{hi}}}"#);
+    assert_eq!(post(&base, &twice, &key).await.status(), 403);
+    let escaped = format!(r#"{{"mod\u0065l":"backup",{hi}}}"#);
+    assert_eq!(post(&base, &escaped, &key).await.status(), 403);
+    let last = format!(r#"{{"model":"backup","model":"primary",{hi}}}"#);
+    let r = post(&base, &last, &key).await;
+    assert_eq!(header(&r, "llm-deployment"), Some("primary"));
+    let stream = format!(r#"{{"model":"chat","stream":false,"stream":true,{hi}}}"#);
+    let r = post(&base, &stream, &key).await;
+    assert_eq!(header(&r, "content-type"), Some("text/event-stream"));
+    assert_eq!(events(r).await.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(b.calls(), 0, "`backup` is not the key's");
+    running.shutdown().await;
 }

@@ -170,10 +170,14 @@ pub(super) fn validate(
             let allowed = k.models.map(|models| {
                 let mut set = BTreeSet::new();
                 for (j, m) in models.iter().enumerate() {
-                    let members: Vec<&DeploymentConfig> =
-                        deployments.iter().filter(|d| &d.group == m).collect();
-                    let is_task = tasks.contains_key(m);
                     let is_deployment = deployments.iter().any(|d| &d.name == m);
+                    // A name that is also a deployment's means the deployment, as `model` does
+                    // (docs/contract.md §9): it brings no group members or tasks.
+                    let members: Vec<&DeploymentConfig> = deployments
+                        .iter()
+                        .filter(|d| !is_deployment && &d.group == m)
+                        .collect();
+                    let is_task = tasks.contains_key(m);
                     if members.is_empty() && !is_task && !is_deployment {
                         v.problem(
                             format!("{key}.models[{j}]"),
@@ -187,7 +191,7 @@ pub(super) fn validate(
                     set.extend(
                         tasks
                             .iter()
-                            .filter(|(_, g)| *g == m)
+                            .filter(|(_, g)| !is_deployment && *g == m)
                             .map(|(t, _)| t.clone()),
                     );
                 }

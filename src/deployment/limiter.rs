@@ -14,6 +14,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// The window of `rpm` and `tpm`. `WindowBudget::wait_for` answers it whole when it knows no
+/// sooner time: the amount can never fit, or calls still in flight hold the room.
+pub const MINUTE: Duration = Duration::from_secs(60);
+
 #[derive(Debug)]
 pub struct WindowBudget {
     limit: u64,
@@ -25,7 +29,7 @@ pub struct WindowBudget {
 
 impl WindowBudget {
     pub fn per_minute(limit: u64) -> Self {
-        Self::new(limit, Duration::from_secs(60))
+        Self::new(limit, MINUTE)
     }
 
     pub fn new(limit: u64, window: Duration) -> Self {

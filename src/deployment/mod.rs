@@ -108,6 +108,17 @@ impl Skip {
             Self::Unreachable => "skipped: deployment restarting".into(),
         }
     }
+
+    /// How long until this deployment takes a call again, when that is known: the end of its
+    /// cool-down, or when its `rpm`/`tpm` window frees room. A whole window is the limiters' word
+    /// for "not known" (`limiter::MINUTE`), and an open circuit may stay open.
+    pub fn known_wait(&self) -> Option<Duration> {
+        match self {
+            Self::CoolingDown(left) => Some(*left),
+            Self::AtLimit { retry_in, .. } if *retry_in < limiter::MINUTE => Some(*retry_in),
+            Self::AtLimit { .. } | Self::CircuitOpen | Self::Unreachable => None,
+        }
+    }
 }
 
 /// The simulated provider's dice (`[deployments.simulated]`): thrown on the request path when a

@@ -178,6 +178,14 @@ pub(crate) fn today() -> u64 {
         .map_or(0, |d| d.as_secs() / 86_400)
 }
 
+/// How long until the UTC day ends, and with it the day's spend (the daily caps reset then).
+pub(crate) fn until_next_day() -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Duration::from_secs(86_400 - now % 86_400)
+}
+
 pub(crate) fn day_name(day: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(day * 86_400);
     let mut text = humantime::format_rfc3339_seconds(t).to_string();

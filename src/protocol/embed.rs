@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use super::InvalidRequest;
 use super::request::estimate_text_tokens;
+use super::subjects::Endpoints;
 
 /// The most inputs one request may hold. OpenAI takes 2,048 per call; we split into calls, so the
 /// bound is only there to keep one request's work finite (the body's size bounds it too).
@@ -79,7 +80,8 @@ enum RawInput {
 }
 
 impl EmbedRequest {
-    pub fn parse(bytes: &[u8]) -> Result<Self, InvalidRequest> {
+    /// The request in `bytes`; a chat body is sent to `endpoints.chat`, as its door names it.
+    pub fn parse(bytes: &[u8], endpoints: &Endpoints) -> Result<Self, InvalidRequest> {
         /// The fields read, each left raw or as a `Value` to be checked with our own message;
         /// the inputs are read once, straight into strings (no JSON tree for a 10,000-text body).
         #[derive(Deserialize)]
@@ -109,9 +111,10 @@ impl EmbedRequest {
             Err(e) => return Err(bad(format!("body is not JSON: {e}"))),
         };
         if body.messages.is_some() {
-            return Err(bad(
-                "this is a chat request (`messages`): send it to llm.chat.<task>, not llm.embed.<task>",
-            ));
+            return Err(bad(format!(
+                "this is a chat request (`messages`): send it to {}, not {}",
+                endpoints.chat, endpoints.embed
+            )));
         }
         let inputs = match body.input.map(RawValue::get) {
             None | Some("null") => return Err(bad("`input` is required")),
@@ -298,13 +301,13 @@ mod tests {
 
         #[test]
         fn no_byte_string_panics_the_embeddings_parser(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = EmbedRequest::parse(&bytes);
+            let _ = EmbedRequest::parse(&bytes, &Endpoints::NATS);
         }
 
         #[test]
         fn any_inputs_parse_back_in_order(texts in proptest::collection::vec("[a-z ]{1,12}", 1..20)) {
             let body = serde_json::json!({ "input": texts }).to_string();
-            let r = EmbedRequest::parse(body.as_bytes()).unwrap();
+            let r = EmbedRequest::parse(body.as_bytes(), &Endpoints::NATS).unwrap();
             let got: Vec<&str> = r.inputs.iter().filter_map(EmbedInput::text).collect();
             prop_assert_eq!(got, texts.iter().map(String::as_str).collect::<Vec<_>>());
         }
@@ -312,19 +315,21 @@ mod tests {
 
     #[test]
     fn every_input_shape_parses() {
-        let r = EmbedRequest::parse(br#"{"input":"hello world","model":"m"}"#).unwrap();
+        let r = EmbedRequest::parse(br#"{"input":"hello world","model":"m"}"#, &Endpoints::NATS)
+            .unwrap();
         assert_eq!(r.inputs, vec![EmbedInput::Text("hello world".into())]);
         assert_eq!(r.model.as_deref(), Some("m"));
         let r = EmbedRequest::parse(
             br#"{"input":["a","b"],"dimensions":256,"encoding_format":"base64"}"#,
+            &Endpoints::NATS,
         )
         .unwrap();
         assert_eq!(r.inputs.len(), 2);
         assert_eq!(r.dimensions, Some(256));
         assert_eq!(r.encoding, Encoding::Base64);
-        let r = EmbedRequest::parse(br#"{"input":[1,2,3]}"#).unwrap();
+        let r = EmbedRequest::parse(br#"{"input":[1,2,3]}"#, &Endpoints::NATS).unwrap();
         assert_eq!(r.inputs, vec![EmbedInput::Tokens(vec![1, 2, 3])]);
-        let r = EmbedRequest::parse(br#"{"input":[[1],[2,3]]}"#).unwrap();
+        let r = EmbedRequest::parse(br#"{"input":[[1],[2,3]]}"#, &Endpoints::NATS).unwrap();
         assert_eq!(r.inputs.len(), 2);
         assert_eq!(r.estimated_tokens, 3);
     }
@@ -350,7 +355,7 @@ mod tests {
                 "chat request",
             ),
         ] {
-            let e = EmbedRequest::parse(body.as_bytes()).unwrap_err();
+            let e = EmbedRequest::parse(body.as_bytes(), &Endpoints::NATS).unwrap_err();
             assert!(e.0.contains(says), "{body}: {e}");
         }
     }

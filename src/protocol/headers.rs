@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::subjects::Endpoints;
+
 pub const REQUEST_ID: &str = "Llm-Request-Id";
 pub const DEADLINE: &str = "Llm-Deadline";
 pub const AFFINITY: &str = "Llm-Affinity";
@@ -44,6 +46,9 @@ pub struct RequestOptions {
     /// Batch work (not a header): admitted only within the batch share of each deployment's
     /// limits, so that live requests keep their headroom.
     pub batch: bool,
+    /// How the request's door names its chat and embeddings entrances (not a header: set by the
+    /// door), for an error that sends the caller to the other one.
+    pub endpoints: Endpoints,
 }
 
 /// A fresh request id: random (v4) from the thread's RNG, so no syscall and no shared
@@ -118,6 +123,7 @@ impl RequestOptions {
                 .map(str::to_string),
             exclude: Vec::new(),
             batch: false,
+            endpoints: Endpoints::default(),
         })
     }
 }

@@ -17,4 +17,4 @@ pub use headers::RequestOptions;
 pub use reply::Reply;
 pub use request::{ChatRequest, InvalidRequest};
 pub use response::{ChatCompletion, Usage};
-pub use subjects::Subjects;
+pub use subjects::{Endpoints, Subjects};

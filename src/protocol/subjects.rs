@@ -3,6 +3,29 @@
 /// The task token (`llm.chat.auto`) that always asks the classifier which group serves.
 pub const AUTO_TASK: &str = "auto";
 
+/// Where the door a request came in by takes chat and embeddings requests, for the message that
+/// sends a request of one kind to the other: these subjects unless the door says otherwise
+/// (`RequestOptions::endpoints`; the HTTP door names its paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub chat: &'static str,
+    pub embed: &'static str,
+}
+
+impl Endpoints {
+    /// The NATS door's, under the default prefix.
+    pub const NATS: Self = Self {
+        chat: "llm.chat.<task>",
+        embed: "llm.embed.<task>",
+    };
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self::NATS
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Subjects {
     prefix: String,

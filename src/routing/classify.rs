@@ -1,8 +1,9 @@
-//! Which deployments a request may go to: a `model` that names a group or a deployment pins the
-//! route; otherwise the subject's `<task>` token maps through `[tasks]`. Task `auto` (and any
-//! unknown task when `routing.classify = true`) goes through the classifier: `[[classify.rules]]`
-//! in order, each matching on prompt size, tools, JSON output and keywords, first match wins.
-//! Anything else uses `routing.default_group`. Every route says why (`Llm-Route-Reason`).
+//! Which deployments a request may go to: a `model` that names a deployment or a group (in that
+//! order) pins the route; otherwise the subject's `<task>` token maps through `[tasks]`. Task
+//! `auto` (and any unknown task when `routing.classify = true`) goes through the classifier:
+//! `[[classify.rules]]` in order, each matching on prompt size, tools, JSON output and keywords,
+//! first match wins. Anything else uses `routing.default_group`. Every route says why
+//! (`Llm-Route-Reason`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -160,7 +161,7 @@ impl RouteTable {
         )
     }
 
-    /// The route of an embeddings request: `model` naming a group or a deployment, else the task
+    /// The route of an embeddings request: `model` naming a deployment or a group, else the task
     /// table, else `routing.default_embedding_group`; `None` when no deployment embeds.
     pub fn resolve_embed(&self, task: &str, model: Option<&str>) -> Option<Route> {
         self.pinned(task, model).or_else(|| {
@@ -171,21 +172,22 @@ impl RouteTable {
         })
     }
 
-    /// The route that `model` (naming a group or a deployment) or else the task table pins.
+    /// The route that `model` (naming a deployment or a group) or else the task table pins.
     fn pinned(&self, task: &str, model: Option<&str>) -> Option<Route> {
         let route = |target, reason: &Arc<str>| Route {
             target,
             reason: reason.clone(),
         };
         if let Some(m) = model {
-            if let Some(&g) = self.group_by_name.get(m) {
-                return Some(route(Target::Group(g), &self.because[MODEL_GROUP]));
-            }
+            // A name that is both is the deployment (docs/contract.md §9), on every door.
             if let Some(&d) = self.deployment_by_name.get(m) {
                 return Some(route(
                     Target::Deployment(d),
                     &self.because[MODEL_DEPLOYMENT],
                 ));
+            }
+            if let Some(&g) = self.group_by_name.get(m) {
+                return Some(route(Target::Group(g), &self.because[MODEL_GROUP]));
             }
         }
         let g = *self.tasks.get(task)?;

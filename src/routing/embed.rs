@@ -21,7 +21,7 @@ use super::fallback::{Failed, Served, Walk};
 use super::strategy::Strategy;
 use crate::config::{DeploymentConfig, ProviderKind, Shift};
 use crate::deployment::embed::EmbedArgs;
-use crate::deployment::{self, Attempt, Skip};
+use crate::deployment::{self, Attempt};
 use crate::protocol::embed::list_body;
 use crate::protocol::{EmbedRequest, ErrorKind, RequestOptions, Usage};
 use crate::providers::ProviderReply;
@@ -112,7 +112,7 @@ impl Router {
                 "no deployment serves embeddings: add one with mode = \"embedding\"",
             ));
         };
-        let route = self.admissible_route(task, route, true)?;
+        let route = self.admissible_route(task, route, true, &ask.opts.endpoints)?;
         let reason = route.reason.clone();
         let result = self.embed_walk(&ask, route).await;
         self.count_fallback(result.map_err(|mut f| {
@@ -200,7 +200,12 @@ impl Router {
     /// One part along the candidates, within the request's space.
     async fn embed_part(&self, sh: &Shared<'_>, range: Range<usize>) -> Result<Part, Failed> {
         let (ask, req) = (sh.ask, &sh.ask.req);
-        let mut w = Walk::new(sh.started, ask.opts, sh.reason.clone());
+        let mut w = Walk::new(
+            sh.started,
+            ask.opts,
+            sh.reason.clone(),
+            self.max_retry_after,
+        );
         let estimate = |s: &super::Slot| s.config().price.cost(req.estimated_tokens, 0);
         for &(group_number, index) in &sh.candidates {
             if w.deadline_spent(Instant::now()) {
@@ -238,10 +243,7 @@ impl Router {
                 batch: ask.opts.batch,
             };
             match deployment::embed::embed(&actor, &slot.args, call).await {
-                Attempt::Skipped(skip) => {
-                    let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
-                    w.skip(&c.name, skip.describe(), limited, false);
-                }
+                Attempt::Skipped(skip) => w.skipped(&c.name, &skip),
                 Attempt::Answered { reply, .. } => {
                     let fallback = w.answered(group_number);
                     let _ = sh.space.set(space.into());
@@ -327,11 +329,11 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::EmbedInput;
+    use crate::protocol::{EmbedInput, Endpoints};
 
     fn request(texts: &[&str]) -> EmbedRequest {
         let body = serde_json::json!({ "input": texts });
-        EmbedRequest::parse(body.to_string().as_bytes()).unwrap()
+        EmbedRequest::parse(body.to_string().as_bytes(), &Endpoints::NATS).unwrap()
     }
 
     #[test]

@@ -15,8 +15,9 @@ use super::classify::{Route, Target};
 use super::strategy::{Candidate, Strategy, affinity_order};
 use crate::config::{ProviderKind, Shift};
 use crate::deployment::{self, Attempt, CallArgs, LATENCY_FRESH, Skip};
+use crate::observe::spend::until_next_day;
 use crate::protocol::CircuitState;
-use crate::protocol::{AttemptRecord, ChatRequest, ErrorKind, RequestOptions, Usage};
+use crate::protocol::{AttemptRecord, ChatRequest, Endpoints, ErrorKind, RequestOptions, Usage};
 use crate::providers::{Failure, ProviderReply};
 
 /// One request to route, with what the caller said about it.
@@ -63,6 +64,10 @@ pub struct Failed {
     pub usage: Option<Usage>,
     /// Why the route went where it did, once it was known.
     pub route_reason: Option<Arc<str>>,
+    /// When the refusal is known to lift, at most `breaker.max_retry_after` (the HTTP door's
+    /// `Retry-After`): for `rate_limited`, the soonest a candidate has room again, if every
+    /// candidate said when; for `budget_exceeded`, the daily caps' reset at midnight UTC.
+    pub retry_after: Option<Duration>,
 }
 
 impl Failed {
@@ -75,6 +80,7 @@ impl Failed {
             fell_back: false,
             usage: None,
             route_reason: None,
+            retry_after: None,
         }
     }
 }
@@ -95,6 +101,12 @@ pub(super) struct Walk {
     last_status: Option<u16>,
     /// Every candidate was at its limit, cooling down, or answered 429.
     only_rate_limited: bool,
+    /// The soonest of those candidates has room again in this long, as far as they said;
+    /// `room_unknown` once one of them did not say.
+    room_in: Option<Duration>,
+    room_unknown: bool,
+    /// `breaker.max_retry_after`: the longest `room_in` told to the caller.
+    max_wait: Duration,
     only_not_found: bool,
     only_over_cost: bool,
     /// The provider of the first call: `extra_body` goes only to that provider.
@@ -102,7 +114,12 @@ pub(super) struct Walk {
 }
 
 impl Walk {
-    pub(super) fn new(started: Instant, opts: &RequestOptions, reason: Arc<str>) -> Self {
+    pub(super) fn new(
+        started: Instant,
+        opts: &RequestOptions,
+        reason: Arc<str>,
+        max_wait: Duration,
+    ) -> Self {
         Self {
             started,
             // Deadlines are clamped to `limits.max_deadline` at the edge; the sum is checked anyway.
@@ -114,6 +131,9 @@ impl Walk {
             failed_calls: 0,
             last_status: None,
             only_rate_limited: true,
+            room_in: None,
+            room_unknown: false,
+            max_wait,
             only_not_found: true,
             only_over_cost: true,
             first_provider: None,
@@ -153,6 +173,24 @@ impl Walk {
         Some(actor)
     }
 
+    /// A candidate its deployment did not admit: rate limited (at its limit or cooling down,
+    /// with when it has room again, if known), or out for another reason.
+    pub(super) fn skipped(&mut self, deployment: &str, skip: &Skip) {
+        let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
+        if limited {
+            self.rate_limited_for(skip.known_wait());
+        }
+        self.skip(deployment, skip.describe(), limited, false);
+    }
+
+    /// One more rate-limited candidate, with room again in `wait` (`None`: it did not say).
+    fn rate_limited_for(&mut self, wait: Option<Duration>) {
+        match wait {
+            Some(w) => self.room_in = Some(self.room_in.map_or(w, |soonest| soonest.min(w))),
+            None => self.room_unknown = true,
+        }
+    }
+
     pub(super) fn skip(
         &mut self,
         deployment: &str,
@@ -183,6 +221,10 @@ impl Walk {
         self.calls += 1;
         self.failed_calls += 1;
         self.only_rate_limited &= decision.kind == ErrorKind::RateLimited;
+        if decision.kind == ErrorKind::RateLimited {
+            // A 429's `Retry-After`, capped: the cool-down it started.
+            self.rate_limited_for(decision.cool_down);
+        }
         self.only_not_found &= decision.kind == ErrorKind::NotFound;
         self.only_over_cost = false;
         self.record_failure(name, failure, latency);
@@ -229,6 +271,7 @@ impl Walk {
             fell_back,
             usage: None,
             route_reason: None,
+            retry_after: None,
         }
     }
 
@@ -238,6 +281,7 @@ impl Walk {
             return self.timeout();
         }
         let n = self.records.len();
+        let mut retry_after = None;
         let (kind, message) = if n == 0 {
             (
                 ErrorKind::Unavailable,
@@ -249,6 +293,9 @@ impl Walk {
                 format!("all {n} candidates cost more than Llm-Max-Cost-Usd"),
             )
         } else if self.only_rate_limited {
+            if !self.room_unknown {
+                retry_after = self.room_in.map(|w| w.min(self.max_wait));
+            }
             (
                 ErrorKind::RateLimited,
                 format!("all {n} candidates are at their limit or cooling down"),
@@ -264,7 +311,9 @@ impl Walk {
                 format!("all {n} candidates failed or were skipped"),
             )
         };
-        self.fail(kind, message)
+        let mut f = self.fail(kind, message);
+        f.retry_after = retry_after;
+        f
     }
 
     pub(super) fn timeout(&mut self) -> Failed {
@@ -283,7 +332,7 @@ impl Router {
         self.requests.fetch_add(1, Relaxed);
         let task = self.spend.task_key(ask.task);
         let route = self.table.resolve(ask.task, &ask.req);
-        let route = self.admissible_route(task, route, false)?;
+        let route = self.admissible_route(task, route, false, &ask.opts.endpoints)?;
         let reason = route.reason.clone();
         let result = self.walk(ask, route).await.map_err(|mut f| {
             f.route_reason = Some(reason);
@@ -325,12 +374,14 @@ impl Router {
     }
 
     /// `route` as the daily caps leave it (the same, a downgrade, or refused), checked to lead to
-    /// deployments of the request's mode (`embedding` or chat).
+    /// deployments of the request's mode (`embedding` or chat); a request of the other mode is
+    /// sent to the other one of its door's `endpoints`.
     pub(super) fn admissible_route(
         &self,
         task: usize,
         mut route: Route,
         embedding: bool,
+        endpoints: &Endpoints,
     ) -> Result<Route, Failed> {
         if !self.budgets.is_empty() {
             // A downgrade is checked once more: the cheaper group may have a cap of its own.
@@ -346,6 +397,7 @@ impl Router {
                     Verdict::Reject(why) => {
                         let mut f = Failed::new(ErrorKind::BudgetExceeded, why);
                         f.route_reason = Some(route.reason);
+                        f.retry_after = Some(until_next_day().min(self.max_retry_after));
                         return Err(f);
                     }
                 }
@@ -362,10 +414,14 @@ impl Router {
                 Target::Deployment(d) => format!("deployment `{}`", self.slots[d].config().name),
             };
             let message = if embedding {
-                format!("{what} serves chat, not embeddings: send chat requests to llm.chat.<task>")
+                format!(
+                    "{what} serves chat, not embeddings: send chat requests to {}",
+                    endpoints.chat
+                )
             } else {
                 format!(
-                    "{what} serves embeddings, not chat: send embeddings requests to llm.embed.<task>"
+                    "{what} serves embeddings, not chat: send embeddings requests to {}",
+                    endpoints.embed
                 )
             };
             let mut f = Failed::new(ErrorKind::InvalidRequest, message);
@@ -378,7 +434,7 @@ impl Router {
     async fn walk(&self, ask: Ask<'_>, route: Route) -> Result<Served, Failed> {
         let Route { target, reason } = route;
         let (req, opts) = (&ask.req, ask.opts);
-        let mut w = Walk::new(Instant::now(), opts, reason);
+        let mut w = Walk::new(Instant::now(), opts, reason, self.max_retry_after);
         w.needed_context = req.estimated_prompt_tokens + u64::from(req.max_tokens.unwrap_or(0));
         let groups: Vec<Option<usize>> = match target {
             Target::Group(g) => self.table.chain(g).map(Some).collect(),
@@ -468,10 +524,7 @@ impl Router {
             _ => deployment::call(&actor, &slot.args, call).await,
         };
         match attempt {
-            Attempt::Skipped(skip) => {
-                let limited = matches!(skip, Skip::CoolingDown(_) | Skip::AtLimit { .. });
-                w.skip(c.name.as_str(), skip.describe(), limited, false);
-            }
+            Attempt::Skipped(skip) => w.skipped(c.name.as_str(), &skip),
             Attempt::Answered { reply, .. } => {
                 let fallback = w.answered(group_number);
                 return Some(Ok(Served {

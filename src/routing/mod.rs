@@ -34,6 +34,9 @@ pub struct Router {
     /// `alerts.shift` and `alerts.probe_share`: where degraded deployments go in the order.
     shift: Shift,
     probe_share: f64,
+    /// `breaker.max_retry_after`: the longest wait a refusal tells its caller
+    /// (`Failed::retry_after`).
+    max_retry_after: std::time::Duration,
 }
 
 impl Router {
@@ -59,6 +62,7 @@ impl Router {
                 Shift::Off
             },
             probe_share: config.alerts.probe_share,
+            max_retry_after: config.breaker.max_retry_after,
         }
     }
 }

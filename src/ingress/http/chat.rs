@@ -7,6 +7,7 @@
 //! its status, after fallbacks), `data: <chunk>` events, then `data: [DONE]` — or one
 //! `data: {"error": ...}` event if the stream broke, and the end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -15,13 +16,13 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Body as _, Frame, Incoming};
 use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::errors::HttpError;
 use super::models::Pick;
-use super::{Body, Busy, Door, JSON, failure, whole, with_headers};
+use super::{Body, Busy, Door, ENDPOINTS, JSON, failure, whole, with_headers};
 use crate::deployment::opened::{self, OpenedCell};
 use crate::engine::ChatOutcome;
 use crate::ingress::chat::{STREAM_BUFFER, guarded, shut_down};
@@ -30,12 +31,26 @@ use crate::protocol::headers::{self, RequestOptions};
 
 /// What the door reads of the body before the engine does: where it goes, and whether it
 /// streams. Anything else (and a body that is not JSON) is the engine's to judge.
-#[derive(Default, Deserialize)]
+#[derive(Default)]
 struct Peek {
-    #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
     stream: Option<bool>,
+}
+
+impl Peek {
+    /// Read as the engine reads the body, a key given twice by its last value: the model a key
+    /// is checked for must be the model the engine routes (a struct would refuse the repeated
+    /// key, and the door would check the default group instead).
+    fn of(body: &[u8]) -> Self {
+        let Ok(fields) = serde_json::from_slice::<HashMap<String, &RawValue>>(body) else {
+            return Self::default();
+        };
+        let field = |name: &str| fields.get(name).map(|v| v.get());
+        Self {
+            model: field("model").and_then(|v| serde_json::from_str(v).ok()),
+            stream: field("stream").and_then(|v| serde_json::from_str(v).ok()),
+        }
+    }
 }
 
 /// What a POST asks the engine for.
@@ -62,7 +77,7 @@ pub(super) async fn handle(
         Ok(b) => b,
         Err(e) => return failure(&e, Vec::new()),
     };
-    let peek: Peek = serde_json::from_slice(&body).unwrap_or_default();
+    let peek = Peek::of(&body);
     let Some(pick) = door.models.pick(peek.model.as_deref()) else {
         return failure(
             &HttpError::unknown_model(peek.model.as_deref().unwrap_or_default()),
@@ -87,7 +102,11 @@ pub(super) async fn handle(
     let mut options = RequestOptions::from_lookup(
         |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
         engine.limits().max_deadline,
-    );
+    )
+    .map(|o| RequestOptions {
+        endpoints: ENDPOINTS,
+        ..o
+    });
     let request_id = headers::settle_request_id(&mut options);
     let Some(place) = engine.hold() else {
         engine.count_failure(ErrorKind::Overloaded);

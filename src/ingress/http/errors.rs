@@ -4,6 +4,7 @@
 //! should (`Retry-After` on 429 and 503 when known).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::StatusCode;
@@ -81,12 +82,16 @@ impl HttpError {
         }
     }
 
-    /// The engine's failure of request `request_id`.
+    /// The engine's failure of request `request_id`, with `Retry-After` when the engine knows
+    /// when it lifts.
     pub fn failed(f: &Failed, request_id: &Arc<str>) -> Self {
         let mut e = Self::of(f.kind, f.message.clone());
         e.request_id = Some(request_id.clone());
         e.attempts = f.attempts.clone().into_boxed_slice();
-        e
+        match f.retry_after {
+            Some(wait) => e.retry_after(wait),
+            None => e,
+        }
     }
 
     /// No key, or a key no entry of `[[http.keys]]` holds.
@@ -145,14 +150,17 @@ impl HttpError {
             ..Self::of(
                 ErrorKind::NotFound,
                 format!(
-                    "no route {method} {}: this door serves POST /v1/chat/completions, GET /v1/models, GET /health/live and GET /health/ready",
+                    "no route {method} {}: this door serves POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /health/live and GET /health/ready",
                     crate::protocol::headers::shorten(path)
                 ),
             )
         }
     }
 
-    pub fn retry_after(mut self, seconds: u64) -> Self {
+    /// `Retry-After: wait`, in whole seconds rounded up and at least 1 (told 0, a client retries
+    /// at once, into the same refusal).
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         self.retry_after = Some(u32::try_from(seconds).unwrap_or(u32::MAX).max(1));
         self
     }

@@ -19,6 +19,7 @@ use super::errors::HttpError;
 use crate::cluster::{Link, key_spend};
 use crate::config::{HttpKey, key_digest};
 use crate::observe::keys::KeyUsage;
+use crate::observe::spend::until_next_day;
 use crate::protocol::ErrorKind;
 
 pub struct Keys {
@@ -27,10 +28,12 @@ pub struct Keys {
     usage: Arc<KeyUsage>,
     /// Woken when a key spent something, so the spend reaches the bucket soon.
     spent: Notify,
+    /// `breaker.max_retry_after`: the longest `Retry-After` told, as for the engine's refusals.
+    max_wait: Duration,
 }
 
 impl Keys {
-    pub fn new(keys: &[HttpKey], usage: Arc<KeyUsage>) -> Self {
+    pub fn new(keys: &[HttpKey], usage: Arc<KeyUsage>, max_wait: Duration) -> Self {
         Self {
             limiters: keys
                 .iter()
@@ -39,6 +42,7 @@ impl Keys {
             keys: keys.to_vec(),
             usage,
             spent: Notify::new(),
+            max_wait,
         }
     }
 
@@ -87,7 +91,7 @@ impl Keys {
                     wait.as_millis()
                 ),
             )
-            .retry_after(wait.as_secs_f64().ceil() as u64));
+            .retry_after(wait.min(self.max_wait)));
         }
         let (spent, cap) = self.usage.spent_and_cap(i);
         if let Some(cap) = cap
@@ -99,7 +103,7 @@ impl Keys {
                     "key `{name}` spent ${spent:.6} today (UTC), its max_cost_usd_per_day is ${cap}"
                 ),
             )
-            .retry_after(until_utc_midnight().as_secs()));
+            .retry_after(until_next_day().min(self.max_wait)));
         }
         self.usage.count_request(i);
         Ok(())
@@ -167,14 +171,11 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn until_utc_midnight() -> Duration {
-    let now = crate::cluster::wall_ms() / 1000;
-    Duration::from_secs(86_400 - now % 86_400)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAX_WAIT: Duration = Duration::from_secs(300);
 
     fn key(name: &str, value: &str, rpm: Option<u32>, cap: Option<f64>) -> HttpKey {
         HttpKey {
@@ -200,7 +201,7 @@ mod tests {
             key("a", "sk-a", None, None),
             key("b", "sk-b", Some(2), Some(0.5)),
         ];
-        let keys = Keys::new(&ks, Arc::new(KeyUsage::new(&ks)));
+        let keys = Keys::new(&ks, Arc::new(KeyUsage::new(&ks)), MAX_WAIT);
         let who = |pairs| {
             keys.authenticate(&headers(pairs))
                 .map_err(|e| e.status.as_u16())
@@ -223,7 +224,7 @@ mod tests {
         // The cap: spent is refused once reached.
         keys.record(0, 1.0);
         assert!(keys.admit(0).is_ok(), "key a has no cap");
-        let open = Keys::new(&[], Arc::new(KeyUsage::new(&[])));
+        let open = Keys::new(&[], Arc::new(KeyUsage::new(&[])), MAX_WAIT);
         assert_eq!(
             open.authenticate(&headers(&[("x-api-key", "x")])).unwrap(),
             None
@@ -231,9 +232,9 @@ mod tests {
     }
 
     #[test]
-    fn a_key_over_its_daily_cap_is_refused_until_midnight() {
+    fn a_key_over_its_daily_cap_is_refused_until_midnight_or_max_retry_after() {
         let ks = [key("b", "sk-b", None, Some(0.5))];
-        let keys = Keys::new(&ks, Arc::new(KeyUsage::new(&ks)));
+        let keys = Keys::new(&ks, Arc::new(KeyUsage::new(&ks)), MAX_WAIT);
         assert!(keys.admit(0).is_ok());
         keys.record(0, 0.5);
         let e = keys.admit(0).unwrap_err();
@@ -241,6 +242,6 @@ mod tests {
             (e.status.as_u16(), e.kind.as_str()),
             (429, "budget_exceeded")
         );
-        assert!(e.retry_after.is_some_and(|s| s <= 86_400));
+        assert!(e.retry_after.is_some_and(|s| (1..=300).contains(&s)));
     }
 }

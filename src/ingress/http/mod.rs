@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 use super::Tasks;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::protocol::Endpoints;
 use errors::HttpError;
 use keys::Keys;
 use models::Models;
@@ -72,7 +73,11 @@ pub fn serve(
     tasks: Tasks,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let door = Arc::new(Door {
-        keys: Arc::new(Keys::new(&config.http.keys, engine.keys().clone())),
+        keys: Arc::new(Keys::new(
+            &config.http.keys,
+            engine.keys().clone(),
+            config.breaker.max_retry_after,
+        )),
         models: Models::new(config),
         max_body: config.limits.max_body,
         tracker: tasks.tracker.clone(),
@@ -251,6 +256,13 @@ impl Door {
 }
 
 const JSON: &str = "application/json";
+
+/// The door's two POST routes, as a message that sends a request of one kind to the other names
+/// them (the engine's default names NATS subjects).
+const ENDPOINTS: Endpoints = Endpoints {
+    chat: "POST /v1/chat/completions",
+    embed: "POST /v1/embeddings",
+};
 
 fn whole(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     let mut r = Response::new(Full::new(body).boxed_unsync());

@@ -14,7 +14,7 @@ use crate::protocol::CircuitState;
 /// Where a request's `model` sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pick {
-    /// A deployment or a group, which the engine's router reads from the body.
+    /// A deployment or else a group, which the engine's router reads from the body.
     Named(String),
     /// A `[tasks]` key: sent as the request's task.
     Task(String),
@@ -61,22 +61,13 @@ impl Models {
         let mut listed: Vec<(String, String)> = Vec::new();
         let names = groups
             .iter()
-            .map(|g| (g.clone(), "switchyard".to_string()))
-            .chain(
-                config
-                    .tasks
-                    .keys()
-                    .map(|t| (t.clone(), "switchyard".into())),
-            )
-            .chain(
-                config
-                    .deployments
-                    .iter()
-                    .map(|d| (d.name.clone(), d.provider.as_str().to_string())),
-            );
-        for (name, owner) in names {
-            if !listed.iter().any(|(n, _)| *n == name) {
-                listed.push((name, owner));
+            .chain(config.tasks.keys())
+            .chain(config.deployments.iter().map(|d| &d.name));
+        for name in names {
+            if !listed.iter().any(|(n, _)| n == name) {
+                // A name that is a deployment's means the deployment, whatever else it names.
+                let owner = deployments.get(name).map_or("switchyard", |(p, _)| p);
+                listed.push((name.clone(), owner.to_string()));
             }
         }
         Self {
@@ -129,10 +120,9 @@ impl Models {
     /// group (or after a failed call) says `Llm-Fallback: true`.
     pub fn first_group<'a>(&'a self, pick: &'a Pick) -> Option<&'a str> {
         match pick {
-            Pick::Named(n) if self.deployments.contains_key(n) && !self.groups.contains(n) => {
-                self.deployments.get(n).map(|(_, g)| g.as_str())
-            }
-            Pick::Named(n) => Some(n),
+            // A deployment's own group: a name that is both is the deployment, as the router
+            // reads it.
+            Pick::Named(n) => Some(self.deployments.get(n).map_or(n, |(_, group)| group)),
             Pick::Task(t) => self.tasks.get(t).map(String::as_str),
             Pick::Default if self.classify => None,
             Pick::Default => Some(&self.default_group),
