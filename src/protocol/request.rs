@@ -349,7 +349,7 @@ fn raw_messages(messages: Option<&str>) -> Result<(u64, u64), InvalidRequest> {
     };
     // In one pass when every message is an object (as they are); else element by element, to
     // say which one is not.
-    let list: Vec<Members<'_>> = match serde_json::from_str(m) {
+    let list: Vec<Message<'_>> = match serde_json::from_str(m) {
         Ok(list) => list,
         Err(_) => {
             let list: Vec<&RawValue> =
@@ -375,8 +375,8 @@ fn raw_messages(messages: Option<&str>) -> Result<(u64, u64), InvalidRequest> {
     Ok((tokens, list.len() as u64))
 }
 
-fn check_raw_message(i: usize, m: &Members<'_>) -> Result<u64, InvalidRequest> {
-    let role = match m.get("role").map(|r| text(r.get())) {
+fn check_raw_message(i: usize, m: &Message<'_>) -> Result<u64, InvalidRequest> {
+    let role = match m.role.map(|r| text(r.get())) {
         Some(Some(r)) if ROLES.contains(&&*r) => r,
         Some(Some(r)) => {
             return Err(bad(format!(
@@ -386,43 +386,143 @@ fn check_raw_message(i: usize, m: &Members<'_>) -> Result<u64, InvalidRequest> {
         }
         _ => return Err(bad(format!("messages[{i}].role is required"))),
     };
-    let content = m.get("content").map(RawValue::get).unwrap_or("null");
-    let len = match content.as_bytes().first() {
-        Some(b'"') => text(content).map_or(0, |s| estimate_text_tokens(&s)),
-        Some(b'[') => {
-            let parts: Vec<&RawValue> = serde_json::from_str(content)
-                .map_err(|e| bad(format!("messages[{i}].content: {e}")))?;
-            parts
-                .iter()
-                .map(|p| {
+    let len = match m.content {
+        Content::Tokens(n) => n,
+        Content::Null if role == "assistant" && m.tool_calls.is_some() => 0,
+        Content::Null => {
+            return Err(bad(format!("messages[{i}].content is required")));
+        }
+        Content::Other => {
+            return Err(bad(format!(
+                "messages[{i}].content must be a string or an array of parts"
+            )));
+        }
+    };
+    let calls = m.tool_calls.map_or(0, |c| estimate_text_tokens(c.get()));
+    Ok(len.saturating_add(calls))
+}
+
+/// One message as routing checks it, read in one pass: the text of its content is estimated
+/// as it is read, without being kept.
+struct Message<'a> {
+    role: Option<&'a RawValue>,
+    content: Content,
+    tool_calls: Option<&'a RawValue>,
+}
+
+/// A message's `content`: its estimated tokens (a string, or an array of parts), absent or
+/// null, or a value of another kind.
+#[derive(Clone, Copy)]
+enum Content {
+    Tokens(u64),
+    Null,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Message<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Message<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a message object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message<'de>, A::Error> {
+                // A repeated key counts with its last value, as a JSON map keeps it.
+                let mut m = Message {
+                    role: None,
+                    content: Content::Null,
+                    tool_calls: None,
+                };
+                while let Some(Key(k)) = map.next_key()? {
+                    match &*k {
+                        "role" => m.role = Some(map.next_value()?),
+                        "content" => m.content = map.next_value()?,
+                        "tool_calls" => m.tool_calls = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = Content;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("message content")
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Tokens(estimate_text_tokens(v)))
+            }
+
+            fn visit_unit<E>(self) -> Result<Content, E> {
+                Ok(Content::Null)
+            }
+
+            fn visit_none<E>(self) -> Result<Content, E> {
+                Ok(Content::Null)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Content, E> {
+                Ok(Content::Other)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Content, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Content::Other)
+            }
+
+            /// Parts: a text part counts its text; any other (images, audio) its encoded
+            /// size, as a rough upper bound.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Content, A::Error> {
+                let mut tokens = 0u64;
+                while let Some(p) = seq.next_element::<&'de RawValue>()? {
                     let text = p
                         .get()
                         .starts_with('{')
                         .then(|| serde_json::from_str::<Members<'_>>(p.get()).ok())
                         .flatten()
                         .and_then(|part| part.get("text").and_then(|t| text(t.get())));
-                    match text {
+                    tokens = tokens.saturating_add(match text {
                         Some(t) => estimate_text_tokens(&t),
-                        // Images and audio: their encoded size, as a rough upper bound.
                         None => estimate_tokens(p.get().len()),
-                    }
-                })
-                .fold(0, u64::saturating_add)
+                    });
+                }
+                Ok(Content::Tokens(tokens))
+            }
         }
-        Some(b'n') if role == "assistant" && m.get("tool_calls").is_some() => 0,
-        Some(b'n') => {
-            return Err(bad(format!("messages[{i}].content is required")));
-        }
-        _ => {
-            return Err(bad(format!(
-                "messages[{i}].content must be a string or an array of parts"
-            )));
-        }
-    };
-    let calls = m
-        .get("tool_calls")
-        .map_or(0, |c| estimate_text_tokens(c.get()));
-    Ok(len.saturating_add(calls))
+        d.deserialize_any(Any)
+    }
 }
 
 /// A JSON string's text (borrowed when it has no escapes), or `None` for any other value.
