@@ -142,7 +142,7 @@ async fn shutdown_signal() {
 
 /// What must live until `main` returns: the log writer's flush, and the trace exporter's.
 struct LogGuards {
-    _logs: tracing_appender::non_blocking::WorkerGuard,
+    _logs: switchyard::observe::log_writer::Guard,
     #[cfg(feature = "otlp")]
     _otlp: Option<switchyard::observe::otlp::Guard>,
 }
@@ -159,18 +159,11 @@ fn init_logs(format: LogFormat, default_level: &str) -> LogGuards {
     // spans cost nearly nothing (the exporter has its own filter, `observe::otlp`).
     let logged =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Lines waiting for the writer thread: 16k lines is ~4 MB of a few seconds' work; past
-        // it, logging waits for stderr instead of growing memory (the default, 128k lines, let
-        // a stalled writer hold ~30 MB).
-        .buffered_lines_limit(16_384)
-        // Buffered: the writer thread flushes whenever it has drained the queue, so a burst of
-        // lines costs one write(2), not one each.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    // Lines waiting for the writer thread: 16k lines is ~4 MB of a few seconds' work; past it,
+    // logging waits for stderr instead of growing memory. The thread writes them in batches
+    // and is not woken per line (`observe::log_writer`).
+    let (writer, guard) =
+        switchyard::observe::log_writer::LogWriter::spawn(std::io::stderr(), 16_384);
     let shape = match format {
         LogFormat::Json => switchyard::observe::log_line::Shape::Json,
         LogFormat::Text => switchyard::observe::log_line::Shape::Text,

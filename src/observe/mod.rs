@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod events;
 pub mod keys;
 pub mod log_line;
+pub mod log_writer;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod spend;
