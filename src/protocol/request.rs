@@ -302,6 +302,30 @@ impl Fields {
     }
 }
 
+/// What a door reads of a body before the engine does: where it goes and whether it streams
+/// (the HTTP door checks a key's `models` and picks the stream's shape with it). Read as the
+/// engine reads the body, a repeated key by its last value, so that the model a key is checked
+/// for is the model the engine routes. Anything else, and a body that is not an object, is the
+/// engine's to judge (both `None`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Peek {
+    pub model: Option<String>,
+    pub stream: Option<bool>,
+}
+
+impl Peek {
+    pub fn of(body: &[u8]) -> Self {
+        let Ok(top) = serde_json::from_slice::<Members<'_>>(body) else {
+            return Self::default();
+        };
+        let field = |name: &str| top.get(name).map(RawValue::get);
+        Self {
+            model: field("model").and_then(|v| serde_json::from_str(v).ok()),
+            stream: field("stream").and_then(|v| serde_json::from_str(v).ok()),
+        }
+    }
+}
+
 /// Whether the plain reading refuses exactly what a whole parse refuses: no `\u` escape of a
 /// surrogate (a lone one passes serde_json's skipping but not its parse) and fewer than 128
 /// brackets (serde_json's depth limit; skipping has none). Else the body is parsed whole.
@@ -920,6 +944,23 @@ mod tests {
         );
         assert_eq!(r.body()["alpha"], 3);
         assert_eq!(r.body()["zeta"]["k"], 1);
+    }
+
+    #[test]
+    fn a_peek_reads_model_and_stream_as_the_engine_will() {
+        assert_eq!(
+            Peek::of(br#"{"model":"a","stream":true,"model":"b"}"#),
+            Peek {
+                model: Some("b".into()),
+                stream: Some(true)
+            }
+        );
+        assert_eq!(
+            Peek::of(br#"{"model":"caf\u00e9"}"#).model.as_deref(),
+            Some("café")
+        );
+        assert_eq!(Peek::of(b"[1]"), Peek::default());
+        assert_eq!(Peek::of(br#"{"model":7,"stream":"yes"}"#), Peek::default());
     }
 
     #[test]

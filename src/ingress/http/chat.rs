@@ -7,7 +7,6 @@
 //! its status, after fallbacks), `data: <chunk>` events, then `data: [DONE]` — or one
 //! `data: {"error": ...}` event if the stream broke, and the end.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +15,6 @@ use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Body as _, Frame, Incoming};
 use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -28,30 +26,7 @@ use crate::engine::ChatOutcome;
 use crate::ingress::chat::{STREAM_BUFFER, guarded, shut_down};
 use crate::protocol::ErrorKind;
 use crate::protocol::headers::{self, RequestOptions};
-
-/// What the door reads of the body before the engine does: where it goes, and whether it
-/// streams. Anything else (and a body that is not JSON) is the engine's to judge.
-#[derive(Default)]
-struct Peek {
-    model: Option<String>,
-    stream: Option<bool>,
-}
-
-impl Peek {
-    /// Read as the engine reads the body, a key given twice by its last value: the model a key
-    /// is checked for must be the model the engine routes (a struct would refuse the repeated
-    /// key, and the door would check the default group instead).
-    fn of(body: &[u8]) -> Self {
-        let Ok(fields) = serde_json::from_slice::<HashMap<String, &RawValue>>(body) else {
-            return Self::default();
-        };
-        let field = |name: &str| fields.get(name).map(|v| v.get());
-        Self {
-            model: field("model").and_then(|v| serde_json::from_str(v).ok()),
-            stream: field("stream").and_then(|v| serde_json::from_str(v).ok()),
-        }
-    }
-}
+use crate::protocol::request::Peek;
 
 /// What a POST asks the engine for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
