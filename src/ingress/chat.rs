@@ -141,7 +141,11 @@ async fn handle(
     let mut options = RequestOptions::from_lookup(
         |name| header(msg.headers.as_ref(), name),
         engine.limits().max_deadline,
-    );
+    )
+    .map(|o| RequestOptions {
+        endpoints: subjects.endpoints(),
+        ..o
+    });
     // The id is fixed here, so that a reply made outside the engine names it too.
     let request_id = headers::settle_request_id(&mut options);
     let streaming = door == Door::Chat && may_stream(&msg.payload);

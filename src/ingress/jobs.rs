@@ -308,6 +308,7 @@ impl Jobs {
             .map(|mut o| {
                 // The job id names the request in logs unless the caller named it.
                 o.request_id.get_or_insert_with(|| job.id.clone());
+                o.endpoints = self.subjects.endpoints();
                 o
             }),
         };

@@ -31,15 +31,33 @@ pub struct Subjects {
     prefix: String,
     chat: String,
     embed: String,
+    endpoints: Endpoints,
 }
 
 impl Subjects {
     pub fn new(prefix: &str) -> Self {
+        let endpoints = if prefix == "llm" {
+            Endpoints::NATS
+        } else {
+            // Leaked once per `Subjects` (serve builds two), so that a request's options carry
+            // the wording as two `&'static str`, copied for free, whatever the prefix.
+            let leak = |door: &str| &*Box::leak(format!("{prefix}.{door}.<task>").into_boxed_str());
+            Endpoints {
+                chat: leak("chat"),
+                embed: leak("embed"),
+            }
+        };
         Self {
             prefix: prefix.to_string(),
             chat: format!("{prefix}.chat."),
             embed: format!("{prefix}.embed."),
+            endpoints,
         }
+    }
+
+    /// How error messages name this door's subjects (`llm.chat.<task>`, under this prefix).
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints
     }
 
     /// `llm.chat.>`: every synchronous request.
@@ -177,6 +195,15 @@ mod tests {
             Subjects::new("acme.llm").task_of("acme.llm.chat.x"),
             Some("x")
         );
+    }
+
+    /// Error messages name the subjects of the prefix in use, not the default's.
+    #[test]
+    fn endpoints_follow_the_prefix() {
+        assert_eq!(Subjects::new("llm").endpoints(), Endpoints::NATS);
+        let e = Subjects::new("acme.llm").endpoints();
+        assert_eq!(e.chat, "acme.llm.chat.<task>");
+        assert_eq!(e.embed, "acme.llm.embed.<task>");
     }
 
     #[test]
