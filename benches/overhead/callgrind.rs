@@ -26,23 +26,22 @@ pub fn available() -> bool {
     })
 }
 
-/// Runs `program args` under callgrind, waits for `ready`, warms it up with `warmup` requests
-/// and returns the instructions per request over `n` more.
+/// Runs `program args` under callgrind, waits until `start` says where its door is (it reads
+/// the process's first line or waits for its NATS endpoints), warms it up with `warmup`
+/// requests and returns the instructions per request over `n` more.
 #[allow(
     clippy::too_many_arguments,
     reason = "one call site, each argument named there"
 )]
 pub async fn per_request(
-    client: &async_nats::Client,
     program: &Path,
     args: &[String],
     env: &[(&str, &str)],
     out: &Path,
-    subject: &str,
     body: &Bytes,
     warmup: usize,
     n: usize,
-    ready: impl AsyncFnOnce(&mut Proc),
+    start: impl AsyncFnOnce(&mut Proc) -> load::Door,
 ) -> Result<f64, String> {
     let _ = std::fs::remove_file(out);
     let mut cmd = Command::new("valgrind");
@@ -55,11 +54,7 @@ pub async fn per_request(
         cmd.env(k, v);
     }
     let mut proc = Proc::spawn(&mut cmd, &out.with_extension("log"));
-    ready(&mut proc).await;
-    let door = load::Door::Nats {
-        client: client.clone(),
-        subject: subject.to_string(),
-    };
+    let door = start(&mut proc).await;
     let warm = load::sequential(&door, body, warmup).await;
     if warm.errors > 0 {
         return Err(format!(

@@ -17,8 +17,9 @@
 //! Loads: sequential, 64 in flight, open loop at 1k/2k/5k requests/s. Prints a table and the
 //! engine/floor ratios, and writes `target/bench/overhead.json`.
 //! Then each target but failover is started once more under valgrind's callgrind and its
-//! user-space instructions per request counted over 2,000 sequential requests (`callgrind.rs`):
-//! the figure that stays put when the machine's timings drift.
+//! user-space instructions per request counted over 2,000 sequential requests on its own door
+//! (`callgrind.rs`), the HTTP door's against the HTTP floor's: the figure that stays put when
+//! the machine's timings drift.
 //! Flags (after `--`): `--quick` for a smoke run, `--soak 300s` to add a memory soak, `--only
 //! engine` to run one target (e.g. under a profiler; `--only http-floor,engine-http` for a list),
 //! `--no-callgrind` to skip the counts.
@@ -297,18 +298,15 @@ async fn bench(plan: Plan) {
             rows.push(row);
         }
     }
-    let mut subjects = Vec::new();
+    let mut doors = Vec::new();
     for (target, proc, door, body) in running {
         if let (Some(d), "engine") = (plan.soak, target) {
             soak(&door, &body, &proc, d).await;
         }
         proc.stop();
-        // Instructions are counted over NATS only.
-        if let load::Door::Nats { subject, .. } = door {
-            subjects.push((target, subject));
-        }
+        doors.push((target, door, body));
     }
-    let instructions = instructions(&plan, &client, &nats.url(), &upstream, &subjects).await;
+    let instructions = instructions(&plan, &client, &nats.url(), &upstream, &doors).await;
     up.child.kill().ok();
 
     let mut report = String::new();
@@ -336,12 +334,19 @@ async fn bench(plan: Plan) {
             "\ninstructions per request (callgrind, {} sequential, all threads, user space):\n",
             plan.counted
         ));
-        let floor = instructions
-            .iter()
-            .find(|(t, _)| *t == "floor")
-            .map(|(_, n)| *n);
+        // Each against its own floor: the HTTP door against the bare HTTP passthrough.
+        let floor_of = |t: &str| match t {
+            "http-floor" | "engine-http" => "http-floor",
+            _ => "floor",
+        };
         for (target, n) in &instructions {
-            let ratio = floor.map_or(String::new(), |f| format!("  {:.2}x the floor", n / f));
+            let floor = instructions
+                .iter()
+                .find(|(t, _)| *t == floor_of(target))
+                .map(|(_, n)| *n);
+            let ratio = floor.map_or(String::new(), |f| {
+                format!("  {:.2}x {}", n / f, floor_of(target))
+            });
             report.push_str(&format!("{target:<16} {:>8.1} k{ratio}\n", n / 1000.0));
         }
     }
@@ -409,7 +414,7 @@ async fn instructions(
     client: &async_nats::Client,
     nats: &str,
     upstream: &str,
-    subjects: &[(&'static str, String)],
+    doors: &[(&'static str, load::Door, Bytes)],
 ) -> Vec<(&'static str, f64)> {
     if plan.counted == 0 {
         return Vec::new();
@@ -420,48 +425,61 @@ async fn instructions(
     }
     let dir = out_dir();
     let me = std::env::current_exe().expect("own path");
-    let body = Bytes::from_static(REQUEST.as_bytes());
     let mut counts = Vec::new();
-    for (target, subject) in subjects {
+    for (target, door, body) in doors {
         if *target == "engine-failover" {
             continue;
         }
         eprintln!("{target}: counting instructions under callgrind");
         let out = dir.join(format!("callgrind.{target}.out"));
-        let floor = *target == "floor";
-        let (program, args, env) = if floor {
-            let args = vec!["--floor".to_string(), nats.into(), upstream.into()];
-            (me.clone(), args, vec![])
-        } else {
-            let config = dir.join(format!("{target}.toml"));
-            let args = vec![
-                "serve".to_string(),
-                "--config".into(),
-                config.display().to_string(),
-            ];
-            (engine_bin(), args, vec![("SWITCHYARD_INSTANCE", *target)])
-        };
-        let prefix = target.replace('-', "_");
-        let ready = async |p: &mut Proc| {
-            if floor {
-                assert_eq!(p.read_line(), "ready");
-            } else {
-                wait_ready(client, &prefix).await;
+        let (program, args, env) = match *target {
+            "floor" => (
+                me.clone(),
+                vec!["--floor".to_string(), nats.into(), upstream.into()],
+                vec![],
+            ),
+            "http-floor" => (
+                me.clone(),
+                vec!["--http-floor".to_string(), upstream.into()],
+                vec![],
+            ),
+            _ => {
+                let config = dir.join(format!("{target}.toml"));
+                let args = vec![
+                    "serve".to_string(),
+                    "--config".into(),
+                    config.display().to_string(),
+                ];
+                (engine_bin(), args, vec![("SWITCHYARD_INSTANCE", *target)])
             }
         };
-        let result = callgrind::per_request(
-            client,
-            &program,
-            &args,
-            &env,
-            &out,
-            subject,
-            &body,
-            200,
-            plan.counted,
-            ready,
-        )
-        .await;
+        let prefix = target.replace('-', "_");
+        // Where the process under callgrind answers: the floor says `ready`, the HTTP floor its
+        // (new) port; an engine is ready when its NATS endpoints answer, on the door (and, for
+        // the HTTP door, the port of its config) of the timed run.
+        let start = async |p: &mut Proc| match *target {
+            "floor" => {
+                assert_eq!(p.read_line(), "ready");
+                door.clone()
+            }
+            "http-floor" => {
+                let url = format!("http://127.0.0.1:{}/v1/chat/completions", p.read_line());
+                match door {
+                    load::Door::Http { client, .. } => load::Door::Http {
+                        client: client.clone(),
+                        url,
+                    },
+                    other => other.clone(),
+                }
+            }
+            _ => {
+                wait_ready(client, &prefix).await;
+                door.clone()
+            }
+        };
+        let result =
+            callgrind::per_request(&program, &args, &env, &out, body, 200, plan.counted, start)
+                .await;
         match result {
             Ok(n) => {
                 eprintln!("{target}: {:.1} k instructions per request", n / 1000.0);

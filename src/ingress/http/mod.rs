@@ -286,12 +286,39 @@ fn failure(e: &HttpError, llm: Vec<(&'static str, String)>) -> Response<Body> {
 /// failing the reply.
 fn with_headers(mut r: Response<Body>, llm: Vec<(&'static str, String)>) -> Response<Body> {
     for (name, value) in llm {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::try_from(value),
-        ) {
+        if let (Some(n), Ok(v)) = (header_name(name), HeaderValue::try_from(value)) {
             r.headers_mut().insert(n, v);
         }
     }
     r
+}
+
+/// A reply header's name in HTTP's lower case. The `Llm-*` names a reply carries are made once
+/// (`HeaderName::from_bytes` lower-cases and copies the name on every reply); a clone of one is
+/// a reference count.
+fn header_name(name: &'static str) -> Option<HeaderName> {
+    use crate::protocol::headers as h;
+    static NAMES: std::sync::LazyLock<Vec<(&'static str, HeaderName)>> =
+        std::sync::LazyLock::new(|| {
+            [
+                h::REQUEST_ID,
+                h::DEPLOYMENT,
+                h::PROVIDER,
+                h::ATTEMPTS,
+                h::FALLBACK,
+                h::LATENCY_MS,
+                h::COST_USD,
+                h::EMBEDDING_SPACE,
+                h::ROUTE_REASON,
+                h::ERROR,
+                h::STREAM,
+            ]
+            .into_iter()
+            .filter_map(|n| Some((n, HeaderName::from_bytes(n.as_bytes()).ok()?)))
+            .collect()
+        });
+    match NAMES.iter().find(|(n, _)| *n == name) {
+        Some((_, made)) => Some(made.clone()),
+        None => HeaderName::from_bytes(name.as_bytes()).ok(),
+    }
 }
