@@ -131,15 +131,22 @@ impl ChatRequest {
             }
             Some(_) => return Err(bad("`extra_body` must be an object")),
         };
+        // Each value borrows from `bytes` (serde_json reads a slice in place), so its offset is
+        // where it starts in them; should one ever not, the body is parsed whole instead.
         let base = bytes.as_ptr() as usize;
-        let members = top
+        let span = |v: &RawValue| {
+            let at = (v.get().as_ptr() as usize).checked_sub(base)?;
+            let end = at.checked_add(v.get().len())?;
+            (end <= bytes.len()).then_some(at..end)
+        };
+        let Some(members) = top
             .0
             .into_iter()
-            .map(|(k, v)| {
-                let at = v.get().as_ptr() as usize - base;
-                (k.into_owned(), at..at + v.get().len())
-            })
-            .collect();
+            .map(|(k, v)| Some((k.into_owned(), span(v)?)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Self::parse_whole(&bytes);
+        };
         Ok(Self::new(
             fields,
             Some(Raw { bytes, members }),
