@@ -221,6 +221,19 @@ impl Engine {
         body: &[u8],
         sink: Option<&mpsc::Sender<Bytes>>,
     ) -> ChatOutcome {
+        self.chat_read(task, options, body, None, sink).await
+    }
+
+    /// `chat` for a door that has read the body already (the HTTP door does, to check a key
+    /// against the model): `read` is `ChatRequest::parse(body)`, which is then not done twice.
+    pub async fn chat_read(
+        &self,
+        task: &str,
+        options: RequestOptions,
+        body: &[u8],
+        read: Option<ChatRequest>,
+        sink: Option<&mpsc::Sender<Bytes>>,
+    ) -> ChatOutcome {
         let started = Instant::now();
         let request_id: Arc<str> = match &options.request_id {
             Some(id) => id.as_str().into(),
@@ -228,7 +241,7 @@ impl Engine {
         };
         let span = request_span(&request_id, task, "chat");
         // A request that streams says so in its body; the reply then closes the stream.
-        let (result, streamed) = match span.in_scope(|| self.read(&options, body, sink)) {
+        let (result, streamed) = match span.in_scope(|| self.read(&options, body, read, sink)) {
             Ok((req, strategy)) => {
                 let streamed = req.stream;
                 let ask = Ask {
@@ -341,11 +354,15 @@ impl Engine {
         &self,
         options: &RequestOptions,
         body: &[u8],
+        read: Option<ChatRequest>,
         sink: Option<&mpsc::Sender<Bytes>>,
     ) -> Result<(ChatRequest, Option<Strategy>), Failed> {
         let invalid = |m: String| Failed::new(ErrorKind::InvalidRequest, m);
         let strategy = self.checked(options, body)?;
-        let req = ChatRequest::parse(body).map_err(|InvalidRequest(m)| invalid(m))?;
+        let req = match read {
+            Some(req) => req,
+            None => ChatRequest::parse(body).map_err(|InvalidRequest(m)| invalid(m))?,
+        };
         if let Some(model) = &req.model {
             tracing::Span::current().record("gen_ai.request.model", model.as_str());
         }

@@ -114,7 +114,8 @@ pub(super) async fn admit<'a>(
             args.cluster.instance(),
             args.adapter.config.timeout,
         );
-        match tokio::time::timeout(args.cluster.sync_timeout(), claim).await {
+        // On the heap, as the cluster window's round trip: rare, and large.
+        match Box::pin(tokio::time::timeout(args.cluster.sync_timeout(), claim)).await {
             Ok(Ok(true)) => report.probe_claim = Some((kv, args.name.clone())),
             Ok(Ok(false)) => {
                 report.refused();
@@ -279,7 +280,14 @@ async fn call_inner(
         fate,
     };
     let (limit, expired) = bound(args.adapter.config.timeout, call.deadline, report.started);
-    let result = match tokio::time::timeout(limit, args.adapter.call(&call.req, ctx)).await {
+    // The provider call (reqwest's future within) on the heap: held inline, its kilobytes would
+    // be copied again by every future that awaits this one, up to the request's task.
+    let result = match Box::pin(tokio::time::timeout(
+        limit,
+        args.adapter.call(&call.req, ctx),
+    ))
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(expired),
     };

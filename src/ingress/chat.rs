@@ -87,11 +87,13 @@ pub async fn serve(
         };
         let (client, engine, subjects) = (client.clone(), engine.clone(), subjects.clone());
         let (counters, abort) = (counters.clone(), abort.clone());
-        tracker.spawn(async move {
+        // Boxed: the runtime copies a task's future whole when it spawns and when it ends it,
+        // and this one is kilobytes.
+        tracker.spawn(Box::pin(async move {
             let error = handle(msg, &client, &engine, &subjects, &abort, door).await;
             drop(place);
             counters.record(started, error);
-        });
+        }));
     }
 }
 
@@ -224,16 +226,53 @@ pub(super) async fn publish(
         None => outcome,
     };
     let reply = outcome.into_reply();
-    let mut headers = HeaderMap::new();
-    for (name, value) in reply.headers {
-        // The name is a constant of ours (not checked or copied again), the value moves in.
-        headers.insert(async_nats::HeaderName::from_static(name), value);
-    }
+    let headers = nats_headers(reply.headers);
     if let Err(e) = client
         .publish_with_headers(reply_to, headers, reply.body)
         .await
     {
         warn!(error = %e, "could not publish a reply");
+    }
+}
+
+/// A reply's headers as async-nats sends them.
+fn nats_headers(pairs: Vec<(&'static str, String)>) -> HeaderMap {
+    let mut headers = sized_for(&pairs);
+    for (name, value) in pairs {
+        // The name is a constant of ours (not checked or copied again), the value moves in.
+        headers.insert(async_nats::HeaderName::from_static(name), value);
+    }
+    headers
+}
+
+/// The header names of a served, unstreamed chat reply, in `Reply::success`'s order.
+const SERVED: [&str; 8] = [
+    headers::REQUEST_ID,
+    headers::DEPLOYMENT,
+    headers::PROVIDER,
+    headers::ATTEMPTS,
+    headers::FALLBACK,
+    headers::ROUTE_REASON,
+    headers::LATENCY_MS,
+    headers::COST_USD,
+];
+
+/// A map to fill with `reply`'s headers. async-nats's `HeaderMap` is a `HashMap` that starts
+/// with no room, so eight inserts grow it, and rehash it, twice; the clone of a map that holds
+/// exactly these names (empty values, each overwritten by the inserts) has its room already.
+/// That is the usual reply; any other set of names starts from an empty map.
+fn sized_for(reply: &[(&'static str, String)]) -> HeaderMap {
+    static SERVED_MAP: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+        let mut h = HeaderMap::new();
+        for name in SERVED {
+            h.insert(async_nats::HeaderName::from_static(name), "");
+        }
+        h
+    });
+    if reply.iter().map(|(n, _)| *n).eq(SERVED) {
+        SERVED_MAP.clone()
+    } else {
+        HeaderMap::new()
     }
 }
 
@@ -318,6 +357,47 @@ pub fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str>
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn a_reply_carries_its_own_headers_whether_or_not_its_map_was_made_ahead() {
+        use crate::protocol::reply::ServedBy;
+        let by = ServedBy {
+            deployment: "fast-a",
+            provider: "openai",
+            attempts: 2,
+            fallback: true,
+            route_reason: "task table",
+            cost_usd: 0.000_03,
+            space: None,
+        };
+        let served = crate::protocol::Reply::success(
+            "r-1",
+            false,
+            std::time::Duration::from_millis(7),
+            &by,
+            Bytes::new(),
+        );
+        // The served reply takes the map made ahead; were its order to change, it would
+        // quietly take the slow way, so hold it to the list.
+        assert!(served.headers.iter().map(|(n, _)| *n).eq(SERVED));
+        let h = nats_headers(served.headers);
+        assert_eq!(h.len(), 8);
+        assert_eq!(h.get(headers::DEPLOYMENT).unwrap().as_str(), "fast-a");
+        assert_eq!(h.get(headers::ATTEMPTS).unwrap().as_str(), "2");
+        assert_eq!(h.get(headers::REQUEST_ID).unwrap().as_str(), "r-1");
+        assert!(
+            h.iter()
+                .all(|(_, v)| v.len() == 1 && !v[0].as_str().is_empty())
+        );
+
+        // Any other set of names: only its own, none of a served reply's left over.
+        let failed = Failed::new(ErrorKind::Timeout, "too slow");
+        let outcome = ChatOutcome::failed("r-2".into(), failed, false);
+        let h = nats_headers(outcome.into_reply().headers);
+        assert_eq!(h.get(headers::ERROR).unwrap().as_str(), "timeout");
+        assert!(h.get(headers::DEPLOYMENT).is_none());
+        assert!(h.get(headers::COST_USD).is_none());
+    }
 
     #[tokio::test]
     async fn a_panic_in_the_engine_becomes_an_internal_reply_naming_the_request() {

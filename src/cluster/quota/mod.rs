@@ -280,6 +280,21 @@ impl ClusterWindow {
             self.share().admitted(estimate, super::wall_ms());
             return Take::Taken(t);
         }
+        // On the heap: the bucket's round trip is a large future, and held inline it would make
+        // every attempt's future (and each one that awaits it, up to the request's task) as
+        // large, copied whole at each level on every request, lease or not.
+        Box::pin(self.take_from_bucket(kv, class, estimate, share, timeout)).await
+    }
+
+    /// `take` when the lease has no room: a turn at the bucket, shared with the attempts queued.
+    async fn take_from_bucket(
+        self: &Arc<Self>,
+        kv: &Arc<Store>,
+        class: Class,
+        estimate: u64,
+        share: f64,
+        timeout: Duration,
+    ) -> Take {
         let cap = |l: u64| (l as f64 * share).floor() as u64;
         let ask = Ask {
             class,

@@ -24,6 +24,7 @@ use super::{Body, Busy, Door, ENDPOINTS, JSON, failure, whole, with_headers};
 use crate::deployment::opened::{self, OpenedCell};
 use crate::engine::ChatOutcome;
 use crate::ingress::chat::{STREAM_BUFFER, guarded, shut_down};
+use crate::protocol::ChatRequest;
 use crate::protocol::ErrorKind;
 use crate::protocol::headers::{self, RequestOptions};
 use crate::protocol::request::Peek;
@@ -52,7 +53,19 @@ pub(super) async fn handle(
         Ok(b) => b,
         Err(e) => return failure(&e, Vec::new()),
     };
-    let peek = Peek::of(&body);
+    // A chat body is read here once, for the model a key is checked against, and handed to the
+    // engine read; a body that does not read is peeked at, and the engine words its refusal.
+    let read = match work {
+        Work::Chat => ChatRequest::parse(&body).ok(),
+        Work::Embed => None,
+    };
+    let peek = match &read {
+        Some(r) => Peek {
+            model: r.model.clone(),
+            stream: Some(r.stream),
+        },
+        None => Peek::of(&body),
+    };
     let Some(pick) = door.models.pick(peek.model.as_deref()) else {
         return failure(
             &HttpError::unknown_model(peek.model.as_deref().unwrap_or_default()),
@@ -106,6 +119,7 @@ pub(super) async fn handle(
                 task,
                 options: o,
                 body,
+                read,
                 request_id,
                 key,
                 first_group,
@@ -117,7 +131,7 @@ pub(super) async fn handle(
     let served = async {
         match options {
             Ok(o) if work == Work::Embed => Box::pin(engine.embed(&task, o, &body)).await,
-            Ok(o) => Box::pin(engine.chat(&task, o, &body, None)).await,
+            Ok(o) => Box::pin(engine.chat_read(&task, o, &body, read, None)).await,
             Err(why) => engine.refuse(&task, request_id.clone(), why),
         }
     };
@@ -171,6 +185,8 @@ struct Streamed {
     task: String,
     options: RequestOptions,
     body: Bytes,
+    /// The body as the door read it, for the engine.
+    read: Option<ChatRequest>,
     request_id: Arc<str>,
     key: Option<usize>,
     /// The group the route starts in, if known: a stream served elsewhere fell back.
@@ -205,13 +221,14 @@ async fn stream(
                 task,
                 options,
                 body,
+                read,
                 request_id,
                 key,
                 ..
             } = ask;
             let work = opened::watch(cell, async {
                 let tx = tx;
-                Box::pin(engine.chat(&task, options, &body, Some(&tx))).await
+                Box::pin(engine.chat_read(&task, options, &body, read, Some(&tx))).await
             });
             let outcome = tokio::select! {
                 o = guarded(work, &engine, &request_id, true) => o,
