@@ -6,13 +6,37 @@
 use futures::StreamExt;
 
 pub const SUBJECT: &str = "bench.floor";
+/// The floor that also answers with the contract's reply headers (docs/contract.md §2).
+pub const SUBJECT_HEADERS: &str = "bench.floor-headers";
 
-pub async fn run(nats_url: &str, upstream: &str) {
+/// The `Llm-*` headers of a served reply, as the engine sends them for the bench's request (the
+/// same names, the same lengths): what the contract's wire format costs the caller's client and
+/// nats-server, apart from any work of the engine's.
+fn reply_headers() -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("Llm-Request-Id", "ddfe1eae-bc88-4aa1-8215-79c8a0e92c27"),
+        ("Llm-Deployment", "fast-b"),
+        ("Llm-Provider", "openai"),
+        ("Llm-Attempts", "1"),
+        ("Llm-Fallback", "false"),
+        ("Llm-Route-Reason", "task table"),
+        ("Llm-Latency-Ms", "3"),
+        ("Llm-Cost-Usd", "0.0000306"),
+    ] {
+        h.insert(name, value);
+    }
+    h
+}
+
+/// `headers`: answer with `reply_headers()` too, on `SUBJECT_HEADERS`.
+pub async fn run(nats_url: &str, upstream: &str, headers: bool) {
+    let subject = if headers { SUBJECT_HEADERS } else { SUBJECT };
     let client = async_nats::connect(nats_url).await.expect("floor: connect");
     let http = switchyard::providers::http::client().expect("http client");
     let url = format!("{upstream}/v1/chat/completions");
     let mut sub = client
-        .queue_subscribe(SUBJECT, "floor".into())
+        .queue_subscribe(subject, "floor".into())
         .await
         .expect("floor: subscribe");
     // The server has the subscription once a flush round trip is done.
@@ -32,7 +56,13 @@ pub async fn run(nats_url: &str, upstream: &str) {
                 Ok(r) => r.bytes().await.unwrap_or_default(),
                 Err(_) => Default::default(),
             };
-            let _ = client.publish(reply, body).await;
+            let _ = if headers {
+                client
+                    .publish_with_headers(reply, reply_headers(), body)
+                    .await
+            } else {
+                client.publish(reply, body).await
+            };
         });
     }
 }

@@ -69,8 +69,15 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     match args.get(1).map(String::as_str) {
         Some("--upstream") => rt.block_on(upstream::run()),
-        Some("--floor") => rt.block_on(floor::run(&args[2], &args[3])),
+        Some("--floor") => rt.block_on(floor::run(
+            &args[2],
+            &args[3],
+            args.get(4).is_some_and(|a| a == "headers"),
+        )),
         Some("--http-floor") => rt.block_on(floor::run_http(&args[2])),
+        // `--drive <nats url> <subject> <n> [in flight]`: load on a target started by hand (to
+        // watch it with `perf stat` or `strace -c`); prints the summary.
+        Some("--drive") => rt.block_on(drive(&args[2..])),
         _ => {
             let quick = args.iter().any(|a| a == "--quick");
             let soak = args
@@ -87,6 +94,7 @@ fn main() {
             let no_callgrind = args.iter().any(|a| a == "--no-callgrind");
             let targets = [
                 "floor",
+                "floor-headers",
                 "engine",
                 "engine-local",
                 "engine-failover",
@@ -125,6 +133,23 @@ fn main() {
             rt.block_on(bench(plan));
         }
     }
+}
+
+async fn drive(args: &[String]) {
+    let client = async_nats::connect(&args[0]).await.expect("connect");
+    let door = load::Door::Nats {
+        client,
+        subject: args[1].clone(),
+    };
+    let n: usize = args[2].parse().expect("n");
+    let in_flight: usize = args.get(3).map_or(1, |c| c.parse().expect("in flight"));
+    let body = Bytes::from_static(REQUEST.as_bytes());
+    let sample = if in_flight > 1 {
+        load::closed_loop(&door, &body, in_flight, n).await
+    } else {
+        load::sequential(&door, &body, n).await
+    };
+    println!("{:?}", sample.summary());
 }
 
 struct Row {
@@ -177,13 +202,21 @@ async fn bench(plan: Plan) {
     };
     for &target in &plan.targets {
         let (proc, door, body) = match target {
-            "floor" => {
+            "floor" | "floor-headers" => {
+                let headers = target == "floor-headers";
                 let mut p = Proc::spawn(
-                    Command::new(&me).args(["--floor", &nats.url(), &upstream]),
-                    &dir.join("floor.log"),
+                    Command::new(&me)
+                        .args(["--floor", &nats.url(), &upstream])
+                        .args(headers.then_some("headers")),
+                    &dir.join(format!("{target}.log")),
                 );
                 assert_eq!(p.read_line(), "ready");
-                (p, nats_door(floor::SUBJECT.to_string()), body.clone())
+                let subject = if headers {
+                    floor::SUBJECT_HEADERS
+                } else {
+                    floor::SUBJECT
+                };
+                (p, nats_door(subject.to_string()), body.clone())
             }
             "http-floor" => {
                 let mut p = Proc::spawn(
@@ -356,12 +389,21 @@ async fn bench(plan: Plan) {
     }
     report.push_str("\n\nengine vs floor, same load:\n");
     let mut ratios = Vec::new();
-    for target in ["engine", "engine-local", "engine-failover", "engine-http"] {
-        let floor = if target == "engine-http" {
-            "http-floor"
-        } else {
-            "floor"
-        };
+    // The NATS targets against both floors: the bare one (issue #14's), and the one that answers
+    // with the same `Llm-*` headers, which separates what the contract's reply costs the
+    // caller's client and nats-server from the engine's own work.
+    let pairs = [
+        ("engine", "floor"),
+        ("engine-local", "floor"),
+        ("engine-failover", "floor"),
+        ("engine-http", "http-floor"),
+        ("engine", "floor-headers"),
+        ("engine-local", "floor-headers"),
+    ];
+    for (target, floor) in pairs {
+        if floor == "floor-headers" && target == "engine" {
+            report.push_str("\nthe same against the floor that sends the reply's headers:\n");
+        }
         for r in rows.iter().filter(|r| r.target == target) {
             let Some(f) = rows.iter().find(|f| f.target == floor && f.load == r.load) else {
                 continue;
@@ -380,7 +422,7 @@ async fn bench(plan: Plan) {
             report.push_str(&line);
             report.push('\n');
             ratios.push(json!({
-                "target": target, "load": r.load,
+                "target": target, "floor": floor, "load": r.load,
                 "added_p50_us": r.s.p50_us - f.s.p50_us, "added_p99_us": r.s.p99_us - f.s.p99_us,
                 "p50_ratio": r.s.p50_us / f.s.p50_us, "p99_ratio": r.s.p99_us / f.s.p99_us,
                 "throughput_ratio": r.s.throughput_rps / f.s.throughput_rps,
@@ -438,6 +480,16 @@ async fn instructions(
                 vec!["--floor".to_string(), nats.into(), upstream.into()],
                 vec![],
             ),
+            "floor-headers" => (
+                me.clone(),
+                vec![
+                    "--floor".to_string(),
+                    nats.into(),
+                    upstream.into(),
+                    "headers".into(),
+                ],
+                vec![],
+            ),
             "http-floor" => (
                 me.clone(),
                 vec!["--http-floor".to_string(), upstream.into()],
@@ -458,7 +510,7 @@ async fn instructions(
         // (new) port; an engine is ready when its NATS endpoints answer, on the door (and, for
         // the HTTP door, the port of its config) of the timed run.
         let start = async |p: &mut Proc| match *target {
-            "floor" => {
+            "floor" | "floor-headers" => {
                 assert_eq!(p.read_line(), "ready");
                 door.clone()
             }
