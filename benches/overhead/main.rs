@@ -75,8 +75,8 @@ fn main() {
             args.get(4).is_some_and(|a| a == "headers"),
         )),
         Some("--http-floor") => rt.block_on(floor::run_http(&args[2])),
-        // `--drive <nats url> <subject> <n> [in flight]`: load on a target started by hand (to
-        // watch it with `perf stat` or `strace -c`); prints the summary.
+        // `--drive <nats url> <subject or http url> <n> [in flight]`: load on a target started
+        // by hand (to watch it with `perf stat` or `strace -c`); prints the summary.
         Some("--drive") => rt.block_on(drive(&args[2..])),
         _ => {
             let quick = args.iter().any(|a| a == "--quick");
@@ -136,14 +136,20 @@ fn main() {
 }
 
 async fn drive(args: &[String]) {
-    let client = async_nats::connect(&args[0]).await.expect("connect");
-    let door = load::Door::Nats {
-        client,
-        subject: args[1].clone(),
+    let (door, body) = if args[1].starts_with("http://") {
+        let door = load::Door::Http {
+            client: switchyard::providers::http::client().expect("http client"),
+            url: args[1].clone(),
+        };
+        (door, REQUEST_HTTP)
+    } else {
+        let client = async_nats::connect(&args[0]).await.expect("connect");
+        let subject = args[1].clone();
+        (load::Door::Nats { client, subject }, REQUEST)
     };
     let n: usize = args[2].parse().expect("n");
     let in_flight: usize = args.get(3).map_or(1, |c| c.parse().expect("in flight"));
-    let body = Bytes::from_static(REQUEST.as_bytes());
+    let body = Bytes::from_static(body.as_bytes());
     let sample = if in_flight > 1 {
         load::closed_loop(&door, &body, in_flight, n).await
     } else {
@@ -302,20 +308,27 @@ async fn bench(plan: Plan) {
     for &rate in &plan.rates {
         loads.push((format!("open {rate}/s"), Load::Open(rate, plan.open_loop)));
     }
+    // Each sequential round's (target, p50, p99), in the order they ran.
+    let mut per_round: Vec<(&str, f64, f64)> = Vec::new();
     for (name, shape) in &loads {
         let mut merged: Vec<(load::Sample, f64, f64)> = running
             .iter()
             .map(|_| (load::Sample::default(), 0.0, 0.0))
             .collect();
-        for _ in 0..ROUNDS {
-            for (i, (_, proc, door, body)) in running.iter().enumerate() {
+        let rounds = shape.rounds();
+        for _ in 0..rounds {
+            for (i, (target, proc, door, body)) in running.iter().enumerate() {
                 let run = shape.run(door, body);
                 let (sample, cpu_pct, peak) = measure(proc, run).await;
+                if matches!(shape, Load::Sequential(_)) {
+                    let s = sample.summary();
+                    per_round.push((*target, s.p50_us, s.p99_us));
+                }
                 let m = &mut merged[i];
                 m.0.latencies_us.extend(sample.latencies_us);
                 m.0.errors += sample.errors;
                 m.0.wall += sample.wall;
-                m.1 += cpu_pct / ROUNDS as f64;
+                m.1 += cpu_pct / rounds as f64;
                 m.2 = f64::max(m.2, peak);
             }
         }
@@ -421,11 +434,21 @@ async fn bench(plan: Plan) {
             );
             report.push_str(&line);
             report.push('\n');
+            let by_round = (r.load == "sequential")
+                .then(|| median_round_difference(&per_round, target, floor))
+                .flatten();
+            if let Some((p50, p99)) = by_round {
+                report.push_str(&format!(
+                    "{:<16} {:<13} p50 {p50:+7.0} µs          p99 {p99:+7.0} µs          (median of {SEQUENTIAL_ROUNDS} rounds' differences)\n",
+                    target, "  by round",
+                ));
+            }
             ratios.push(json!({
                 "target": target, "floor": floor, "load": r.load,
                 "added_p50_us": r.s.p50_us - f.s.p50_us, "added_p99_us": r.s.p99_us - f.s.p99_us,
                 "p50_ratio": r.s.p50_us / f.s.p50_us, "p99_ratio": r.s.p99_us / f.s.p99_us,
                 "throughput_ratio": r.s.throughput_rps / f.s.throughput_rps,
+                "added_by_round_median": by_round.map(|(p50, p99)| json!({"p50_us": p50, "p99_us": p99})),
             }));
         }
     }
@@ -545,6 +568,8 @@ async fn instructions(
 
 /// Each load is run this many times per target, alternating targets.
 const ROUNDS: usize = 2;
+/// The sequential load's rounds (`Load::rounds`).
+const SEQUENTIAL_ROUNDS: usize = 10;
 
 enum Load {
     Sequential(usize),
@@ -554,14 +579,46 @@ enum Load {
 }
 
 impl Load {
-    /// One round: a share of the load's requests.
-    async fn run(&self, door: &load::Door, body: &Bytes) -> load::Sample {
-        match *self {
-            Load::Sequential(n) => load::sequential(door, body, n / ROUNDS).await,
-            Load::InFlight(c, n) => load::closed_loop(door, body, c, n / ROUNDS).await,
-            Load::Open(rate, d) => load::open_loop(door, body, rate, d / ROUNDS as u32).await,
+    /// How many rounds the load is split into. Sequential latency differs between engine and
+    /// floor by tens of µs, less than this VM drifts between minutes: ten short rounds in turn,
+    /// and the median of the rounds' differences, keep a slow minute from deciding it.
+    fn rounds(&self) -> usize {
+        match self {
+            Load::Sequential(_) => SEQUENTIAL_ROUNDS,
+            _ => ROUNDS,
         }
     }
+
+    /// One round: a share of the load's requests.
+    async fn run(&self, door: &load::Door, body: &Bytes) -> load::Sample {
+        let rounds = self.rounds();
+        match *self {
+            Load::Sequential(n) => load::sequential(door, body, n / rounds).await,
+            Load::InFlight(c, n) => load::closed_loop(door, body, c, n / rounds).await,
+            Load::Open(rate, d) => load::open_loop(door, body, rate, d / rounds as u32).await,
+        }
+    }
+}
+
+/// The median over the sequential rounds of `target`'s P50 and P99 minus `floor`'s in the same
+/// round: what the engine adds, with the minutes the VM ran slow or fast counted once each.
+fn median_round_difference(
+    per_round: &[(&str, f64, f64)],
+    target: &str,
+    floor: &str,
+) -> Option<(f64, f64)> {
+    let engine = per_round.iter().filter(|r| r.0 == target);
+    let floors = per_round.iter().filter(|r| r.0 == floor);
+    let (mut d50, mut d99): (Vec<f64>, Vec<f64>) = engine
+        .zip(floors)
+        .map(|(e, f)| (e.1 - f.1, e.2 - f.2))
+        .unzip();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
+    };
+    Some((median(&mut d50)?, median(&mut d99)?))
 }
 
 /// Runs one load against `proc` and reads its CPU (% of one core) and peak memory over the run.
