@@ -87,8 +87,17 @@ pub(super) async fn handle(
         }
     }
     let engine = &door.engine;
+    // Most callers (an OpenAI SDK) send no `Llm-*` header: one look at the names then spares
+    // six lookups, each of which lower-cases and hashes its name.
+    let llm = parts
+        .headers
+        .keys()
+        .any(|n| n.as_str().get(..4) == Some("llm-"));
     let mut options = RequestOptions::from_lookup(
-        |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
+        |name| {
+            llm.then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+        },
         engine.limits().max_deadline,
     )
     .map(|o| RequestOptions {

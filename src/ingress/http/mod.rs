@@ -285,6 +285,9 @@ fn failure(e: &HttpError, llm: Vec<(&'static str, String)>) -> Response<Body> {
 /// a valid header value (it cannot be: ids are checked at the edge) is left out rather than
 /// failing the reply.
 fn with_headers(mut r: Response<Body>, llm: Vec<(&'static str, String)>) -> Response<Body> {
+    // Room for them all at once (a map grown one insert at a time is rehashed on the way); a
+    // dozen names cannot reach the map's limit, so this does not fail.
+    let _ = r.headers_mut().try_reserve(llm.len());
     for (name, value) in llm {
         if let (Some(n), Ok(v)) = (header_name(name), HeaderValue::try_from(value)) {
             r.headers_mut().insert(n, v);
