@@ -19,6 +19,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::protocol::reply::round_usd;
+
 mod writer;
 pub use writer::Writer;
 
@@ -197,7 +199,7 @@ pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Vec<u8> {
             .and_then(|r| serde_json::from_str::<&serde_json::value::RawValue>(r).ok());
         let line = EmbedLine {
             attempts: row.attempts,
-            cost_usd: row.cost_usd,
+            cost_usd: round_usd(row.cost_usd),
             deployment: row.deployment.as_deref(),
             embedding,
             error: row.error.as_deref(),
@@ -217,7 +219,7 @@ pub fn output_line(row: &ItemRow, kind: super::job::Kind) -> Vec<u8> {
         "deployment": row.deployment,
         "attempts": row.attempts,
         "tokens": row.tokens,
-        "cost_usd": row.cost_usd,
+        "cost_usd": round_usd(row.cost_usd),
         "error": row.error,
         "via": row.via.as_str(),
     });

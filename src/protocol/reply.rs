@@ -83,6 +83,20 @@ impl Reply {
     }
 }
 
+/// Dollars to the 1e-10 as a number, as `format_usd` writes them: a cost split between the items
+/// of one call (`x * share`) is written `6.6e-7`, not `6.599999999999999e-7`.
+pub fn round_usd(x: f64) -> f64 {
+    if x > 0.0 && x < 1e-10 {
+        return 1e-10;
+    }
+    let units = (x * 1e10).round();
+    if (0.0..1.8e19).contains(&units) {
+        units / 1e10
+    } else {
+        x
+    }
+}
+
 /// Dollars to the 1e-10 (a hundredth of a micro-dollar), without float noise or trailing zeros.
 pub fn format_usd(x: f64) -> String {
     // A cost above zero is never written as 0.
@@ -124,6 +138,13 @@ mod tests {
         assert_eq!(format_usd(12.25), "12.25");
         assert_eq!(format_usd(0.1 + 0.2), "0.3");
         assert_eq!(format_usd(3e9), "3000000000");
+        // The numbers in batch output rows, rounded the same way.
+        let row = |x: f64| serde_json::to_string(&round_usd(x)).unwrap();
+        assert_eq!(row(6.599999999999999e-7), "6.6e-7");
+        assert_eq!(row(3.4000000000000003e-7), "3.4e-7");
+        assert_eq!(row(0.0000234), "0.0000234");
+        assert_eq!(row(1e-13), "1e-10");
+        assert_eq!(row(0.0), "0.0");
     }
 
     #[test]
