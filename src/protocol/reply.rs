@@ -86,30 +86,27 @@ impl Reply {
 /// Dollars to the 1e-10 as a number, as `format_usd` writes them: a cost split between the items
 /// of one call (`x * share`) is written `6.6e-7`, not `6.599999999999999e-7`.
 pub fn round_usd(x: f64) -> f64 {
-    if x > 0.0 && x < 1e-10 {
-        return 1e-10;
-    }
+    usd_units(x).map_or(x, |u| u as f64 / 1e10)
+}
+
+/// Dollars in whole 1e-10 units, where they fit an integer (below ~$1.8e9); a cost above zero is
+/// never 0 units.
+fn usd_units(x: f64) -> Option<u64> {
+    let x = if x > 0.0 && x < 1e-10 { 1e-10 } else { x };
     let units = (x * 1e10).round();
-    if (0.0..1.8e19).contains(&units) {
-        units / 1e10
-    } else {
-        x
-    }
+    // In range, so the cast is exact.
+    (0.0..1.8e19).contains(&units).then_some(units as u64)
 }
 
 /// Dollars to the 1e-10 (a hundredth of a micro-dollar), without float noise or trailing zeros.
 pub fn format_usd(x: f64) -> String {
-    // A cost above zero is never written as 0.
-    let x = if x > 0.0 && x < 1e-10 { 1e-10 } else { x };
-    // In whole 1e-10 units where they fit an integer (below ~$1.8e9): digits with itoa, not
-    // float formatting with a precision (~1k instructions on every reply).
-    let units = (x * 1e10).round();
-    if !(0.0..1.8e19).contains(&units) {
+    // Whole units written with itoa, not float formatting with a precision (~1k instructions on
+    // every reply).
+    let Some(units) = usd_units(x) else {
         let s = format!("{x:.10}");
         let s = s.trim_end_matches('0');
         return s.strip_suffix('.').unwrap_or(s).to_string();
-    }
-    let units = units as u64;
+    };
     let (whole, frac) = (units / 10_000_000_000, units % 10_000_000_000);
     let mut out = String::with_capacity(24);
     out.push_str(itoa::Buffer::new().format(whole));
