@@ -14,20 +14,22 @@ pub const SUBJECT_HEADERS: &str = "bench.floor-headers";
 /// nats-server, apart from any work of the engine's.
 fn reply_headers() -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
-    for (name, value) in [
-        ("Llm-Request-Id", "ddfe1eae-bc88-4aa1-8215-79c8a0e92c27"),
-        ("Llm-Deployment", "fast-b"),
-        ("Llm-Provider", "openai"),
-        ("Llm-Attempts", "1"),
-        ("Llm-Fallback", "false"),
-        ("Llm-Route-Reason", "task table"),
-        ("Llm-Latency-Ms", "3"),
-        ("Llm-Cost-Usd", "0.0000306"),
-    ] {
+    for (name, value) in REPLY_HEADERS {
         h.insert(name, value);
     }
     h
 }
+
+const REPLY_HEADERS: [(&str, &str); 8] = [
+    ("Llm-Request-Id", "ddfe1eae-bc88-4aa1-8215-79c8a0e92c27"),
+    ("Llm-Deployment", "fast-b"),
+    ("Llm-Provider", "openai"),
+    ("Llm-Attempts", "1"),
+    ("Llm-Fallback", "false"),
+    ("Llm-Route-Reason", "task table"),
+    ("Llm-Latency-Ms", "3"),
+    ("Llm-Cost-Usd", "0.0000306"),
+];
 
 /// `headers`: answer with `reply_headers()` too, on `SUBJECT_HEADERS`.
 pub async fn run(nats_url: &str, upstream: &str, headers: bool) {
@@ -67,8 +69,9 @@ pub async fn run(nats_url: &str, upstream: &str, headers: bool) {
     }
 }
 
-/// The HTTP floor: POSTs are forwarded to the upstream, its bytes answered; prints the port.
-pub async fn run_http(upstream: &str) {
+/// The HTTP floor: POSTs are forwarded to the upstream, its bytes answered (with the reply's
+/// `Llm-*` headers when `headers`); prints the port.
+pub async fn run_http(upstream: &str, headers: bool) {
     use http_body_util::{BodyExt, Full};
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
@@ -76,6 +79,12 @@ pub async fn run_http(upstream: &str) {
 
     let http = switchyard::providers::http::client().expect("http client");
     let url: std::sync::Arc<str> = format!("{upstream}/v1/chat/completions").into();
+    // Made once, as the engine makes its reply's names (HTTP's lower case).
+    let names: std::sync::Arc<[hyper::header::HeaderName]> = REPLY_HEADERS
+        .iter()
+        .filter(|_| headers)
+        .map(|(n, _)| hyper::header::HeaderName::from_bytes(n.as_bytes()).expect("valid name"))
+        .collect();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind http floor");
@@ -85,10 +94,10 @@ pub async fn run_http(upstream: &str) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (http, url) = (http.clone(), url.clone());
+        let (http, url, names) = (http.clone(), url.clone(), names.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (http, url) = (http.clone(), url.clone());
+                let (http, url, names) = (http.clone(), url.clone(), names.clone());
                 async move {
                     let body = req.into_body().collect().await.map(|b| b.to_bytes());
                     let reply = match body {
@@ -105,8 +114,14 @@ pub async fn run_http(upstream: &str) {
                         Err(_) => Default::default(),
                     };
                     let mut resp = hyper::Response::new(Full::new(reply));
-                    resp.headers_mut()
-                        .insert("content-type", "application/json".parse().expect("static"));
+                    let h = resp.headers_mut();
+                    h.insert("content-type", "application/json".parse().expect("static"));
+                    for (name, value) in names.iter().zip(REPLY_HEADERS) {
+                        h.insert(
+                            name.clone(),
+                            hyper::header::HeaderValue::from_static(value.1),
+                        );
+                    }
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });

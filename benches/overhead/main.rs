@@ -10,7 +10,8 @@
 //! - engine-failover: the same with the first deployment answering 503, so every request falls
 //!   back once (the breaker threshold is set out of reach so that it stays that way);
 //! - http-floor: a bare HTTP passthrough (hyper → the same HTTP client → upstream), the floor of
-//!   the HTTP door;
+//!   the HTTP door; http-floor-headers: the same answering with the engine's eight `Llm-*`
+//!   headers (what the contract's reply costs the caller's HTTP client, apart from the engine);
 //! - engine-http: `switchyard serve` with `[http] listen`, requests on `POST /v1/chat/completions`
 //!   (the engine's config, `model = "chat"`), driven by an HTTP client with keep-alive.
 //!
@@ -74,7 +75,10 @@ fn main() {
             &args[3],
             args.get(4).is_some_and(|a| a == "headers"),
         )),
-        Some("--http-floor") => rt.block_on(floor::run_http(&args[2])),
+        Some("--http-floor") => rt.block_on(floor::run_http(
+            &args[2],
+            args.get(3).is_some_and(|a| a == "headers"),
+        )),
         // `--drive <nats url> <subject or http url> <n> [in flight]`: load on a target started
         // by hand (to watch it with `perf stat` or `strace -c`); prints the summary.
         Some("--drive") => rt.block_on(drive(&args[2..])),
@@ -99,6 +103,7 @@ fn main() {
                 "engine-local",
                 "engine-failover",
                 "http-floor",
+                "http-floor-headers",
                 "engine-http",
             ]
             .into_iter()
@@ -224,10 +229,12 @@ async fn bench(plan: Plan) {
                 };
                 (p, nats_door(subject.to_string()), body.clone())
             }
-            "http-floor" => {
+            "http-floor" | "http-floor-headers" => {
                 let mut p = Proc::spawn(
-                    Command::new(&me).args(["--http-floor", &upstream]),
-                    &dir.join("http-floor.log"),
+                    Command::new(&me)
+                        .args(["--http-floor", &upstream])
+                        .args((target == "http-floor-headers").then_some("headers")),
+                    &dir.join(format!("{target}.log")),
                 );
                 let url = format!("http://127.0.0.1:{}/v1/chat/completions", p.read_line());
                 let door = load::Door::Http {
@@ -358,7 +365,7 @@ async fn bench(plan: Plan) {
     let mut report = String::new();
     report.push_str(&machine());
     report.push_str(&format!(
-        "\n{:<16} {:<13} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8}\n",
+        "\n{:<18} {:<13} {:>7} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8}\n",
         "target",
         "load",
         "n",
@@ -382,7 +389,7 @@ async fn bench(plan: Plan) {
         ));
         // Each against its own floor: the HTTP door against the bare HTTP passthrough.
         let floor_of = |t: &str| match t {
-            "http-floor" | "engine-http" => "http-floor",
+            "http-floor" | "http-floor-headers" | "engine-http" => "http-floor",
             _ => "floor",
         };
         for (target, n) in &instructions {
@@ -393,7 +400,7 @@ async fn bench(plan: Plan) {
             let ratio = floor.map_or(String::new(), |f| {
                 format!("  {:.2}x {}", n / f, floor_of(target))
             });
-            report.push_str(&format!("{target:<16} {:>8.1} k{ratio}\n", n / 1000.0));
+            report.push_str(&format!("{target:<18} {:>8.1} k{ratio}\n", n / 1000.0));
         }
     }
     report.push_str("\nidle RSS after start: ");
@@ -412,6 +419,7 @@ async fn bench(plan: Plan) {
         ("engine-http", "http-floor"),
         ("engine", "floor-headers"),
         ("engine-local", "floor-headers"),
+        ("engine-http", "http-floor-headers"),
     ];
     for (target, floor) in pairs {
         if floor == "floor-headers" && target == "engine" {
@@ -518,6 +526,15 @@ async fn instructions(
                 vec!["--http-floor".to_string(), upstream.into()],
                 vec![],
             ),
+            "http-floor-headers" => (
+                me.clone(),
+                vec![
+                    "--http-floor".to_string(),
+                    upstream.into(),
+                    "headers".into(),
+                ],
+                vec![],
+            ),
             _ => {
                 let config = dir.join(format!("{target}.toml"));
                 let args = vec![
@@ -537,7 +554,7 @@ async fn instructions(
                 assert_eq!(p.read_line(), "ready");
                 door.clone()
             }
-            "http-floor" => {
+            "http-floor" | "http-floor-headers" => {
                 let url = format!("http://127.0.0.1:{}/v1/chat/completions", p.read_line());
                 match door {
                     load::Door::Http { client, .. } => load::Door::Http {
@@ -667,7 +684,7 @@ async fn soak(door: &load::Door, body: &Bytes, proc: &Proc, d: Duration) {
 
 fn format_row(r: &Row) -> String {
     format!(
-        "{:<16} {:<13} {:>7} {:>5} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>6.0} {:>8.1}",
+        "{:<18} {:<13} {:>7} {:>5} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>9.0} {:>6.0} {:>8.1}",
         r.target,
         r.load,
         r.s.n,
