@@ -11,6 +11,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::decision::Decision;
 use super::gate::{Admitted, Refused};
+use super::reports;
 use super::{Args, Finished, Msg, Outcome, Published, Skip};
 use crate::cluster;
 use crate::cluster::quota::{ClusterWindow, Take, Taken};
@@ -667,11 +668,16 @@ impl Report<'_> {
             outcome,
             ack,
         };
-        if self
-            .actor
-            .send_message(Msg::Finished(Box::new(finished)))
-            .is_err()
-        {
+        let message = if wait {
+            Msg::Finished(Box::new(finished))
+        } else {
+            match self.published.reports.push(finished) {
+                reports::Queued::Due => return None,
+                reports::Queued::Wake => Msg::Drain,
+                reports::Queued::Full(f) => Msg::Finished(f),
+            }
+        };
+        if self.actor.send_message(message).is_err() {
             debug!("deployment actor gone before the call finished");
             return None;
         }

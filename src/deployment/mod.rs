@@ -5,10 +5,11 @@
 //! `Published` atomics — circuit state and until when, cool-down, the half-open probe flag, and
 //! `rpm`/`tpm` permits it refills from its windows — and a request admits itself there
 //! (`gate.rs`), then calls its provider in its own task. How the call went reaches the actor as
-//! `Finished`, sent without waiting for an answer (a failure or a probe waits for the actor to
-//! have applied it, so that the caller's next request sees the breaker it caused). A guard sends
-//! `Finished` even if the request's task is dropped mid-call, so in-flight counts and half-open
-//! probes are never leaked. The handler never awaits I/O.
+//! `Finished` — a message when a failure or a probe waits for the actor
+//! to have applied it (so that the caller's next request sees the breaker it caused), else
+//! queued for it and drained with the others (`reports.rs`), so that it is not woken once per
+//! call. A guard reports even if the request's task is dropped mid-call, so in-flight counts and
+//! half-open probes are never leaked. The handler never awaits I/O.
 //!
 //! In a cluster (`crate::cluster`) the actor hands its breaker's openings and closings and its
 //! cool-downs to the cluster link, and is told other instances' as `Msg::Remote`; a deployment
@@ -16,12 +17,13 @@
 //! request's task, once it has admitted itself locally.
 //!
 //! The mailbox is ractor's, which has no bound; it cannot grow without one here because every
-//! message has a bounded source: each attempt sends one `Finished` (and at a limit one
-//! `Recheck`, waited for), and attempts in flight are bounded by `limits.max_in_flight`
+//! message has a bounded source: each attempt sends one `Finished` or queues its report (and
+//! at a limit one `Recheck`, waited for), and attempts in flight are bounded by `limits.max_in_flight`
 //! (synchronous requests), `[jobs] concurrency` and each batch's `concurrency`; `Remote` comes
 //! from the one cluster sync task per record it reads, `Snapshot` and `Window` from status and
 //! the alert task, which wait for each answer before asking again, `Tick` is one timer per
-//! breaker opening and `Refresh` one timer at a time.
+//! breaker opening, `Refresh` one timer at a time, and `Drain` one timer at a time or the one
+//! message of the report that found no drain due.
 
 pub mod breaker;
 mod call;
@@ -31,6 +33,7 @@ pub mod gate;
 pub mod limiter;
 pub mod opened;
 mod published;
+mod reports;
 mod slot;
 pub mod stats;
 pub mod supervisor;
@@ -167,6 +170,8 @@ pub enum Msg {
         reply: RpcReplyPort<Room>,
     },
     Finished(Box<Finished>),
+    /// Reports are queued (`reports.rs`): drain them, and look again soon if there were some.
+    Drain,
     /// The breaker's reset timeout may have passed.
     Tick,
     /// Old calls may have left the windows: publish the room they leave.
@@ -240,6 +245,10 @@ impl Actor for DeploymentActor {
         for permits in [&p.rpm, &p.tpm].into_iter().flatten() {
             permits.reset();
         }
+        // Reports queued for the actor that died are dropped with its windows, as messages sent
+        // to it were; a drain is due again with the next report.
+        p.reports.drain(drop);
+        let _ = p.reports.settle();
         let published = args.published.clone();
         let mut state = State {
             breaker: Breaker::new(&args.breaker),
@@ -270,7 +279,15 @@ impl Actor for DeploymentActor {
         msg: Msg,
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
+        // What was queued came before this message: applied first, in order.
+        let published = state.args.published.clone();
+        let drained = published.reports.drain(|f| state.finished(&me, f));
         match msg {
+            Msg::Drain => {
+                if drained > 0 || published.reports.settle() {
+                    ractor::time::send_after(reports::SPACING, me.get_cell(), || Msg::Drain);
+                }
+            }
             Msg::Recheck { estimate, reply } => {
                 let _ = reply.send(state.recheck(&me, estimate));
             }

@@ -1,5 +1,6 @@
 //! What a deployment actor publishes for the request path to read without a mailbox round trip:
-//! circuit state, in-flight count, latency, usage, cool-down and health, all in atomics.
+//! circuit state, in-flight count, latency, usage, cool-down and health, all in atomics; and,
+//! the other way, the queue of reports the request path leaves for it (`reports.rs`).
 
 #![warn(clippy::arithmetic_side_effects)]
 
@@ -45,6 +46,8 @@ pub struct Published {
     /// outlives its actor) so that an actor restarted by the supervisor starts from them.
     pub(super) remote_circuit: arc_swap::ArcSwapOption<Remote>,
     pub(super) remote_cooldown: arc_swap::ArcSwapOption<Remote>,
+    /// Calls nobody waits for, reported to the actor without waking it for each.
+    pub(super) reports: super::reports::Reports,
 }
 
 impl Published {
@@ -64,6 +67,7 @@ impl Published {
             baseline_us: AtomicU64::new(0),
             remote_circuit: arc_swap::ArcSwapOption::empty(),
             remote_cooldown: arc_swap::ArcSwapOption::empty(),
+            reports: super::reports::Reports::default(),
         }
     }
 

@@ -19,8 +19,8 @@ mod models;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -31,7 +31,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -168,29 +167,44 @@ async fn connection(
     }
 }
 
-/// Requests of one connection in flight (a stream until its last event).
-#[derive(Default)]
+/// Requests of one connection in flight (a stream until its last event), and when the last one
+/// ended. Nothing is woken when a request starts or ends: the idle timer looks when it fires
+/// (a `Notify` here woke the connection's task twice per request, and with it, often, the
+/// runtime's other worker).
 struct ConnState {
     active: AtomicUsize,
-    changed: Notify,
+    /// Nanoseconds after `opened` at which the connection last had no request in flight.
+    quiet_since: AtomicU64,
+    opened: Instant,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            quiet_since: AtomicU64::new(0),
+            opened: Instant::now(),
+        }
+    }
 }
 
 impl ConnState {
-    /// Resolves once no request has been in flight for `idle`.
+    /// Resolves once no request has been in flight for `idle`: the timer sleeps what is left of
+    /// `idle` since the connection went quiet, or `idle` again while a request is in flight.
     async fn idle_for(&self, idle: Duration) {
+        let mut wait = idle;
         loop {
-            if self.active.load(SeqCst) == 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(idle) => {
-                        if self.active.load(SeqCst) == 0 {
-                            return;
-                        }
-                    }
-                    () = self.changed.notified() => {}
-                }
-            } else {
-                self.changed.notified().await;
+            tokio::time::sleep(wait).await;
+            if self.active.load(SeqCst) > 0 {
+                wait = idle;
+                continue;
             }
+            let since = Duration::from_nanos(self.quiet_since.load(SeqCst));
+            let quiet = self.opened.elapsed().saturating_sub(since);
+            if quiet >= idle {
+                return;
+            }
+            wait = idle.saturating_sub(quiet).max(Duration::from_millis(1));
         }
     }
 }
@@ -201,15 +215,19 @@ struct Busy(Arc<ConnState>);
 impl Busy {
     fn new(state: Arc<ConnState>) -> Self {
         state.active.fetch_add(1, SeqCst);
-        state.changed.notify_one();
         Self(state)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, SeqCst);
-        self.0.changed.notify_one();
+        let s = &self.0;
+        // The time first: a timer that sees no request in flight then sees when the last one
+        // ended. (Written by every request, not only the last: the timer reads it only once
+        // none is in flight. A connection open for 584 years saturates.)
+        let at = u64::try_from(s.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        s.quiet_since.store(at, SeqCst);
+        s.active.fetch_sub(1, SeqCst);
     }
 }
 
