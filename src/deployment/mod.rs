@@ -248,7 +248,10 @@ impl Actor for DeploymentActor {
         // Reports queued for the actor that died are dropped with its windows, as messages sent
         // to it were; a drain is due again with the next report.
         p.reports.drain(drop);
-        let _ = p.reports.settle();
+        if p.reports.settle() {
+            // One came meanwhile: it is this actor's to drain.
+            let _ = me.send_message(Msg::Drain);
+        }
         let published = args.published.clone();
         let mut state = State {
             breaker: Breaker::new(&args.breaker),
