@@ -3,10 +3,9 @@
 //! from the total it reads back, so a key's daily cap holds across instances. One key per day:
 //! a new day starts at zero without any reset.
 
-use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 
-use super::{Write, cas, key_token};
+use super::{Bucket, Write, key_token};
 
 pub fn key(day: &str, name: &str) -> String {
     format!("keyspend.{day}.{}", key_token(name))
@@ -18,7 +17,7 @@ struct Total {
 }
 
 /// Adds `units` to the total at `key` (0: only reads it); returns the total after.
-pub async fn add(kv: &Store, key: &str, units: u64) -> Result<u64, String> {
+pub async fn add(kv: &Bucket, key: &str, units: u64) -> Result<u64, String> {
     for _ in 0..8 {
         let (total, revision) = match kv.entry(key).await {
             Ok(Some(e)) => (
@@ -35,7 +34,7 @@ pub async fn add(kv: &Store, key: &str, units: u64) -> Result<u64, String> {
         }
         let after = total.saturating_add(units);
         let value = serde_json::to_vec(&Total { units: after }).unwrap_or_default();
-        match cas(kv, key, value.into(), revision).await {
+        match kv.cas(key, value.into(), revision).await {
             Ok(_) => return Ok(after),
             Err(Write::Conflict) => continue,
             Err(Write::Failed(e)) => return Err(e),

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{Operation, Store};
+use async_nats::jetstream::kv::Operation;
 use serde::{Deserialize, Serialize};
 
-use super::Write;
+use super::{Bucket, Write};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct LeaseRecord {
@@ -52,7 +52,7 @@ fn value(owner: &str, heartbeat_ms: u64) -> bytes::Bytes {
 
 /// Takes the lease if it is free, stale, or already this instance's.
 pub async fn acquire(
-    kv: &Store,
+    kv: &Bucket,
     batch_id: &str,
     me: &str,
     ttl: Duration,
@@ -78,7 +78,7 @@ pub async fn acquire(
         }
         None => 0,
     };
-    match super::cas(kv, &key, value(me, now), revision).await {
+    match kv.cas(&key, value(me, now), revision).await {
         Ok(revision) => Ok(Acquired::Mine(revision)),
         // Someone else took it first.
         Err(Write::Conflict) => Ok(Acquired::Held("another instance".into())),
@@ -87,8 +87,13 @@ pub async fn acquire(
 }
 
 /// Renews a held lease; returns its new revision.
-pub async fn renew(kv: &Store, batch_id: &str, me: &str, revision: u64) -> Result<u64, RenewError> {
-    super::cas(kv, &key(batch_id), value(me, super::wall_ms()), revision)
+pub async fn renew(
+    kv: &Bucket,
+    batch_id: &str,
+    me: &str,
+    revision: u64,
+) -> Result<u64, RenewError> {
+    kv.cas(&key(batch_id), value(me, super::wall_ms()), revision)
         .await
         .map_err(|e| match e {
             Write::Conflict => RenewError::Lost,
@@ -98,6 +103,6 @@ pub async fn renew(kv: &Store, batch_id: &str, me: &str, revision: u64) -> Resul
 
 /// Gives the lease up (heartbeat 0: stale at once), so that another instance may take the batch
 /// over without waiting for the ttl. Best effort.
-pub async fn release(kv: &Store, batch_id: &str, me: &str, revision: u64) {
-    let _ = kv.update(key(batch_id), value(me, 0), revision).await;
+pub async fn release(kv: &Bucket, batch_id: &str, me: &str, revision: u64) {
+    let _ = kv.cas(&key(batch_id), value(me, 0), revision).await;
 }

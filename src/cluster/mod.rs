@@ -22,15 +22,17 @@
 //! is retried for `rpm`/`tpm` within `sync_timeout`, then judged within the instance's fair share
 //! of each limit (`quota/share.rs`).
 
+mod bucket;
 pub mod key_spend;
 pub mod lease;
 pub mod quota;
+
+pub use bucket::{Bucket, Write};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use async_nats::jetstream::kv::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -88,7 +90,7 @@ pub struct Link {
     /// Set while the sync task runs.
     outbox: ArcSwapOption<mpsc::Sender<Publish>>,
     /// Set while the bucket is reachable.
-    kv: ArcSwapOption<Store>,
+    kv: ArcSwapOption<Bucket>,
     status: ArcSwap<ClusterStatus>,
 }
 
@@ -131,7 +133,7 @@ impl Link {
     }
 
     /// The bucket, while it is reachable.
-    pub fn kv(&self) -> Option<Arc<Store>> {
+    pub fn kv(&self) -> Option<Arc<Bucket>> {
         self.kv.load_full()
     }
 
@@ -145,7 +147,7 @@ impl Link {
     }
 
     /// The bucket while it is reachable, as the sync task finds it.
-    pub fn set_kv(&self, kv: Option<Arc<Store>>) {
+    pub fn set_kv(&self, kv: Option<Arc<Bucket>>) {
         self.kv.store(kv);
     }
 
@@ -171,32 +173,6 @@ impl Link {
             since,
             detail,
         }));
-    }
-}
-
-/// Why a compare-and-swap write did not happen.
-pub enum Write {
-    /// Someone else wrote first: read again.
-    Conflict,
-    Failed(String),
-}
-
-/// Writes `value` at `key` if its last revision is still `revision` (0: the key must not exist);
-/// returns the new revision.
-pub async fn cas(kv: &Store, key: &str, value: bytes::Bytes, revision: u64) -> Result<u64, Write> {
-    use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
-    if revision == 0 {
-        kv.create(key, value).await.map_err(|e| match e.kind() {
-            CreateErrorKind::AlreadyExists => Write::Conflict,
-            _ => Write::Failed(format!("cannot create {key}: {e}")),
-        })
-    } else {
-        kv.update(key, value, revision)
-            .await
-            .map_err(|e| match e.kind() {
-                UpdateErrorKind::WrongLastRevision => Write::Conflict,
-                _ => Write::Failed(format!("cannot update {key}: {e}")),
-            })
     }
 }
 
@@ -277,7 +253,7 @@ struct ProbeClaim {
 /// timeout): `Ok(true)` when this instance may send it, `Ok(false)` when another instance's
 /// probe is under way. Without this every instance would probe a recovering provider at once.
 pub async fn claim_probe(
-    kv: &Store,
+    kv: &Bucket,
     deployment: &str,
     instance: &str,
     hold: Duration,
@@ -285,7 +261,7 @@ pub async fn claim_probe(
     let key = probe_key(deployment);
     for _ in 0..4 {
         let now = wall_ms();
-        let revision = match kv.entry(key.as_str()).await {
+        let revision = match kv.entry(&key).await {
             Ok(Some(e)) => {
                 let held = serde_json::from_slice::<ProbeClaim>(&e.value).unwrap_or_default();
                 if held.until_ms > now {
@@ -301,7 +277,7 @@ pub async fn claim_probe(
             until_ms: now + hold.as_millis() as u64,
         };
         let value = serde_json::to_vec(&claim).unwrap_or_default().into();
-        match cas(kv, &key, value, revision).await {
+        match kv.cas(&key, value, revision).await {
             Ok(_) => return Ok(true),
             // Another instance claimed it between the read and the write.
             Err(Write::Conflict) => continue,
@@ -313,10 +289,10 @@ pub async fn claim_probe(
 
 /// Gives a finished probe's claim back, so that the next half-open period need not wait for it
 /// to expire. Best effort: an unreleased claim expires by itself.
-pub async fn release_probe(kv: &Store, deployment: &str) {
+pub async fn release_probe(kv: &Bucket, deployment: &str) {
     let key = probe_key(deployment);
     let value = serde_json::to_vec(&ProbeClaim::default()).unwrap_or_default();
-    if let Err(e) = kv.put(key.as_str(), value.into()).await {
+    if let Err(e) = kv.store().put(key.as_str(), value.into()).await {
         tracing::debug!(error = %e, key, "could not release a probe claim");
     }
 }

@@ -578,14 +578,10 @@ pub(super) struct Report<'a> {
     published: Arc<Published>,
     admitted: Admitted,
     /// The slot taken in the cluster-wide window, corrected with real usage at the end.
-    window: Option<(
-        Arc<ClusterWindow>,
-        Arc<async_nats::jetstream::kv::Store>,
-        Taken,
-    )>,
+    window: Option<(Arc<ClusterWindow>, Arc<crate::cluster::Bucket>, Taken)>,
     /// This call is the cluster's half-open probe of this deployment: its claim is released at
     /// the end.
-    probe_claim: Option<(Arc<async_nats::jetstream::kv::Store>, Arc<str>)>,
+    probe_claim: Option<(Arc<crate::cluster::Bucket>, Arc<str>)>,
     pub(super) started: Instant,
     sent: bool,
 }

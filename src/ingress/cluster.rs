@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::cluster::{
-    Link, Publish, Record, Remote, circuit_key, cooldown_key, instant_of, key_token,
+    Bucket, Link, Publish, Record, Remote, circuit_key, cooldown_key, instant_of, key_token,
 };
 use crate::config::ClusterConfig;
 use crate::deployment::Slot;
@@ -42,7 +42,7 @@ pub async fn open_bucket(
     js: &jetstream::Context,
     bucket: &str,
     replicas: usize,
-) -> Result<Store, String> {
+) -> Result<Bucket, String> {
     let config = stream::Config {
         name: format!("KV_{bucket}"),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -60,9 +60,11 @@ pub async fn open_bucket(
     super::get_or_create_stream(js, config)
         .await
         .map_err(|e| format!("cannot create stream KV_{bucket} ({replicas} replicas): {e}"))?;
-    js.get_key_value(bucket)
+    let store = js
+        .get_key_value(bucket)
         .await
-        .map_err(|e| format!("cannot open bucket {bucket}: {e}"))
+        .map_err(|e| format!("cannot open bucket {bucket}: {e}"))?;
+    Ok(Bucket::new(store, js.clone()))
 }
 
 /// Starts the sync task for `engine`; it runs until `stop`.
@@ -121,23 +123,24 @@ impl Sync {
                 break;
             }
             let opened = tokio::time::timeout(self.timeout * 2, async {
-                let store = open_bucket(&self.js, &self.bucket, self.replicas).await?;
+                let bucket = open_bucket(&self.js, &self.bucket, self.replicas).await?;
                 // Two watches rather than the whole bucket: every rpm/tpm lease writes a quota key,
                 // and no instance needs to hear of those. (One consumer with two filters needs
                 // nats-server 2.10.)
                 let mut watches = Vec::new();
                 for keys in ["circuit.>", "cooldown.>"] {
-                    let w = store
+                    let w = bucket
+                        .store()
                         .watch_with_history(keys)
                         .await
                         .map_err(|e| format!("cannot watch bucket {}: {e}", self.bucket))?;
                     watches.push(w);
                 }
-                Ok::<_, String>((store, futures::stream::select_all(watches)))
+                Ok::<_, String>((bucket, futures::stream::select_all(watches)))
             })
             .await
             .unwrap_or_else(|_| Err(format!("bucket {} did not answer", self.bucket)));
-            let (store, watch) = match opened {
+            let (bucket, watch) = match opened {
                 Ok(x) => x,
                 // A handle to the bucket from before stays set: the connection is up, and the
                 // bucket that did not answer now (a stream electing its leader) is what the
@@ -150,8 +153,9 @@ impl Sync {
                     continue;
                 }
             };
-            self.link.set_kv(Some(Arc::new(store.clone())));
-            self.republish(&store).await;
+            self.link.set_kv(Some(Arc::new(bucket.clone())));
+            let store = bucket.store();
+            self.republish(store).await;
             self.link
                 .set_status(true, format!("shared through bucket {}", self.bucket));
             // The bucket handle outlives the watch: async-nats moves the connection to a live
@@ -159,7 +163,7 @@ impl Sync {
             // when only the watch is lost would have each instance judge rpm/tpm by its own
             // windows until the watch is back, admitting up to the whole limit each. Only a real
             // loss of NATS (`wait_connected`) clears it.
-            let ended = self.serve(&store, watch, &mut rx, &stop).await;
+            let ended = self.serve(store, watch, &mut rx, &stop).await;
             match ended {
                 Ended::Stopped => break,
                 Ended::Lost(why) => self.link.set_status(false, format!("local state: {why}")),

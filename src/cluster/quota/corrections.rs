@@ -7,10 +7,10 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use async_nats::jetstream::kv::Store;
-
 use super::lease::Correction;
-use super::{CORRECTION_DELAY, ClusterWindow, Counters, SPAN_S, Taken, Write, read, record, write};
+use super::{
+    Bucket, CORRECTION_DELAY, ClusterWindow, Counters, SPAN_S, Taken, Write, read, record, write,
+};
 
 impl ClusterWindow {
     /// Replaces a slot's token estimate with the real usage. While its lease is open the lease
@@ -38,7 +38,7 @@ impl ClusterWindow {
     /// Writes the corrections no take has carried, a second from now and every second after
     /// while the bucket fails, until they are written or have left the window. What this
     /// instance admitted alone is among them: other instances must count it.
-    pub async fn flush_later(&self, kv: &Store) {
+    pub async fn flush_later(&self, kv: &Bucket) {
         loop {
             tokio::time::sleep(CORRECTION_DELAY).await;
             self.flush_scheduled.store(false, Relaxed);
@@ -58,7 +58,7 @@ impl ClusterWindow {
     }
 
     /// One try at writing the pending corrections; `false` if they are still owed.
-    pub(super) async fn flush(&self, kv: &Store) -> bool {
+    pub(super) async fn flush(&self, kv: &Bucket) -> bool {
         let mut last = self.last.lock().await;
         let folded = self.take_pending();
         if folded.is_empty() {

@@ -5,7 +5,7 @@
 //! Each deployment with a limit has one key, `quota.<deployment>`, holding request and token
 //! counts per wall-clock second for the last minute. An instance does not write there for every
 //! attempt: it takes capacity in leases (as Google's Doorman and Envoy's RLQS hand out quota). One
-//! compare-and-swap on the key (`kv.update` on the revision read, retried on conflict) reserves a
+//! compare-and-swap on the key (`Bucket::cas` on the revision read, retried on conflict) reserves a
 //! block of requests and tokens; the attempts of this instance spend it locally, under a std mutex
 //! per deployment that is never held across an await, until the block runs out or `LEASE_LIFE`
 //! has passed. Whatever a lease did not spend goes back to the key as a negative correction.
@@ -53,12 +53,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv::Store;
 use bytes::Bytes;
 use rand::Rng;
 use tokio::sync::oneshot;
 
-use super::Write;
+use super::{Bucket, Write};
 use corrections::{apply, unsure};
 use lease::{
     Book, CLASSES, Class, Correction, LEASE_LIFE, Lease, lease_second, negative, prefetch,
@@ -270,7 +269,7 @@ impl ClusterWindow {
     /// that gives back what it left when it expires.
     pub async fn take(
         self: &Arc<Self>,
-        kv: &Arc<Store>,
+        kv: &Arc<Bucket>,
         estimate: u64,
         share: f64,
         timeout: Duration,
@@ -289,7 +288,7 @@ impl ClusterWindow {
     /// `take` when the lease has no room: a turn at the bucket, shared with the attempts queued.
     async fn take_from_bucket(
         self: &Arc<Self>,
-        kv: &Arc<Store>,
+        kv: &Arc<Bucket>,
         class: Class,
         estimate: u64,
         share: f64,
@@ -337,7 +336,7 @@ impl ClusterWindow {
 
     /// Judges an attempt the bucket did not answer within this instance's share of the limits,
     /// and owes what it admits to the bucket.
-    fn alone(self: &Arc<Self>, kv: &Arc<Store>, ask: Ask, why: &str) -> Take {
+    fn alone(self: &Arc<Self>, kv: &Arc<Bucket>, ask: Ask, why: &str) -> Take {
         let now_ms = super::wall_ms();
         let judged = self.share().judge(ask.caps, ask.estimate, now_ms);
         match judged {
@@ -400,7 +399,7 @@ impl ClusterWindow {
     /// lease per class in one write, then answers every waiter.
     async fn serve(
         self: &Arc<Self>,
-        kv: &Arc<Store>,
+        kv: &Arc<Bucket>,
         batch: Vec<Waiter>,
         last: &mut Option<(Counters, u64)>,
         deadline: Option<Instant>,
@@ -465,7 +464,7 @@ impl ClusterWindow {
     /// or write is tried again after a pause while `deadline` allows.
     async fn take_rounds(
         &self,
-        kv: &Store,
+        kv: &Bucket,
         asks: &[Ask],
         wanted: [(u64, u64); 2],
         last: &mut Option<(Counters, u64)>,
@@ -584,7 +583,7 @@ impl ClusterWindow {
     }
 
     /// Makes `lease` the class's open lease, and has what it leaves given back when it expires.
-    fn open(self: &Arc<Self>, kv: &Arc<Store>, class: Class, lease: Lease) {
+    fn open(self: &Arc<Self>, kv: &Arc<Bucket>, class: Class, lease: Lease) {
         let (id, until) = (lease.id, lease.until);
         let replaced = self.books()[class.index()].lease.replace(lease);
         // Only a turn opens leases and it closed this class's first; were one there, its leftovers
@@ -626,7 +625,7 @@ impl ClusterWindow {
         }
     }
 
-    fn flush_soon(self: &Arc<Self>, kv: &Arc<Store>) {
+    fn flush_soon(self: &Arc<Self>, kv: &Arc<Bucket>) {
         if !self.flush_scheduled.swap(true, Relaxed) {
             let (window, kv) = (self.clone(), kv.clone());
             tokio::spawn(async move { window.flush_later(&kv).await });
@@ -730,7 +729,7 @@ fn retry_in(
     Duration::from_secs(SPAN_S)
 }
 
-async fn read(kv: &Store, key: &str) -> Result<(Counters, u64), String> {
+async fn read(kv: &Bucket, key: &str) -> Result<(Counters, u64), String> {
     match kv.entry(key).await {
         Ok(Some(e)) if !e.value.is_empty() => {
             let counters = serde_json::from_slice(&e.value).unwrap_or_default();
@@ -743,9 +742,9 @@ async fn read(kv: &Store, key: &str) -> Result<(Counters, u64), String> {
     }
 }
 
-async fn write(kv: &Store, key: &str, counters: &Counters, revision: u64) -> Result<u64, Write> {
+async fn write(kv: &Bucket, key: &str, counters: &Counters, revision: u64) -> Result<u64, Write> {
     let value = Bytes::from(serde_json::to_vec(counters).unwrap_or_default());
-    super::cas(kv, key, value, revision).await
+    kv.cas(key, value, revision).await
 }
 
 #[cfg(test)]
