@@ -202,6 +202,35 @@ async fn one_half_open_probe_for_the_whole_cluster() {
     shutdown([a, b, c]).await;
 }
 
+/// A probe that outlived its claim's hold gives back only its own claim: the instance that took
+/// the probe over in the meantime keeps it, so that no third instance probes beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_probe_does_not_release_the_claim_that_took_over() {
+    use switchyard::cluster::{claim_probe, release_probe};
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"));
+    let kv = switchyard::ingress::cluster::open_bucket(&js, "probes", 1)
+        .await
+        .expect("bucket");
+    let hold = Duration::from_secs(60);
+    // A's claim held for no time at all: lapsed at once, as a probe slower than its timeout.
+    let late = claim_probe(&kv, "solo", "a", Duration::ZERO).await.unwrap();
+    let late = late.expect("A claims the free probe");
+    let taken = claim_probe(&kv, "solo", "b", hold).await.unwrap();
+    let taken = taken.expect("B claims the lapsed one");
+    release_probe(&kv, "solo", late).await;
+    assert_eq!(
+        claim_probe(&kv, "solo", "c", hold).await.unwrap(),
+        None,
+        "B's probe is still the cluster's one"
+    );
+    release_probe(&kv, "solo", taken).await;
+    assert!(
+        claim_probe(&kv, "solo", "c", hold).await.unwrap().is_some(),
+        "B's own release frees it"
+    );
+}
+
 /// Offers 180 requests over the three instances at once; returns (served, rate_limited).
 async fn offer_180(a: &Running) -> (usize, usize) {
     let replies = futures::future::join_all(

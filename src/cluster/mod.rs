@@ -250,14 +250,15 @@ struct ProbeClaim {
 }
 
 /// Claims the cluster's one half-open probe of `deployment` for at most `hold` (the call's
-/// timeout): `Ok(true)` when this instance may send it, `Ok(false)` when another instance's
-/// probe is under way. Without this every instance would probe a recovering provider at once.
+/// timeout): `Ok(Some(revision))` of the claim when this instance may send it, `Ok(None)` when
+/// another instance's probe is under way. Without this every instance would probe a recovering
+/// provider at once.
 pub async fn claim_probe(
     kv: &Bucket,
     deployment: &str,
     instance: &str,
     hold: Duration,
-) -> Result<bool, String> {
+) -> Result<Option<u64>, String> {
     let key = probe_key(deployment);
     for _ in 0..4 {
         let now = wall_ms();
@@ -265,7 +266,7 @@ pub async fn claim_probe(
             Ok(Some(e)) => {
                 let held = serde_json::from_slice::<ProbeClaim>(&e.value).unwrap_or_default();
                 if held.until_ms > now {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 e.revision
             }
@@ -278,22 +279,28 @@ pub async fn claim_probe(
         };
         let value = serde_json::to_vec(&claim).unwrap_or_default().into();
         match kv.cas(&key, value, revision).await {
-            Ok(_) => return Ok(true),
+            Ok(revision) => return Ok(Some(revision)),
             // Another instance claimed it between the read and the write.
             Err(Write::Conflict) => continue,
             Err(Write::Failed(e)) => return Err(e),
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
-/// Gives a finished probe's claim back, so that the next half-open period need not wait for it
-/// to expire. Best effort: an unreleased claim expires by itself.
-pub async fn release_probe(kv: &Bucket, deployment: &str) {
+/// Gives a finished probe's claim (at `revision`) back, so that the next half-open period need
+/// not wait for it to expire. Only if it is still the last write: a claim that outlived its hold
+/// may have been taken over, and the newer claim stands. Best effort: an unreleased claim
+/// expires by itself.
+pub async fn release_probe(kv: &Bucket, deployment: &str, revision: u64) {
     let key = probe_key(deployment);
     let value = serde_json::to_vec(&ProbeClaim::default()).unwrap_or_default();
-    if let Err(e) = kv.store().put(key.as_str(), value.into()).await {
-        tracing::debug!(error = %e, key, "could not release a probe claim");
+    match kv.cas(&key, value.into(), revision).await {
+        Ok(_) => {}
+        Err(Write::Conflict) => tracing::debug!(key, "a probe claim taken over: left as it is"),
+        Err(Write::Failed(e)) => {
+            tracing::debug!(error = %e, key, "could not release a probe claim")
+        }
     }
 }
 

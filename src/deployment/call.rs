@@ -117,8 +117,8 @@ pub(super) async fn admit<'a>(
         );
         // On the heap, as the cluster window's round trip: rare, and large.
         match Box::pin(tokio::time::timeout(args.cluster.sync_timeout(), claim)).await {
-            Ok(Ok(true)) => report.probe_claim = Some((kv, args.name.clone())),
-            Ok(Ok(false)) => {
+            Ok(Ok(Some(revision))) => report.probe_claim = Some((kv, args.name.clone(), revision)),
+            Ok(Ok(None)) => {
                 report.refused();
                 return Err(Skip::CircuitOpen);
             }
@@ -581,7 +581,7 @@ pub(super) struct Report<'a> {
     window: Option<(Arc<ClusterWindow>, Arc<crate::cluster::Bucket>, Taken)>,
     /// This call is the cluster's half-open probe of this deployment: its claim is released at
     /// the end.
-    probe_claim: Option<(Arc<crate::cluster::Bucket>, Arc<str>)>,
+    probe_claim: Option<(Arc<crate::cluster::Bucket>, Arc<str>, u64)>,
     pub(super) started: Instant,
     sent: bool,
 }
@@ -629,13 +629,13 @@ impl Report<'_> {
         wait: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<()>> {
         self.sent = true;
-        if let Some((kv, name)) = self.probe_claim.take()
+        if let Some((kv, name, revision)) = self.probe_claim.take()
             && !matches!(outcome, Outcome::Failed(..))
         {
             // The others learn the probe's outcome from the circuit record. A failed probe keeps
             // its claim until it expires, so that no other instance probes in the moment before
             // the re-opened circuit reaches it; any other outcome gives the claim back.
-            tokio::spawn(async move { cluster::release_probe(&kv, &name).await });
+            tokio::spawn(async move { cluster::release_probe(&kv, &name, revision).await });
         }
         if let (
             Some((quota, kv, taken)),
