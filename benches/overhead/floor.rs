@@ -69,9 +69,34 @@ pub async fn run(nats_url: &str, upstream: &str, headers: bool) {
     }
 }
 
+/// What the HTTP floor does beside forwarding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum HttpFloor {
+    /// Forwards and answers the upstream's bytes: nothing else.
+    Bare,
+    /// Answers with the reply's eight `Llm-*` headers.
+    Headers,
+    /// The headers, and the two reads no router that refuses bad input can leave out: the
+    /// caller's body read as the engine reads it (`ChatRequest::parse`, 400 when it does not)
+    /// and the provider's reply checked as the engine checks it (`openai::parse_response`, 502
+    /// when it is not a chat completion). No routing, limits, breaker, log line or actor.
+    Checked,
+}
+
+impl HttpFloor {
+    pub fn of(arg: Option<&str>) -> Self {
+        match arg {
+            Some("headers") => Self::Headers,
+            Some("checked") => Self::Checked,
+            _ => Self::Bare,
+        }
+    }
+}
+
 /// The HTTP floor: POSTs are forwarded to the upstream, its bytes answered (with the reply's
-/// `Llm-*` headers when `headers`); prints the port.
-pub async fn run_http(upstream: &str, headers: bool) {
+/// `Llm-*` headers and the two reads, as `mode` says); prints the port.
+pub async fn run_http(upstream: &str, mode: HttpFloor) {
+    let headers = mode != HttpFloor::Bare;
     use http_body_util::{BodyExt, Full};
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
@@ -100,7 +125,15 @@ pub async fn run_http(upstream: &str, headers: bool) {
                 let (http, url, names) = (http.clone(), url.clone(), names.clone());
                 async move {
                     let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                    let mut status = hyper::StatusCode::OK;
                     let reply = match body {
+                        Ok(body)
+                            if mode == HttpFloor::Checked
+                                && switchyard::protocol::ChatRequest::parse(&body).is_err() =>
+                        {
+                            status = hyper::StatusCode::BAD_REQUEST;
+                            bytes::Bytes::new()
+                        }
                         Ok(body) => match http
                             .post(&*url)
                             .header("content-type", "application/json")
@@ -113,7 +146,14 @@ pub async fn run_http(upstream: &str, headers: bool) {
                         },
                         Err(_) => Default::default(),
                     };
+                    if mode == HttpFloor::Checked
+                        && switchyard::providers::openai::parse_response(reply.clone()).is_err()
+                        && status.is_success()
+                    {
+                        status = hyper::StatusCode::BAD_GATEWAY;
+                    }
                     let mut resp = hyper::Response::new(Full::new(reply));
+                    *resp.status_mut() = status;
                     let h = resp.headers_mut();
                     h.insert("content-type", "application/json".parse().expect("static"));
                     for (name, value) in names.iter().zip(REPLY_HEADERS) {

@@ -12,6 +12,8 @@
 //! - http-floor: a bare HTTP passthrough (hyper → the same HTTP client → upstream), the floor of
 //!   the HTTP door; http-floor-headers: the same answering with the engine's eight `Llm-*`
 //!   headers (what the contract's reply costs the caller's HTTP client, apart from the engine);
+//!   http-floor-checked: the same that also reads the request and checks the provider's reply
+//!   as the engine does (the JSON work no router that refuses bad input can leave out);
 //! - engine-http: `switchyard serve` with `[http] listen`, requests on `POST /v1/chat/completions`
 //!   (the engine's config, `model = "chat"`), driven by an HTTP client with keep-alive.
 //!
@@ -77,7 +79,7 @@ fn main() {
         )),
         Some("--http-floor") => rt.block_on(floor::run_http(
             &args[2],
-            args.get(3).is_some_and(|a| a == "headers"),
+            floor::HttpFloor::of(args.get(3).map(String::as_str)),
         )),
         // `--drive <nats url> <subject or http url> <n> [in flight]`: load on a target started
         // by hand (to watch it with `perf stat` or `strace -c`); prints the summary.
@@ -104,6 +106,7 @@ fn main() {
                 "engine-failover",
                 "http-floor",
                 "http-floor-headers",
+                "http-floor-checked",
                 "engine-http",
             ]
             .into_iter()
@@ -229,11 +232,11 @@ async fn bench(plan: Plan) {
                 };
                 (p, nats_door(subject.to_string()), body.clone())
             }
-            "http-floor" | "http-floor-headers" => {
+            "http-floor" | "http-floor-headers" | "http-floor-checked" => {
                 let mut p = Proc::spawn(
                     Command::new(&me)
                         .args(["--http-floor", &upstream])
-                        .args((target == "http-floor-headers").then_some("headers")),
+                        .args(target.strip_prefix("http-floor-")),
                     &dir.join(format!("{target}.log")),
                 );
                 let url = format!("http://127.0.0.1:{}/v1/chat/completions", p.read_line());
@@ -389,7 +392,9 @@ async fn bench(plan: Plan) {
         ));
         // Each against its own floor: the HTTP door against the bare HTTP passthrough.
         let floor_of = |t: &str| match t {
-            "http-floor" | "http-floor-headers" | "engine-http" => "http-floor",
+            "http-floor" | "http-floor-headers" | "http-floor-checked" | "engine-http" => {
+                "http-floor"
+            }
             _ => "floor",
         };
         for (target, n) in &instructions {
@@ -420,10 +425,17 @@ async fn bench(plan: Plan) {
         ("engine", "floor-headers"),
         ("engine-local", "floor-headers"),
         ("engine-http", "http-floor-headers"),
+        ("http-floor-checked", "http-floor"),
+        ("engine-http", "http-floor-checked"),
     ];
     for (target, floor) in pairs {
         if floor == "floor-headers" && target == "engine" {
             report.push_str("\nthe same against the floor that sends the reply's headers:\n");
+        }
+        if target == "http-floor-checked" {
+            report.push_str(
+                "\nthe HTTP floor that also reads the request and checks the reply, and the engine against it:\n",
+            );
         }
         for r in rows.iter().filter(|r| r.target == target) {
             let Some(f) = rows.iter().find(|f| f.target == floor && f.load == r.load) else {
@@ -526,12 +538,12 @@ async fn instructions(
                 vec!["--http-floor".to_string(), upstream.into()],
                 vec![],
             ),
-            "http-floor-headers" => (
+            "http-floor-headers" | "http-floor-checked" => (
                 me.clone(),
                 vec![
                     "--http-floor".to_string(),
                     upstream.into(),
-                    "headers".into(),
+                    target.trim_start_matches("http-floor-").into(),
                 ],
                 vec![],
             ),
@@ -554,7 +566,7 @@ async fn instructions(
                 assert_eq!(p.read_line(), "ready");
                 door.clone()
             }
-            "http-floor" | "http-floor-headers" => {
+            "http-floor" | "http-floor-headers" | "http-floor-checked" => {
                 let url = format!("http://127.0.0.1:{}/v1/chat/completions", p.read_line());
                 match door {
                     load::Door::Http { client, .. } => load::Door::Http {

@@ -282,6 +282,14 @@ struct Escaped<'a, W: fmt::Write> {
 
 impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Most values (ids, names, messages) are printable ASCII with nothing to escape: one
+        // look at the bytes, then written whole (the char-by-char search below decodes UTF-8).
+        let json = self.json;
+        if s.bytes()
+            .all(|b| (b' '..0x7f).contains(&b) && !(json && (b == b'"' || b == b'\\')))
+        {
+            return self.w.write_str(s);
+        }
         let special = |c: char| c.is_control() || (self.json && (c == '"' || c == '\\'));
         let mut rest = s;
         while let Some(at) = rest.find(special) {
@@ -345,6 +353,7 @@ mod tests {
             latency_ms = 12u64,
             falls_back = false,
             error = %"upstream said \"no\"\n\x1b[31mFAKE  INFO forged line",
+            note = "C:\\dir \"x\"\u{85}end",
             "attempt succeeded"
         );
     }
@@ -386,6 +395,8 @@ mod tests {
             v["error"],
             "upstream said \"no\"\n\x1b[31mFAKE  INFO forged line"
         );
+        // A `&str` value with JSON's specials and a control character outside ASCII.
+        assert_eq!(v["note"], "C:\\dir \"x\"\u{85}end");
         assert!(humantime::parse_rfc3339(v["timestamp"].as_str().unwrap()).is_ok());
     }
 
