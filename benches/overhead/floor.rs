@@ -96,11 +96,12 @@ impl HttpFloor {
 /// The HTTP floor: POSTs are forwarded to the upstream, its bytes answered (with the reply's
 /// `Llm-*` headers and the two reads, as `mode` says); prints the port.
 pub async fn run_http(upstream: &str, mode: HttpFloor) {
-    let headers = mode != HttpFloor::Bare;
     use http_body_util::{BodyExt, Full};
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+
+    let headers = mode != HttpFloor::Bare;
 
     let http = switchyard::providers::http::client().expect("http client");
     let url: std::sync::Arc<str> = format!("{upstream}/v1/chat/completions").into();

@@ -536,9 +536,9 @@ pub(super) fn log_success<'a>(
 ) {
     let call = call.into();
     let c = &args.adapter.config;
-    // Strings as `&str`, not `%` (Display): a `&str` is written as it is, a Display value goes
-    // through `fmt` and its escaping writer (~2 k instructions of a line's ~5 k). A value that
-    // is not bare (a space, a quote) is then quoted in the text format, as logfmt reads it.
+    // Strings as `&str`, not `%` (Display): a `&str` is written whole when it needs no escape,
+    // a Display value goes through `fmt` piece by piece. A value that is not bare (a space, a
+    // quote) is then quoted in the text format, as logfmt reads it.
     info!(
         request_id = call.request_id,
         deployment = &*args.name,
